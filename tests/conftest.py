@@ -1,0 +1,48 @@
+"""Shared fixtures: the offline tiny Qwen2-Audio, real audio clips, and the test tiers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+MMAU_DIR = SHARED / "data" / "mmau"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests on machines without CUDA (CI never has one)."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2-Audio checkpoint built offline (original key names, real Qwen2 tokenizer)."""
+    from r1aqa_plugin.models.qwen2_audio.builder import build_checkpoint
+
+    cache = os.environ.get("R1AQA_TEST_MODEL_DIR")
+    out = Path(cache) if cache else tmp_path_factory.mktemp("tiny-qwen2-audio")
+    if not (out / "model.safetensors").exists():
+        build_checkpoint(out, size="tiny", seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mmau_dir() -> Path:
+    """../shared/data/mmau (never committed); tests using it skip when it is absent."""
+    if not (MMAU_DIR / "mmau-test-mini.json").exists():
+        pytest.skip("../shared/data/mmau is not present")
+    return MMAU_DIR
