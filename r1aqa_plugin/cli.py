@@ -27,8 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb, (module_name, help_text) in VERBS.items():
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(verb, help=help_text, description=(module.__doc__ or help_text).strip())
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:  # one broken verb must not take the others down; it fails loudly when used
+            p = sub.add_parser(verb, help=f"{help_text} [unavailable: {exc}]")
+            p.set_defaults(_module=None, _import_error=exc)
+            continue
+        p = sub.add_parser(verb, help=help_text, description=(module.__doc__ or help_text).strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser
@@ -38,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``r1aqa`` console script."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args._module is None:
+        print(f"r1aqa {args.verb}: cannot import its module: {args._import_error}", file=sys.stderr)
+        return 2
     return int(args._module.run(args) or 0)
 
 
