@@ -1,0 +1,165 @@
+"""``synthetic-aqa``: audio multiple-choice questions generated offline, answerable only by listening.
+
+Every row is a pure function of (seed, row number, task list, clip length): row ``i`` asks task
+``tasks[i % len(tasks)]``; that task's ``k``-th row (``k = i // len(tasks)``) takes its label (the correct
+option) and the answer's position among the choices from per-block shuffles, so both are balanced to within
+one per task; everything else comes from a generator seeded with ``(seed, i)``. Rows are therefore identical
+whatever the worker count, ``--limit`` or the machine, and a family that cannot run here (no espeak-ng, no
+soundfont) only removes its own rows, each counted in the report.
+
+Families and data_source: ``synthetic-aqa/sound`` (numpy only: beep count, pitch/duration/loudness order),
+``synthetic-aqa/music`` (tinysoundfont: instrument, major/minor chord), ``synthetic-aqa/speech`` (espeak-ng:
+spoken digit, language).
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from r1aqa_plugin.audio import encode_wav
+from r1aqa_plugin.data.records import BuildError, BuildReport, make_record
+from r1aqa_plugin.data.registry import arg, register_dataset
+from r1aqa_plugin.data.synthetic import music, sound, speech  # noqa: F401  (registers the tasks)
+from r1aqa_plugin.data.synthetic.tasks import FAMILIES, TASKS, Task, ordered_tasks
+
+GENERATOR_VERSION = "1"  # bump when a renderer changes what a given seed produces
+MAX_SIZE = 50_000
+MIN_CLIP_SECONDS = 2.0
+UNAVAILABLE = {"sound": lambda: None, "music": music.unavailable_reason, "speech": speech.unavailable_reason}
+
+
+def select_tasks(spec: str | Sequence[str]) -> list[Task]:
+    """Resolve ``all`` / family names / task names (comma-separated or a list) to tasks, in registry order."""
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    chosen: set[str] = set()
+    for name in names:
+        if name == "all":
+            chosen.update(TASKS)
+        elif name in FAMILIES:
+            chosen.update(t.name for t in TASKS.values() if t.family == name)
+        elif name in TASKS:
+            chosen.add(name)
+        else:
+            known = ", ".join(t.name for t in ordered_tasks())
+            raise BuildError(f"unknown synthetic task {name!r}; use all, {', '.join(FAMILIES)} or one of {known}")
+    if not chosen:
+        raise BuildError("no synthetic task selected (--tasks is empty)")
+    return [t for t in ordered_tasks() if t.name in chosen]
+
+
+def _block_pick(seed: int, task_index: int, purpose: int, k: int, n: int) -> int:
+    """Entry ``k % n`` of the shuffle of range(n) for block ``k // n``: balanced to within one, deterministic."""
+    perm = np.random.default_rng([seed, task_index, purpose, k // n]).permutation(n)
+    return int(perm[k % n])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything that decides the rows (picklable, for worker processes)."""
+
+    seed: int
+    task_names: tuple[str, ...]
+    clip_seconds: float
+    split: str
+
+    def task_of(self, i: int) -> Task:
+        """The task row ``i`` asks."""
+        return TASKS[self.task_names[i % len(self.task_names)]]
+
+
+def make_row(plan: Plan, i: int) -> dict[str, Any]:
+    """Render row ``i`` of the plan."""
+    task = plan.task_of(i)
+    # keyed by the task's place among all tasks, not in --tasks: its label/position sequence is its own
+    t = [x.name for x in ordered_tasks()].index(task.name)
+    k = i // len(plan.task_names)
+    label = _block_pick(plan.seed, t, 0, k, len(task.options))
+    position = _block_pick(plan.seed, t, 1, k, task.n_choices)
+    rng = np.random.default_rng([plan.seed, i])
+    try:
+        rendered = task.render(rng, label, plan.clip_seconds)
+    except Exception as exc:  # name the row: a renderer failing deep in a worker is otherwise anonymous
+        raise BuildError(f"synthetic-aqa row {i} ({task.family}/{task.name}): {type(exc).__name__}: {exc}") from exc
+    answer = task.options[label]
+    others = [o for o in task.options if o != answer]
+    distractors = [others[j] for j in rng.permutation(len(others))[: task.n_choices - 1]]
+    choices = distractors[:position] + [answer] + distractors[position:]
+    return make_record(
+        data_source=f"synthetic-aqa/{task.family}",
+        question=rendered.question,
+        choices=choices,
+        answer=answer,
+        audios=[{"path": None, "bytes": encode_wav(rendered.wave)}],
+        id=f"synthetic-aqa-s{plan.seed}-{i:06d}",
+        index=i,
+        source_dataset="synthetic-aqa",
+        task=task.family,
+        sub_category=task.name,
+        difficulty=rendered.difficulty,
+        split=plan.split,
+        version=GENERATOR_VERSION,
+        meta={**rendered.params, "clip_seconds": plan.clip_seconds, "seed": plan.seed},
+    )
+
+
+def _rows(plan: Plan, indices: list[int], workers: int) -> Iterator[dict[str, Any]]:
+    if workers <= 1:
+        yield from (make_row(plan, i) for i in indices)
+        return
+    # fork: workers inherit the registered tasks; imap keeps the row order, so output doesn't depend on workers
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(functools.partial(make_row, plan), indices, chunksize=8)
+
+
+TASK_HELP = "; ".join(f"{t.family}/{t.name}: {t.description}" for t in ordered_tasks())
+
+
+@register_dataset(
+    "synthetic-aqa",
+    description="offline, seeded audio MCQs answerable only by listening (sound: numpy; music; speech)",
+    arguments=(
+        arg("--size", type=int, help=f"number of rows to generate (at most {MAX_SIZE})"),
+        arg("--seed", type=int, help="generator seed; the same seed gives the same rows"),
+        arg("--tasks", help=f"comma-separated: all, a family ({', '.join(FAMILIES)}) or task names. {TASK_HELP}"),
+        arg("--clip-seconds", type=float, help=f"seconds per clip (at least {MIN_CLIP_SECONDS}; R1-AQA-shaped: 10)"),
+        arg("--split", help="split name stored in extra_info"),
+        arg("--workers", type=int, help="processes rendering rows (output is identical for any value)"),
+    ),
+)
+def build_synthetic(
+    report: BuildReport,
+    *,
+    size: int = 1000,
+    seed: int = 0,
+    tasks: str | Sequence[str] = "all",
+    clip_seconds: float = 4.0,
+    split: str = "train",
+    workers: int = 1,
+) -> Iterator[dict[str, Any]]:
+    """Yield ``size`` synthetic rows, minus those of families that cannot be rendered here (counted as skipped)."""
+    if not 1 <= size <= MAX_SIZE:
+        raise BuildError(f"--size must be between 1 and {MAX_SIZE}, got {size}")
+    if clip_seconds < MIN_CLIP_SECONDS:
+        raise BuildError(f"--clip-seconds must be at least {MIN_CLIP_SECONDS}, got {clip_seconds}")
+    selected = select_tasks(tasks)
+    plan = Plan(seed, tuple(t.name for t in selected), float(clip_seconds), split)
+    reasons = {family: UNAVAILABLE[family]() for family in {t.family for t in selected}}
+    for family, reason in sorted(reasons.items()):
+        if reason:
+            report.note(f"{family} tasks skipped: {reason}")
+    indices = [i for i in range(size) if not reasons[plan.task_of(i).family]]
+    report.expected_rows = len(indices)
+    rows = _rows(plan, indices, workers)
+    for i in range(size):
+        task = plan.task_of(i)
+        reason = reasons[task.family]
+        if reason:
+            report.skip(f"{task.family} family unavailable: {reason}", f"row {i} ({task.name})")
+            continue
+        yield next(rows)
