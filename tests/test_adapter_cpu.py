@@ -1,0 +1,158 @@
+"""The Qwen2-Audio adapter against the real installed verl 0.9.1 (and transformers), on CPU."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from r1aqa_plugin.models.qwen2_audio import verl_hooks
+from r1aqa_plugin.models.qwen2_audio.names import AUDIO_BOS_ID, AUDIO_EOS_ID, AUDIO_TOKEN_ID
+
+pytestmark = pytest.mark.integration
+
+
+def _messages(text: str = "What is it?") -> list[dict]:
+    return [{"role": "user", "content": [{"type": "audio", "audio": None}, {"type": "text", "text": text}]}]
+
+
+def _tone(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_model_dir):
+    from verl.utils import hf_processor
+
+    return hf_processor(str(tiny_model_dir))
+
+
+def test_every_patch_target_exists_in_the_installed_verl():
+    import importlib
+
+    verl_hooks.install()
+    for patch in verl_hooks.status():
+        module = importlib.import_module(patch.module)
+        owner, attr = verl_hooks._resolve(module, patch.attr)
+        assert hasattr(owner, attr), f"{patch.module}.{patch.attr}"
+        assert patch.state == "applied", (patch.module, patch.attr, patch.detail)
+
+
+def test_install_is_idempotent():
+    import verl.utils.tokenizer.tokenizer as tok_mod
+
+    before = tok_mod.hf_processor
+    verl_hooks.install()
+    verl_hooks.install()
+    assert tok_mod.hf_processor is before
+    assert getattr(before, "__r1aqa_patched__", False)
+    # the wrapper wraps verl's function exactly once
+    assert before.__closure__ is not None
+
+
+def test_an_untested_verl_version_raises_a_clear_error(monkeypatch):
+    monkeypatch.setattr(verl_hooks, "TESTED_VERL", ("0.0.1",))
+    monkeypatch.delenv(verl_hooks.ALLOW_UNTESTED_ENV, raising=False)
+    with pytest.raises(verl_hooks.AdapterError, match=r"verl 0\.9\.1 is installed.*0\.0\.1"):
+        verl_hooks.install()
+
+
+def test_a_missing_patch_target_raises_naming_it(monkeypatch):
+    import types
+
+    fake = types.ModuleType("fake_target")
+    patch = verl_hooks.Patch("X", "fake_target", "gone", lambda f: f, "test")
+    with pytest.raises(verl_hooks.AdapterError, match="fake_target.gone does not exist"):
+        verl_hooks._apply(patch, fake)
+    assert patch.state == "error"
+
+
+def test_hf_processor_returns_the_wrapped_qwen2_audio_processor(processor):
+    from r1aqa_plugin.models.qwen2_audio.processor import VerlQwen2AudioProcessor
+
+    assert isinstance(processor, VerlQwen2AudioProcessor)
+    assert processor.feature_extractor.sampling_rate == 16000
+
+
+def test_processor_rerun_on_decoded_text_returns_the_same_features(processor):
+    """verl's post-rollout call decodes with skip_special_tokens, which strips <|AUDIO|>."""
+    wave = _tone(3.0)
+    text = processor.apply_chat_template(_messages(), add_generation_prompt=True, tokenize=False)
+    full = processor(text=[text], audio=[wave], sampling_rate=16000, return_tensors="np")
+    decoded = processor.tokenizer.decode(full["input_ids"][0], skip_special_tokens=True)
+    assert "<|AUDIO|>" not in decoded
+    again = processor(text=[decoded], audio=[wave], sampling_rate=16000, return_tensors="np")
+    assert set(again) == {"input_features", "feature_attention_mask"}
+    np.testing.assert_array_equal(again["input_features"], full["input_features"])
+    np.testing.assert_array_equal(again["feature_attention_mask"], full["feature_attention_mask"])
+
+
+def test_processor_still_rejects_a_real_placeholder_mismatch(processor):
+    with pytest.raises(ValueError, match="Found 2"):
+        processor(text=["<|AUDIO|> <|AUDIO|>"], audio=[_tone(1.0)], sampling_rate=16000)
+
+
+def test_continuous_token_builder_for_qwen2_audio_is_multimodal_and_matches_hf(processor):
+    from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
+
+    builder = create_continuous_token_builder(processor.tokenizer, hf_model_type="qwen2_audio", processor=processor)
+    assert builder.supports_multimodal()
+    assert type(builder).__name__ == "QwenVLContinuousTokenBuilder"
+    wave = _tone(3.0)
+    ids = builder.build_initial_tokens(_messages(), audios=[wave])
+    text = processor.apply_chat_template(_messages(), add_generation_prompt=True, tokenize=False)
+    expected = processor(text=[text], audio=[wave], sampling_rate=16000)["input_ids"][0]
+    assert list(ids) == list(expected)
+    assert list(ids).count(AUDIO_TOKEN_ID) == 75
+
+
+def test_placeholder_collapse_round_trips_through_vllms_expansion_rule(processor):
+    """Collapsed prompt + vLLM's PromptReplacement (one <|AUDIO|> -> N) equals HF's expansion."""
+    from verl.workers.rollout.vllm_rollout import vllm_async_server as server
+
+    for seconds in (0.7, 3.0, 10.0, 30.0):
+        wave = _tone(seconds)
+        text = processor.apply_chat_template(_messages(), add_generation_prompt=True, tokenize=False)
+        hf_ids = list(processor(text=[text], audio=[wave], sampling_rate=16000)["input_ids"][0])
+        collapsed = server.qwen2_5_vl_dedup_image_tokens(hf_ids, processor)
+        assert collapsed.count(AUDIO_TOKEN_ID) == 1
+        n = hf_ids.count(AUDIO_TOKEN_ID)
+        i = collapsed.index(AUDIO_TOKEN_ID)
+        assert collapsed[i - 1] == AUDIO_BOS_ID and collapsed[i + 1] == AUDIO_EOS_ID
+        expanded = collapsed[:i] + [AUDIO_TOKEN_ID] * n + collapsed[i + 1 :]
+        assert expanded == hf_ids
+
+
+def test_audio_tokens_are_banned_from_sampling(processor):
+    from verl.workers.rollout.vllm_rollout import vllm_async_server as server
+
+    banned = server.get_vision_placeholder_token_ids(processor)
+    assert {AUDIO_TOKEN_ID, AUDIO_BOS_ID, AUDIO_EOS_ID} <= set(banned)
+
+
+def test_other_processors_are_left_alone():
+    from verl.workers.rollout.vllm_rollout import vllm_async_server as server
+
+    ids = [1, AUDIO_TOKEN_ID, AUDIO_TOKEN_ID, 2]
+    assert server.qwen2_5_vl_dedup_image_tokens(ids, None) == ids
+    assert server.get_vision_placeholder_token_ids(None) == []
+
+
+def test_actor_model_class_resolves_to_qwen2_audio(tiny_model_dir):
+    from transformers import AutoConfig
+    from verl.utils.model import get_hf_auto_model_class
+
+    cls = get_hf_auto_model_class(AutoConfig.from_pretrained(tiny_model_dir))
+    assert cls.__name__ == "AutoModelForImageTextToText"
+    model_cls = cls._model_mapping[type(AutoConfig.from_pretrained(tiny_model_dir))]
+    assert model_cls.__name__ == "Qwen2AudioForConditionalGeneration"
+
+
+def test_vllm_worker_check_raises_for_the_stock_model_class():
+    class Qwen2AudioForConditionalGeneration:  # what vLLM loads when the plugin did not run
+        pass
+
+    with pytest.raises(verl_hooks.AdapterError, match="vllm.general_plugins"):
+        verl_hooks.check_vllm_model(Qwen2AudioForConditionalGeneration())
