@@ -1,0 +1,120 @@
+"""Audio input throughput on this machine: decode + resample to 16 kHz + Whisper log-mel features, per clip.
+
+    python benchmarks/data_throughput.py [--clips 24] [--seconds 10]
+
+Prints samples/s for 10 s clips stored as wav or flac at 16 / 44.1 / 48 kHz (from bytes, as the parquet holds
+them), then what one R1-AQA-shaped GRPO step needs: 16 prompts x 8 samples, so 128 feature extractions in the
+worst case (features recomputed per sample) and 16 in the best (once per prompt), for a step every ~10 s.
+Also times synthetic-aqa generation per family (rows/s, one process).
+
+BLAS/OpenMP threads are pinned to 1 (override with OMP_NUM_THREADS): on 2 cores the feature extractor's
+default thread pool oversubscribes and runs 3-5x slower and far noisier, and data workers run one per core
+anyway. Rates are from the median per-clip time.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # before numpy is imported, or it has no effect
+
+import argparse  # noqa: E402
+import io  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import soundfile as sf
+
+from r1aqa_plugin.audio import SAMPLE_RATE, load_audio
+
+PROMPTS_PER_STEP = 16  # R1-AQA: 8 GPUs x 1 prompt x 2 accumulation steps
+SAMPLES_PER_PROMPT = 8
+STEP_SECONDS = 10.0
+
+
+def make_clips(n: int, seconds: float, sr: int, fmt: str) -> list[bytes]:
+    """``n`` distinct clips (tones over noise) encoded as ``fmt`` at ``sr``."""
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * sr)) / sr
+    clips = []
+    for _ in range(n):
+        wave = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t) + 0.05 * rng.standard_normal(len(t))
+        buf = io.BytesIO()
+        sf.write(buf, wave.astype(np.float32), sr, format=fmt, subtype="PCM_16")
+        clips.append(buf.getvalue())
+    return clips
+
+
+def rate(fn, items) -> float:
+    """Items per second for ``fn``, from the median time per item (after one warm-up call)."""
+    fn(items[0])
+    times = []
+    for item in items:
+        start = time.perf_counter()
+        fn(item)
+        times.append(time.perf_counter() - start)
+    return 1.0 / statistics.median(times)
+
+
+def main() -> None:
+    """Print the throughput table and the GRPO-step requirement."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=24, help="clips per configuration")
+    parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
+    parser.add_argument("--synthetic-rows", type=int, default=48, help="rows per synthetic family (0: skip)")
+    args = parser.parse_args()
+
+    from transformers import WhisperFeatureExtractor
+
+    extractor = WhisperFeatureExtractor(feature_size=128)  # Qwen2-Audio's front end: 128 mel bins, 30 s window
+
+    def features(wave: np.ndarray) -> np.ndarray:
+        out = extractor(wave, sampling_rate=SAMPLE_RATE, padding="max_length", return_attention_mask=True,
+                        return_tensors="np")  # fmt: skip
+        return out["input_features"]
+
+    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, {args.clips} clips of {args.seconds:g} s per row, "
+          f"one process, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")  # fmt: skip
+    print("| format | source rate | decode+resample (clips/s) | features (clips/s) | total (clips/s) | ms/clip |")
+    print("|---|---|---:|---:|---:|---:|")
+    totals = []
+    for fmt in ("WAV", "FLAC"):
+        for sr in (16_000, 44_100, 48_000):
+            clips = make_clips(args.clips, args.seconds, sr, fmt)
+            waves = [load_audio(c) for c in clips]
+            decode = rate(load_audio, clips)
+            feats = rate(features, waves)
+            total = rate(lambda c: features(load_audio(c)), clips)
+            totals.append(total)
+            print(f"| {fmt.lower()} | {sr} Hz | {decode:.1f} | {feats:.1f} | {total:.1f} | {1000 / total:.1f} |")
+
+    worst = PROMPTS_PER_STEP * SAMPLES_PER_PROMPT / STEP_SECONDS
+    best = PROMPTS_PER_STEP / STEP_SECONDS
+    print()
+    print(f"One GRPO step ({PROMPTS_PER_STEP} prompts x {SAMPLES_PER_PROMPT} samples, every {STEP_SECONDS:g} s) needs "
+          f"{worst:.1f} clips/s if features are computed per sample ({PROMPTS_PER_STEP * SAMPLES_PER_PROMPT} per step), "
+          f"{best:.1f} clips/s if once per prompt.")  # fmt: skip
+    print(f"Slowest configuration here: {min(totals):.1f} clips/s on one core "
+          f"= {min(totals) / worst:.1f}x the worst-case need.")  # fmt: skip
+
+    if args.synthetic_rows:
+        from r1aqa_plugin.data import BuildReport, get_dataset
+
+        print()
+        print("| synthetic-aqa family | rows/s (one process, 4 s clips) |")
+        print("|---|---:|")
+        builder = get_dataset("synthetic-aqa").builder
+        for family in ("sound", "music", "speech"):
+            report = BuildReport("synthetic-aqa")
+            start = time.perf_counter()
+            rows = list(builder(report, size=args.synthetic_rows, tasks=family))
+            elapsed = time.perf_counter() - start
+            shown = f"{len(rows) / elapsed:.0f}" if rows else f"skipped: {'; '.join(report.notes)}"
+            print(f"| {family} | {shown} |")
+
+
+if __name__ == "__main__":
+    main()
