@@ -50,4 +50,8 @@ class VerlQwen2AudioProcessor(Qwen2AudioProcessor):
         feats = self.feature_extractor(audios, sampling_rate=sampling_rate or self.feature_extractor.sampling_rate,
                                        return_attention_mask=True, padding="max_length")
         data = {"input_features": feats["input_features"], "feature_attention_mask": feats["attention_mask"]}
+        from r1aqa_plugin.models.qwen2_audio.verl_hooks import _trace
+
+        _trace("actor audio features", f"input_features {np.shape(data['input_features'])}, "
+               f"{int(np.sum(data['feature_attention_mask']))} valid frames")
         return BatchFeature(data=data, tensor_type=return_tensors)

@@ -56,6 +56,18 @@ class Patch:
 
 
 # ----------------------------------------------------------------------------------------------- the wrappers
+_TRACE_LIMIT = 2
+_traced: dict[str, int] = {}
+
+
+def _trace(kind: str, message: str) -> None:
+    """Print the first few events of a kind per process: evidence in verl's logs that audio flows."""
+    count = _traced.get(kind, 0)
+    if count < _TRACE_LIMIT:
+        _traced[kind] = count + 1
+        print(f"[r1aqa pid {os.getpid()}] {kind}: {message}", flush=True)
+
+
 def _is_qwen2_audio_processor(processor: Any) -> bool:
     from r1aqa_plugin.models.qwen2_audio.processor import VerlQwen2AudioProcessor
 
@@ -117,7 +129,10 @@ def _make_dedup(original: Callable[[list[int], Any], list[int]]) -> Callable[[li
 
     def qwen2_5_vl_dedup_image_tokens(prompt_ids: list[int], processor: Any) -> list[int]:
         if _is_qwen2_audio_processor(processor):
-            return collapse_audio_runs(prompt_ids)
+            collapsed = collapse_audio_runs(prompt_ids)
+            _trace("vLLM request", f"{len(prompt_ids)} prompt ids ({prompt_ids.count(AUDIO_TOKEN_ID)} <|AUDIO|>) "
+                   f"-> {len(collapsed)} sent, vLLM expands them back to {len(prompt_ids)}")
+            return collapsed
         return original(prompt_ids, processor)
 
     return qwen2_5_vl_dedup_image_tokens
