@@ -151,7 +151,9 @@ class VLLMBackend:
         from transformers import AutoProcessor
 
         if not cuda_available():
-            # vLLM's CPU build sizes its KV cache from this (GiB); its default (4) is too much for a laptop test.
+            # vLLM's CPU build: the platform is only detected with VLLM_TARGET_DEVICE=cpu (else "Device string must
+            # not be empty"), and the KV cache is sized from VLLM_CPU_KVCACHE_SPACE (GiB; 1 suits small tests).
+            os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM
 
@@ -192,5 +194,8 @@ def make_backend(name: str, model_dir: str, sampling: SamplingConfig, *, batch_s
     if name == "hf":
         return HFBackend(model_dir, sampling, batch_size=batch_size, dtype=dtype)
     if name == "vllm":
-        return VLLMBackend(model_dir, sampling, dtype=dtype, enforce_eager=not cuda_available())
+        # CPU: no CUDA graphs to capture, and a short context keeps the KV cache inside VLLM_CPU_KVCACHE_SPACE.
+        on_gpu = cuda_available()
+        return VLLMBackend(model_dir, sampling, dtype=dtype, enforce_eager=not on_gpu,
+                           max_model_len=4096 if on_gpu else 2048)
     raise ValueError(f"unknown backend {name!r}; use 'hf' or 'vllm'")

@@ -78,7 +78,9 @@ def prediction_of(item: Mapping[str, Any]) -> str | None:
 def _check_items(items: Sequence[Mapping[str, Any]]) -> None:
     if not items:
         raise ValueError("no items to score")
-    missing = [str(item.get("id", f"#{i}")) for i, item in enumerate(items) if prediction_of(item) is None]
+    missing = [
+        str(item.get("id", f"#{i}")) for i, item in enumerate(items) if not any(k in item for k in PREDICTION_KEYS)
+    ]
     if missing:
         shown = ", ".join(missing[:20]) + (f", ... ({len(missing) - 20} more)" if len(missing) > 20 else "")
         raise MissingPredictionError(
