@@ -145,7 +145,7 @@ def test_actor_model_class_resolves_to_qwen2_audio(tiny_model_dir):
     from verl.utils.model import get_hf_auto_model_class
 
     cls = get_hf_auto_model_class(AutoConfig.from_pretrained(tiny_model_dir))
-    assert cls.__name__ == "AutoModelForImageTextToText"
+    assert cls.__name__ == "AutoModelForMultimodalLM"
     model_cls = cls._model_mapping[type(AutoConfig.from_pretrained(tiny_model_dir))]
     assert model_cls.__name__ == "Qwen2AudioForConditionalGeneration"
 

@@ -48,14 +48,26 @@ def diagnose() -> tuple[list[str], bool]:
         ok = patch.state == "applied"
         healthy &= ok
         lines.append(_row(ok, f"{patch.hook} {patch.module}.{patch.attr}", patch.detail or patch.what))
-    from transformers import AutoModelForImageTextToText, Qwen2AudioConfig
-
-    auto_ok = Qwen2AudioConfig in AutoModelForImageTextToText._model_mapping.keys()
-    healthy &= auto_ok
-    lines.append(_row(auto_ok, "F transformers AutoModelForImageTextToText[qwen2_audio]", "actor model class"))
+    lines.append(_actor_class_row())
     lines.extend(_vllm_plugin_rows(versions["vllm"] is not None))
     healthy &= not any("[FAIL]" in line for line in lines)
     return lines, healthy
+
+
+def _actor_class_row() -> str:
+    """The class verl's FSDP engine would build for a Qwen2-Audio config (hook F, end to end)."""
+    from transformers import Qwen2AudioConfig
+    from verl.utils.model import get_hf_auto_model_class
+
+    config = Qwen2AudioConfig()
+    config.architectures = ["Qwen2AudioForConditionalGeneration"]
+    auto = get_hf_auto_model_class(config)
+    try:
+        model_cls = auto._model_mapping[Qwen2AudioConfig]
+    except KeyError:
+        model_cls = None
+    ok = model_cls is not None and model_cls.__name__ == "Qwen2AudioForConditionalGeneration"
+    return _row(ok, "F verl actor class for qwen2_audio", f"{auto.__name__} -> {getattr(model_cls, '__name__', None)}")
 
 
 def _vllm_plugin_rows(have_vllm: bool) -> list[str]:

@@ -171,11 +171,13 @@ def check_vllm_model(model: Any) -> None:
             "Weight sync would fail with transformers-5 names.")
 
 
-def register_auto_class() -> None:
-    """Hook F: verl picks the actor class through AutoModelForImageTextToText; qwen2_audio is not in it."""
-    from transformers import AutoModelForImageTextToText, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+def _make_auto_class_table(table: dict[str, Any]) -> dict[str, Any]:
+    """Hook F: verl falls back to AutoModel, which has no qwen2_audio; transformers 5 maps it under
+    AutoModelForMultimodalLM (AutoModelForImageTextToText.register is silently ignored by transformers 5.17)."""
+    from transformers import AutoModelForMultimodalLM
 
-    AutoModelForImageTextToText.register(Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, exist_ok=True)
+    table["Qwen2AudioForConditionalGeneration"] = AutoModelForMultimodalLM
+    return table
 
 
 # ------------------------------------------------------------------------------------------------ the table
@@ -204,6 +206,8 @@ def _build_patches() -> list[Patch]:
               "one <|AUDIO|> per clip in prompts sent to vLLM"),
         Patch("E", _VLLM_SERVER, "get_vision_placeholder_token_ids", _make_banned_ids,
               "ban <|AUDIO|>/<|audio_bos|>/<|audio_eos|> from sampling"),
+        Patch("F", "verl.utils.model", "_architecture_to_auto_class", _make_auto_class_table,
+              "actor class: Qwen2AudioForConditionalGeneration via AutoModelForMultimodalLM"),
         Patch("W", "verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension.monkey_patch_model",
               _make_worker_check, "each vLLM worker checks it runs the name-mapping model"),
     ]
@@ -311,7 +315,6 @@ def install() -> None:
         problems = check_versions()
         if problems and os.environ.get(ALLOW_UNTESTED_ENV) != "1":
             raise AdapterError("; ".join(problems) + f" (set {ALLOW_UNTESTED_ENV}=1 to try anyway)")
-        register_auto_class()
         if not _installed:
             sys.meta_path.insert(0, _PostImportFinder())
             _installed = True
