@@ -109,7 +109,8 @@ def test_position_bias_counts_accuracy_by_answer_position_and_predicted_position
         {"id": "c", "choices": ["Dog", "Cat", "Cow"], "answer": "Cow"},
     ]
     bias = position_bias(items, ["<answer>Dog</answer>", "<answer>Dog</answer>", "moo"])
-    assert {k: (t.correct, t.total) for k, t in bias.accuracy_by_answer_position.items()} == {0: (1, 1), 1: (0, 1), 2: (0, 1)}
+    by_position = {k: (t.correct, t.total) for k, t in bias.accuracy_by_answer_position.items()}
+    assert by_position == {0: (1, 1), 1: (0, 1), 2: (0, 1)}
     assert dict(bias.predicted_positions) == {0: 2, "none": 1}
 
 

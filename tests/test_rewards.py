@@ -142,7 +142,9 @@ ADVERSARIAL = [
 ]
 
 
-@pytest.mark.parametrize("text", ADVERSARIAL, ids=["opens", "open-lines", "nested", "think-answer", "long-think", "words"])
+@pytest.mark.parametrize(
+    "text", ADVERSARIAL, ids=["opens", "open-lines", "nested", "think-answer", "long-think", "words"]
+)
 def test_every_reward_and_compute_score_finish_a_1_mb_adversarial_output_within_a_second(text):
     every = {name: 1.0 for name in REWARDS}
     start = time.perf_counter()

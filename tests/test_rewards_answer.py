@@ -32,7 +32,9 @@ REFERENCES = {
 }
 
 # Pieces that make the interesting cases likely: tags, partial tags, newlines, unicode whitespace, words.
-PIECES = ["<answer>", "</answer>", "<think>", "</think>", "<answer", "answer>", "\n", " ", "\u00a0", "\t", "Dog", "é", "x"]
+PIECES = [
+    "<answer>", "</answer>", "<think>", "</think>", "<answer", "answer>", "\n", " ", "\u00a0", "\t", "Dog", "é", "x",
+]
 
 
 def _tag_soup(rng: random.Random) -> str:

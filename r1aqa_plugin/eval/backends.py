@@ -30,7 +30,9 @@ class SamplingConfig:
 
     def describe(self) -> str:
         """One line for the report."""
-        mode = "greedy" if self.temperature == 0 else f"sampling T={self.temperature} top_p={self.top_p} seed={self.seed}"
+        if self.temperature == 0:
+            return f"greedy, max_new_tokens={self.max_new_tokens}"
+        mode = f"sampling T={self.temperature} top_p={self.top_p} seed={self.seed}"
         return f"{mode}, max_new_tokens={self.max_new_tokens}"
 
 

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder for predictions.json, report.md, accuracy.png")
     parser.add_argument("--backend", choices=["vllm", "hf"], default=None,
                         help="generation backend (default: vllm when importable and a GPU is present, else hf)")
-    parser.add_argument("--prompt", default="r1aqa", help="prompt template: r1aqa | r1aqa_think | plain (default r1aqa)")
+    parser.add_argument("--prompt", default="r1aqa", help="prompt template: r1aqa | r1aqa_think | plain")
     parser.add_argument("--batch-size", type=int, default=8, help="hf backend batch size (default 8)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -143,7 +143,8 @@ def _generate_and_score(args: argparse.Namespace, out: Path) -> tuple[Any, Any]:
         settings["batch size"] = str(args.batch_size)
     ctx = ReportContext(settings, _version(args, items))
     for k in range(args.shuffle_choices):
-        run = evaluate(f"permutation {k + 1} (seed {args.seed + k + 1})", shuffle_choices(items, args.seed + k + 1), audios)
+        seed = args.seed + k + 1
+        run = evaluate(f"permutation {k + 1} (seed {seed})", shuffle_choices(items, seed), audios)
         ctx.shuffled.append(run)
         _write_json(out / f"predictions_shuffled_{k + 1}.json", run.items)
     if args.silence_audio:

@@ -75,4 +75,6 @@ def load_questions(path: str | os.PathLike[str]) -> list[Question]:
 
 def build_requests(items: list[dict[str, Any]], audios: list[Any], prompt: str) -> list[Request]:
     """Requests for items (their possibly reordered choices) with the named prompt template."""
-    return [Request(render_prompt(prompt, item["question"], item["choices"]), audio) for item, audio in zip(items, audios)]
+    return [
+        Request(render_prompt(prompt, item["question"], item["choices"]), audio) for item, audio in zip(items, audios)
+    ]

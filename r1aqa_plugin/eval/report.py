@@ -82,7 +82,8 @@ def markdown(ctx: ReportContext, base: EvalRun) -> str:
     for mode in MODES:
         tasks = " | ".join(_pct(t) for t in modes[mode].by_task.values())
         lines.append(f"| {mode} | {_pct(modes[mode].total)} | {tasks} |")
-    lines += ["", f"Unparseable outputs (no complete `<answer>` tag): {base.scores.unparseable} of {base.scores.n_items}", ""]
+    unparseable = f"{base.scores.unparseable} of {base.scores.n_items}"
+    lines += ["", f"Unparseable outputs (no complete `<answer>` tag): {unparseable}", ""]
     lines += _group_table("Per task", modes, "by_task")
     lines += _group_table("Per difficulty", modes, "by_difficulty")
     if modes["official"].by_subcategory:
@@ -106,19 +107,22 @@ def markdown(ctx: ReportContext, base: EvalRun) -> str:
         lines += [f"## Shuffled choices ({len(ctx.shuffled)} permutation(s))", "",
                   "| run | lenient | strict |", "|---|---:|---:|"]
         lines += [f"| {run.label} | {a:.2f} | {b:.2f} |" for run, a, b in zip(ctx.shuffled, lenient, strict)]
-        lines += [f"| mean ± sd | {mean(lenient):.2f} ± {pstdev(lenient):.2f} | {mean(strict):.2f} ± {pstdev(strict):.2f} |",
+        spread = f"{mean(lenient):.2f} ± {pstdev(lenient):.2f} | {mean(strict):.2f} ± {pstdev(strict):.2f}"
+        lines += [f"| mean ± sd | {spread} |",
                   f"| dataset order | {_pct(modes['lenient'].total)} | {_pct(modes['strict'].total)} |", ""]
         merged = merge_bias([run.bias for run in ctx.shuffled if run.bias is not None])
         lines += ["Position bias over all shuffled runs:", ""] + _bias_lines(merged, n_choices_max) + [""]
     if ctx.silenced is not None:
-        lines += ["## Silenced audio (zeros of the same length)", "", "| mode | with audio | silenced | needs the audio |",
+        lines += ["## Silenced audio (zeros of the same length)", "",
+                  "| mode | with audio | silenced | needs the audio |",
                   "|---|---:|---:|---:|"]
         for mode in ("lenient", "strict"):
             with_audio = modes[mode].total.percent
             without = ctx.silenced.scores.modes[mode].total.percent
             lines.append(f"| {mode} | {with_audio:.2f} | {without:.2f} | {with_audio - without:+.2f} |")
         lines.append("")
-    lines += ["## Official evaluation.py output (official mode)", "", "```", official_text(modes["official"]), "```", ""]
+    lines += ["## Official evaluation.py output (official mode)", ""]
+    lines += ["```", official_text(modes["official"]), "```", ""]
     return "\n".join(lines)
 
 

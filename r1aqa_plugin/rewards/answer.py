@@ -88,7 +88,8 @@ def extract_lenient(text: str) -> str:
 
 def is_answer_format(text: str) -> bool:
     """``re.fullmatch(r"<answer>.*?</answer>", text, re.DOTALL)`` is not None (R1-AQA's format reward)."""
-    return len(text) >= len(ANSWER_OPEN) + len(ANSWER_CLOSE) and text.startswith(ANSWER_OPEN) and text.endswith(ANSWER_CLOSE)
+    long_enough = len(text) >= len(ANSWER_OPEN) + len(ANSWER_CLOSE)
+    return long_enough and text.startswith(ANSWER_OPEN) and text.endswith(ANSWER_CLOSE)
 
 
 def is_think_answer_format(text: str) -> bool:

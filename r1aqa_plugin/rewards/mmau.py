@@ -39,7 +39,7 @@ def string_match(answer: str, prediction: str, choices: Sequence[str]) -> bool:
 
 
 def extract(response: str, how: Extraction) -> str:
-    """The text that gets matched: R1-AQA's lenient extraction, the strict last ``<answer>`` ("" if none), or all of it."""
+    """The text to match: R1-AQA's lenient extraction, the strict last ``<answer>`` ("" if none), or all of it."""
     if how == "lenient":
         return extract_lenient(response)
     if how == "strict":
@@ -54,4 +54,5 @@ def mmau_match(
     response: str, ground_truth: str, choices: Sequence[str] | None, *, extraction: Extraction = "lenient"
 ) -> float:
     """1.0 iff the official MMAU string_match accepts the extracted answer (R1-AQA's eval pipeline by default)."""
-    return 1.0 if string_match(ground_truth, extract(response, extraction), require_choices("mmau_match", choices)) else 0.0
+    options = require_choices("mmau_match", choices)
+    return 1.0 if string_match(ground_truth, extract(response, extraction), options) else 0.0

@@ -27,7 +27,9 @@ def _math_verify_equal(response: str, ground_truth: str) -> bool:
 
 
 @register_reward("r1aqa_accuracy")
-def r1aqa_accuracy(response: str, ground_truth: str, choices: Sequence[str] | None, *, math_verify: bool = False) -> float:
+def r1aqa_accuracy(
+    response: str, ground_truth: str, choices: Sequence[str] | None, *, math_verify: bool = False
+) -> float:
     """1.0 iff R1-AQA's accuracy_reward gives 1 (math_verify off by default: it credits numbers found anywhere)."""
     if math_verify and _math_verify_equal(response, ground_truth):
         return 1.0
@@ -45,5 +47,5 @@ def r1aqa_format(response: str, ground_truth: str, choices: Sequence[str] | None
 
 @register_reward("r1aqa_think_format")
 def r1aqa_think_format(response: str, ground_truth: str, choices: Sequence[str] | None) -> float:
-    """1.0 iff the completion is exactly ``<think>…</think>``, whitespace, ``<answer>…</answer>`` (R1-AQA's think variant)."""
+    """1.0 iff the completion is exactly ``<think>…</think>``, whitespace, ``<answer>…</answer>`` (R1-AQA think)."""
     return 1.0 if is_think_answer_format(response) else 0.0
