@@ -8,7 +8,8 @@
 #   bash benchmarks/gpu/grpo_runs.sh 7b [NGPU]     # Qwen2-Audio-7B architecture (random), R1-AQA's shape, 2 steps
 #
 # Logs go to $OUT (or ./gpu-logs). flash-attn cannot be installed on that machine, hence sdpa and no
-# remove-padding (verl's packed path needs flash-attn's varlen kernels).
+# remove-padding (verl's packed path needs flash-attn's varlen kernels). That machine has transformers 5.17
+# (verl 0.9.1 pins <5.11), whose Qwen2AudioConfig lacks the top-level tie_word_embeddings verl reads.
 set -uo pipefail
 STAGE=${1:?stage}; NGPU=${2:-1}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -18,6 +19,7 @@ W=${WORK:-/tmp/r1aqa-work}; mkdir -p "$W"
 export PYTHONPATH=/tmp/r1aqa-site${PYTHONPATH:+:$PYTHONPATH}
 R1AQA="python3 -m r1aqa_plugin.cli"
 MACHINE=(+actor_rollout_ref.model.override_config.attn_implementation=sdpa
+         +actor_rollout_ref.model.override_config.tie_word_embeddings=False
          actor_rollout_ref.model.use_remove_padding=False
          trainer.logger='[console]' trainer.default_local_dir="$W/ckpt-$STAGE")
 
@@ -32,10 +34,15 @@ grpo() {  # grpo LOGNAME overrides...
   return $rc
 }
 
-case $STAGE in
-install)
+install_plugin() {  # the plugin from this checkout (recipes included), fresh each stage
+  rm -rf /tmp/r1aqa-site
   python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/r1aqa-site "$REPO" \
     > "$LOGS/install.log" 2>&1 || { cat "$LOGS/install.log"; exit 1; }
+}
+
+install_plugin
+case $STAGE in
+install)
   $R1AQA doctor 2>&1 | grep -v "^INFO" | tee "$LOGS/doctor.log"
   ;;
 tiny|tiny-reversed)
