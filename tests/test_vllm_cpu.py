@@ -1,4 +1,8 @@
-"""vLLM's CPU build with the adapter: audio prompts expand once, and transformers-5 weight names load."""
+"""vLLM's CPU build with the adapter: audio prompts expand once, and transformers-5 weight names load.
+
+Requests carry ``mm_processor_kwargs={"sampling_rate": 16000}`` exactly as verl's agent loop sends them.
+Run with ``VLLM_PLUGINS=none`` and this test fails (stock vLLM refuses the transformers-5 names).
+"""
 
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ SCRIPT = textwrap.dedent(
         hf_ids = list(proc(text=[text], audio=[wave], sampling_rate=16000)["input_ids"][0])
         sp = SamplingParams(max_tokens=4, temperature=0.0)
         res = llm.generate([TokensPrompt(prompt_token_ids=collapse_audio_runs(hf_ids),
-                                         multi_modal_data={"audio": [wave]})], sp)[0]
+                                         multi_modal_data={"audio": [wave]},
+                                         mm_processor_kwargs={"sampling_rate": 16000})], sp)[0]
         out["hf_len"], out["vllm_len"] = len(hf_ids), len(res.prompt_token_ids)
         out["same_ids"] = list(res.prompt_token_ids) == hf_ids
         out["text"] = res.outputs[0].text
@@ -42,7 +47,8 @@ SCRIPT = textwrap.dedent(
         llm5 = LLM(model=sys.argv[2], enforce_eager=True, dtype="bfloat16", max_model_len=2048,
                    limit_mm_per_prompt={"audio": 1}, seed=0)
         res5 = llm5.generate([TokensPrompt(prompt_token_ids=collapse_audio_runs(hf_ids),
-                                           multi_modal_data={"audio": [wave]})], sp)[0]
+                                           multi_modal_data={"audio": [wave]},
+                                         mm_processor_kwargs={"sampling_rate": 16000})], sp)[0]
         out["text_v5"] = res5.outputs[0].text
         print("RESULT " + json.dumps(out))
 

@@ -1,23 +1,46 @@
-"""vLLM's Qwen2-Audio, plus a name mapper for the weights verl's FSDP actor pushes at every sync.
+"""vLLM's Qwen2-Audio with two fixes verl's path needs; registered by ``vllm_plugin``.
 
-vLLM 0.24-0.33 load Qwen2-Audio with a bare ``AutoWeightsLoader`` that knows only the original checkpoint names;
-transformers 5 names the same tensors ``model.language_model.*``, ``model.audio_tower.*``, ``lm_head.*``.
-Original names pass through the mapper unchanged, so hub checkpoints still load.
+1. Weight names. vLLM 0.24-0.33 load Qwen2-Audio with a bare ``AutoWeightsLoader`` that knows only the original
+   checkpoint names; transformers 5 names the same tensors ``model.language_model.*``, ``model.audio_tower.*``,
+   ``lm_head.*``, and that is what verl's FSDP actor pushes at every weight sync (vLLM starts on dummy weights,
+   so even the first sync needs this). Original names pass through the mapper unchanged.
+2. ``sampling_rate``. verl's agent loop sends ``mm_processor_kwargs={"sampling_rate": 16000}`` with every audio
+   request; vLLM's Qwen2-Audio processor adds the same key itself (``dict(**mm_kwargs, sampling_rate=...)``) and
+   fails with "got multiple values for keyword argument 'sampling_rate'". Audio reaching vLLM is already at the
+   feature extractor's rate (AQADataset resamples to 16 kHz), so the request's copy is dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
-from vllm.model_executor.models.qwen2_audio import Qwen2AudioForConditionalGeneration
+from vllm.model_executor.models.qwen2_audio import (
+    Qwen2AudioDummyInputsBuilder,
+    Qwen2AudioForConditionalGeneration,
+    Qwen2AudioMultiModalProcessor,
+    Qwen2AudioProcessingInfo,
+)
 from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper
+from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from r1aqa_plugin.models.qwen2_audio.names import V5_TO_ORIGINAL
 
 
+class Qwen2AudioProcessorOneRate(Qwen2AudioMultiModalProcessor):
+    """vLLM's Qwen2-Audio processor that tolerates a request-level ``sampling_rate`` (fix 2)."""
+
+    def _call_hf_processor(self, prompt: str, mm_data: Mapping[str, object], mm_kwargs: Mapping[str, Any],
+                           tok_kwargs: Mapping[str, object]) -> Any:
+        mm_kwargs = {k: v for k, v in mm_kwargs.items() if k != "sampling_rate"}
+        return super()._call_hf_processor(prompt, mm_data, mm_kwargs, tok_kwargs)
+
+
+@MULTIMODAL_REGISTRY.register_processor(Qwen2AudioProcessorOneRate, info=Qwen2AudioProcessingInfo,
+                                        dummy_inputs=Qwen2AudioDummyInputsBuilder)
 class Qwen2AudioWithV5Names(Qwen2AudioForConditionalGeneration):
-    """Qwen2-Audio for vLLM that accepts both original and transformers-5 parameter names."""
+    """Qwen2-Audio for vLLM that accepts original and transformers-5 parameter names (fix 1)."""
 
     r1aqa_accepts_v5_names = True  # checked by the verl side in every vLLM worker
     hf_to_vllm_mapper = WeightsMapper(orig_to_new_prefix=dict(V5_TO_ORIGINAL))
