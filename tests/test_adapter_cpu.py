@@ -156,3 +156,13 @@ def test_vllm_worker_check_raises_for_the_stock_model_class():
 
     with pytest.raises(verl_hooks.AdapterError, match="vllm.general_plugins"):
         verl_hooks.check_vllm_model(Qwen2AudioForConditionalGeneration())
+
+
+def test_a_saved_wrapped_processor_loads_back_as_the_stock_class(processor, tmp_path):
+    """verl saves the processor into every checkpoint; `r1aqa eval` and vLLM load it with AutoProcessor."""
+    from transformers import AutoProcessor, Qwen2AudioProcessor
+
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is Qwen2AudioProcessor
+    assert loaded.chat_template == processor.chat_template

@@ -55,3 +55,8 @@ class VerlQwen2AudioProcessor(Qwen2AudioProcessor):
         _trace("actor audio features", f"input_features {np.shape(data['input_features'])}, "
                f"{int(np.sum(data['feature_attention_mask']))} valid frames")
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+
+# Saved configs name the processor class by ``__class__.__name__`` (processor_config.json, tokenizer_config.json);
+# verl saves the processor with every checkpoint, and AutoProcessor must load those as the stock class.
+VerlQwen2AudioProcessor.__name__ = VerlQwen2AudioProcessor.__qualname__ = "Qwen2AudioProcessor"
