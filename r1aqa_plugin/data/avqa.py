@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from r1aqa_plugin.data.records import BuildError, BuildReport, make_record
+from r1aqa_plugin.data.records import BuildError, BuildReport, file_audio, make_record
 from r1aqa_plugin.data.registry import arg, register_dataset
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
@@ -165,14 +165,9 @@ def build_avqa(
                 report.skip("--drop-color: question mentions color", where, problem=False)
                 continue
             audio_path, shown = _resolve_audio(item, qa_path, index)
-            if audio_path is None:
-                if not allow_missing_audio:
-                    report.skip("audio file not found", f"{where}: {shown}")
-                    continue
-                report.warn("audio file not found (kept: --allow-missing-audio)", f"{where}: {shown}")
-            audio = {"path": str(audio_path or shown), "bytes": None}
-            if embed_audio and audio_path is not None:
-                audio["bytes"] = audio_path.read_bytes()
+            audio = file_audio(report, where, audio_path, shown, allow_missing=allow_missing_audio, embed=embed_audio)
+            if audio is None:
+                continue
             yield make_record(
                 data_source="avqa",
                 question=str(item["question_text"]).replace("video", "audio"),

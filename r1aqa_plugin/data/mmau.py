@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from r1aqa_plugin.data.records import BuildError, BuildReport, make_record
+from r1aqa_plugin.data.records import BuildError, BuildReport, file_audio, make_record
 from r1aqa_plugin.data.registry import arg, register_dataset
 
 # sha256 of the published test-mini files, to catch a v1 file built under the current name (or vice versa).
@@ -108,14 +108,9 @@ def build_mmau(
         if was_list:
             report.warn("category given as a list (normalised to a string)", f"{where}: {item['category']!r}")
         audio_path, shown = _resolve_audio(str(item["audio_id"]), json_path.parent, audio_dir)
-        if audio_path is None:
-            if not allow_missing_audio:
-                report.skip("audio file not found", f"{where}: {shown}")
-                continue
-            report.warn("audio file not found (kept: --allow-missing-audio)", f"{where}: {shown}")
-        audio = {"path": str(audio_path or shown), "bytes": None}
-        if embed_audio and audio_path is not None:
-            audio["bytes"] = audio_path.read_bytes()
+        audio = file_audio(report, where, audio_path, shown, allow_missing=allow_missing_audio, embed=embed_audio)
+        if audio is None:
+            continue
         task = str(item["task"])
         yield make_record(
             data_source=f"{prefix}/{task}",

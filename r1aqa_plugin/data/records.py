@@ -271,3 +271,15 @@ def iter_parquet(path: str | os.PathLike, *, batch_size: int = 256) -> Iterator[
 
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
         yield from batch.to_pylist()
+
+
+def file_audio(
+    report: BuildReport, where: str, path: Path | None, shown: str, *, allow_missing: bool, embed: bool
+) -> dict[str, Any] | None:
+    """The ``audios`` entry for an audio file; None (counted as skipped) when it is missing and that is not allowed."""
+    if path is None:
+        if not allow_missing:
+            report.skip("audio file not found", f"{where}: {shown}")
+            return None
+        report.warn("audio file not found (kept: --allow-missing-audio)", f"{where}: {shown}")
+    return {"path": str(path or shown), "bytes": path.read_bytes() if embed and path is not None else None}
