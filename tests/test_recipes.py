@@ -1,0 +1,506 @@
+"""Recipes compose in verl 0.9.1 and say what they claim; every documented command parses; best-checkpoint logic.
+
+Compositions run in-process through Hydra's compose API (what ``main_ppo --cfg job`` does, ~1 s each) and are
+then checked by verl's own ``validate_config`` and config dataclasses. A few run the real ``python -m
+verl.trainer.main_ppo ... --cfg job`` in a subprocess: the recipe, an example script, a copied recipe, and
+(``integration``) a non-editable wheel install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml"))
+EXAMPLES = sorted((REPO / "examples").glob("*.sh"))
+PY = sys.executable
+R1AQA = str(Path(PY).with_name("r1aqa"))
+REQUIRED = ["data.train_files=train.parquet", "data.val_files=val.parquet", "actor_rollout_ref.model.path=model"]
+
+
+def compose(overrides: list[str]):
+    """verl's ppo_trainer config with these overrides, as main_ppo composes it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module("verl.trainer.config", version_base=None):
+        return hydra_compose("ppo_trainer", overrides=overrides)
+
+
+def check_with_verl(cfg) -> None:
+    """What main_ppo runs before Ray starts, plus the dataclasses the workers build (they assert on values)."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+
+    validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    omega_conf_to_dataclass(cfg.algorithm)
+
+
+def main_ppo_cfg_job(args: list[str], cwd: Path, env: dict | None = None, prefix: list[str] | None = None):
+    """Run ``python -m verl.trainer.main_ppo ARGS --cfg job`` for real; return the printed config."""
+    cmd = (prefix or [PY, "-m", "verl.trainer.main_ppo"]) + args + ["--cfg", "job"]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stderr[-3000:]}"
+    return OmegaConf.create(proc.stdout)
+
+
+def header_commands(text: str) -> list[str]:
+    """Commands in a file's leading comment: lines indented under '#', with backslash continuations joined."""
+    commands, current = [], ""
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            if line.strip() and not line.startswith("defaults") and current == "":
+                break
+            continue
+        body = line[1:]
+        if not (body.startswith("   ") or current):
+            continue
+        body = body.strip()
+        current += body[:-1] + " " if body.endswith("\\") else body
+        if not body.endswith("\\"):
+            commands.append(current.strip())
+            current = ""
+    return [c for c in commands if c.startswith(("python", "r1aqa", "bash"))]
+
+
+def fenced_bash(text: str) -> list[str]:
+    """Commands in ```bash blocks (continuations joined; comments, pip and apt lines skipped)."""
+    commands = []
+    for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.strip()
+            if line and not line.startswith(("#", "pip install", "apt", "sudo apt")):
+                commands.append(line)
+    return commands
+
+
+def check_command(command: str) -> None:
+    """A main_ppo line must compose (and pass verl's checks); an r1aqa line must parse; others are skipped."""
+    tokens = shlex.split(command)
+    env = {}
+    while tokens and re.fullmatch(r"\w+=.*", tokens[0]):
+        key, value = tokens.pop(0).split("=", 1)
+        env[key] = value
+    if tokens[:2] == ["bash", tokens[1]] and re.fullmatch(r"examples/train_\w+\.sh", tokens[1]):
+        cfg = main_ppo_cfg_job(tokens[2:], cwd=REPO, env={**os.environ, "PYTHON": PY, **env},
+                               prefix=["bash", str(REPO / tokens[1])])
+        check_with_verl(cfg)
+        return
+    if tokens[:3] in (["python", "-m", "verl.trainer.main_ppo"], ["python3", "-m", "verl.trainer.main_ppo"]):
+        args = tokens[3:]
+        if any(a.startswith("--") for a in args):  # Hydra flags (--config-dir ...): the real entry point
+            main_ppo_cfg_job(args, cwd=REPO)
+        else:
+            check_with_verl(compose(args))
+    elif tokens[0] == "r1aqa":
+        from r1aqa_plugin.cli import build_parser
+
+        try:
+            build_parser().parse_args(tokens[1:])
+        except SystemExit as exc:  # argparse exits 2 on a bad option, 0 on --help
+            assert exc.code == 0, f"`{command}` does not parse"
+
+
+# --- every recipe ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_composes_and_passes_verls_own_checks(name):
+    cfg = compose([f"+recipe={name}", *REQUIRED])
+    check_with_verl(cfg)
+    assert cfg.data.custom_cls.name == "AQADataset"
+    assert cfg.actor_rollout_ref.model.external_lib == "r1aqa_plugin.models.qwen2_audio.verl_hooks"
+    assert cfg.actor_rollout_ref.rollout.engine_kwargs.vllm.limit_mm_per_prompt.audio == 1
+    assert cfg.reward.custom_reward_function.name == "compute_score"
+    assert cfg.trainer.experiment_name == name
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_is_global_has_a_launch_header_and_variants_only_add_deltas(name):
+    text = (REPO / "recipes" / f"{name}.yaml").read_text()
+    assert text.startswith("# @package _global_\n")
+    commands = header_commands(text)
+    assert any(f"+recipe={name} " in c for c in commands), f"{name}.yaml's header has no launch command"
+    if name != "r1aqa_grpo":
+        assert yaml.safe_load(text)["defaults"] == ["r1aqa_grpo", "_self_"]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_command_in_a_recipe_header_parses(name, tmp_path):
+    for command in header_commands((REPO / "recipes" / f"{name}.yaml").read_text()):
+        check_command(command)
+
+
+def test_r1aqa_grpo_says_what_r1aqa_did():
+    cfg = compose(["+recipe=r1aqa_grpo", *REQUIRED])
+    actor, rollout = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
+    assert (rollout.n, rollout.temperature, rollout.top_p, rollout.top_k) == (8, 1.0, 1.0, -1)
+    assert (rollout.val_kwargs.do_sample, rollout.val_kwargs.n) == (False, 1)
+    assert (cfg.data.train_batch_size, cfg.data.max_response_length) == (16, 256)
+    assert (actor.ppo_mini_batch_size, actor.ppo_epochs) == (16, 1)  # one update per rollout batch
+    assert (actor.use_kl_loss, actor.kl_loss_coef, actor.kl_loss_type) == (True, 0.04, "k3")
+    assert actor.loss_agg_mode == "seq-mean-token-mean"
+    assert actor.policy_loss.loss_mode == "vanilla" and actor.entropy_coeff == 0.0
+    assert (cfg.algorithm.adv_estimator, cfg.algorithm.norm_adv_by_std_in_grpo) == ("grpo", True)
+    assert cfg.algorithm.use_kl_in_reward is False
+    optim = actor.optim
+    assert (optim.optimizer, optim.lr, optim.weight_decay, list(optim.betas)) == ("AdamW", 1e-6, 0.0, [0.9, 0.999])
+    assert (optim.override_optimizer_config.eps, optim.clip_grad) == (1e-8, 1.0)
+    assert (optim.lr_scheduler_type, optim.min_lr_ratio, optim.lr_warmup_steps_ratio) == ("cosine", 0.0, 0.0)
+    t = cfg.trainer
+    assert (t.total_training_steps, t.test_freq, t.save_freq) == (1000, 100, 100)
+    assert t.checkpoint_callback_class == "r1aqa_plugin.checkpointing.BestMMAUCheckpoint"
+    assert list(actor.checkpoint.save_contents) == ["model", "extra", "hf_model"]  # no optimizer, as R1-AQA
+    assert (cfg.data.seed, actor.fsdp_config.seed, rollout.seed) == (42, 42, 42)
+    assert (cfg.actor_rollout_ref.model.lora_rank, actor.freeze_vision_tower) == (0, False)  # whole model trains
+    assert actor.fsdp_config.dtype == "bfloat16"
+    assert cfg.data.r1aqa.prompt_template == "r1aqa"
+    assert dict(cfg.reward.custom_reward_function.reward_kwargs.rewards) == {"r1aqa_accuracy": 1.0,
+                                                                               "r1aqa_format": 1.0}
+
+
+def test_the_k3_name_is_verls_k3_exactly():
+    import torch
+    from verl.trainer.ppo.core_algos import kl_penalty
+
+    logp, ref = torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-1.5, -1.0, -0.5])
+    expected = torch.exp(ref - logp) - (ref - logp) - 1  # R1-AQA's per-token KL
+    assert torch.allclose(kl_penalty(logp, ref, "k3"), expected)
+
+
+def test_verl_grpo_advantage_is_r1aqas_up_to_epsilon():
+    """verl: (r - mean) / (std_unbiased + 1e-6); R1-AQA: the same with 1e-4. Rewards in {0, 1, 2} over 8 samples:
+    std is 0 (advantage 0 either way) or >= 0.35, so the two differ by under 0.03 %."""
+    import torch
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    scores = torch.tensor([2.0, 1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 0.0])
+    rewards = torch.zeros(8, 3)
+    rewards[:, -1] = scores
+    adv, _ = compute_grpo_outcome_advantage(rewards, torch.ones(8, 3), index=["p"] * 8)
+    r1aqa = (scores - scores.mean()) / (scores.std() + 1e-4)
+    assert torch.allclose(adv[:, 0], r1aqa, rtol=3e-4)
+
+
+def variant(name: str):
+    return compose([f"+recipe={name}", *REQUIRED])
+
+
+def test_think_variant_uses_the_think_prompt_and_scores_the_think_format():
+    cfg = variant("r1aqa_grpo_think")
+    assert cfg.data.r1aqa.prompt_template == "r1aqa_think"
+    from r1aqa_plugin.rewards.verl_score import build_components
+
+    weights = {c.name: c.weight for c in build_components(cfg.reward.custom_reward_function.reward_kwargs.rewards)}
+    assert weights == {"r1aqa_accuracy": 1.0, "r1aqa_format": 0.0, "r1aqa_think_format": 1.0}
+
+
+def test_drgrpo_drops_the_std_and_the_per_length_normalisation():
+    cfg = variant("r1aqa_drgrpo")
+    actor = cfg.actor_rollout_ref.actor
+    assert cfg.algorithm.norm_adv_by_std_in_grpo is False
+    assert (actor.loss_agg_mode, actor.loss_scale_factor) == ("seq-mean-token-sum-norm", cfg.data.max_response_length)
+
+
+def test_dapo_clips_higher_filters_flat_groups_and_splits_the_batch():
+    cfg = variant("r1aqa_dapo")
+    actor = cfg.actor_rollout_ref.actor
+    assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.loss_agg_mode) == (0.2, 0.28, "token-mean")
+    assert (cfg.algorithm.filter_groups.enable, cfg.algorithm.filter_groups.metric) == (True, "reward")
+    assert actor.use_kl_loss is False
+    assert cfg.data.train_batch_size // actor.ppo_mini_batch_size == 4
+
+
+def test_gspo_uses_sequence_ratios_with_the_papers_clip():
+    cfg = variant("r1aqa_gspo")
+    actor = cfg.actor_rollout_ref.actor
+    assert actor.policy_loss.loss_mode == "gspo"
+    assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.loss_agg_mode) == (3e-4, 4e-4, "seq-mean-token-mean")
+    assert cfg.data.train_batch_size // actor.ppo_mini_batch_size == 4
+
+
+def test_lora_variant_merges_for_vllm_and_peft_leaves_the_audio_encoder_alone(tiny_model_dir):
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForMultimodalLM
+
+    import r1aqa_plugin.models.qwen2_audio.verl_hooks  # noqa: F401  (registers the architecture)
+
+    model_cfg = variant("r1aqa_grpo_lora").actor_rollout_ref.model
+    assert model_cfg.lora_rank > 0 and model_cfg.lora.merge is True
+    model = AutoModelForMultimodalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    # the LoraConfig verl's FSDP engine builds (workers/engine/fsdp/transformer_impl.py _build_lora_module)
+    peft = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=model_cfg.lora_rank,
+                                            lora_alpha=model_cfg.lora_alpha, target_modules=model_cfg.target_modules,
+                                            exclude_modules=model_cfg.exclude_modules, bias="none"))
+    trainable = [n for n, p in peft.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not [n for n in trainable if "audio_tower" in n]
+    assert [n for n in trainable if "language_model" in n or ".layers." in n]
+
+
+def test_tiny_recipe_stays_small():
+    cfg = variant("r1aqa_grpo_tiny")
+    assert (cfg.trainer.n_gpus_per_node, cfg.trainer.total_training_steps, cfg.actor_rollout_ref.rollout.n) == (1, 5, 4)
+
+
+# --- the real entry point -------------------------------------------------------------------------------------
+
+
+def test_main_ppo_composes_the_recipe_in_a_subprocess(tmp_path):
+    cfg = main_ppo_cfg_job(["+recipe=r1aqa_grpo", *REQUIRED], cwd=tmp_path)
+    assert cfg.actor_rollout_ref.rollout.n == 8 and cfg.trainer.total_training_steps == 1000
+
+
+def test_a_recipe_copied_into_a_users_folder_runs_with_config_dir(tmp_path):
+    """docs/recipes.md: copy, rename, edit, run with --config-dir (its recipe/ subfolder is the group)."""
+    (tmp_path / "myconf" / "recipe").mkdir(parents=True)
+    text = (REPO / "recipes" / "r1aqa_grpo.yaml").read_text().replace("experiment_name: r1aqa_grpo",
+                                                                       "experiment_name: my_r1aqa")
+    (tmp_path / "myconf" / "recipe" / "my_r1aqa.yaml").write_text(text.replace("n: 8 ", "n: 6 "))
+    cfg = main_ppo_cfg_job(["--config-dir", "myconf", "+recipe=my_r1aqa", *REQUIRED], cwd=tmp_path)
+    assert (cfg.trainer.experiment_name, cfg.actor_rollout_ref.rollout.n) == ("my_r1aqa", 6)
+    assert cfg.data.custom_cls.name == "AQADataset"
+    # a variant of the copy, next to it, inheriting from it
+    (tmp_path / "myconf" / "recipe" / "my_think.yaml").write_text(
+        "# @package _global_\ndefaults: [my_r1aqa, _self_]\ndata: {r1aqa: {prompt_template: r1aqa_think}}\n")
+    cfg = main_ppo_cfg_job(["--config-dir", "myconf", "+recipe=my_think", *REQUIRED], cwd=tmp_path)
+    assert (cfg.actor_rollout_ref.rollout.n, cfg.data.r1aqa.prompt_template) == (6, "r1aqa_think")
+
+
+@pytest.mark.integration
+def test_recipes_compose_from_a_non_editable_wheel(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".gpu-carry", "dist"))
+    subprocess.run([PY, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "w"),
+                    str(src)], check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "w").glob("r1aqa_plugin-*.whl"))
+    site = tmp_path / "site"
+    subprocess.run([PY, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)], check=True,
+                   capture_output=True, timeout=300)
+    assert (site / "r1aqa_plugin" / "recipe" / "r1aqa_grpo.yaml").is_file()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}  # ahead of the venv, whose editable install points at REPO
+    probe = "import r1aqa_plugin, hydra_plugins.r1aqa_plugin as h; print(r1aqa_plugin.__file__, h.__file__)"
+    out = subprocess.run([PY, "-c", probe], env=env, cwd=elsewhere, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.count(str(site)) == 2, f"the wheel's packages are not the ones imported: {out}"
+    for name in ("r1aqa_grpo", "r1aqa_grpo_tiny", "r1aqa_dapo"):
+        cfg = main_ppo_cfg_job([f"+recipe={name}", *REQUIRED], cwd=elsewhere, env=env)
+        assert cfg.data.custom_cls.name == "AQADataset"
+        assert cfg.data.custom_cls.path == "pkg://r1aqa_plugin.data.verl_dataset"
+        assert cfg.actor_rollout_ref.model.external_lib == "r1aqa_plugin.models.qwen2_audio.verl_hooks"
+        assert cfg.actor_rollout_ref.rollout.engine_kwargs.vllm.limit_mm_per_prompt.audio == 1
+        assert cfg.reward.custom_reward_function.name == "compute_score"
+
+
+# --- examples/ and README -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
+def test_example_scripts_are_valid_bash_with_a_usage_header(script):
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
+    assert any(c.startswith("bash examples/" + script.name) for c in header_commands(text))
+    assert len(text.splitlines()) <= 40, "examples are a recipe plus a few overrides"
+
+
+def run_example(name: str, args: list[str], cwd: Path, **env):
+    full_env = {**os.environ, "PYTHON": PY, "R1AQA": R1AQA, **env}
+    return main_ppo_cfg_job(args, cwd=cwd, env=full_env, prefix=["bash", str(REPO / "examples" / name)])
+
+
+def test_train_8x80gb_runs_the_recipe_on_8_gpus(tmp_path):
+    cfg = run_example("train_8x80gb.sh", [], tmp_path)
+    check_with_verl(cfg)
+    assert (cfg.trainer.n_gpus_per_node, cfg.trainer.experiment_name) == (8, "r1aqa_grpo")
+    assert cfg.actor_rollout_ref.actor.fsdp_config.optimizer_offload is False
+    cfg = run_example("train_8x80gb.sh", ["trainer.total_training_steps=10"], tmp_path, RECIPE="r1aqa_gspo")
+    assert (cfg.trainer.experiment_name, cfg.trainer.total_training_steps) == ("r1aqa_gspo", 10)
+
+
+@pytest.mark.parametrize("ngpu", [1, 2])
+def test_train_h200_offloads_adamw_and_keeps_the_maths(tmp_path, ngpu):
+    cfg = run_example("train_h200.sh", [str(ngpu)], tmp_path)
+    check_with_verl(cfg)
+    actor = cfg.actor_rollout_ref.actor
+    assert cfg.trainer.n_gpus_per_node == ngpu
+    assert actor.fsdp_config.optimizer_offload is True and cfg.actor_rollout_ref.ref.fsdp_config.param_offload
+    assert (cfg.data.train_batch_size, actor.ppo_mini_batch_size, cfg.actor_rollout_ref.rollout.n) == (16, 16, 8)
+
+
+def test_train_h200_refuses_other_gpu_counts(tmp_path):
+    proc = subprocess.run(["bash", str(REPO / "examples" / "train_h200.sh"), "8"], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "train_8x80gb" in proc.stderr
+
+
+@pytest.mark.parametrize("no_flash", ["0", "1"])
+def test_quickstart_gpu_composes_the_tiny_recipe(tmp_path, no_flash):
+    work = tmp_path / "qs"
+    (work / "tiny-qwen2-audio").mkdir(parents=True)
+    (work / "tiny-qwen2-audio" / "config.json").write_text("{}")  # present: the script skips building
+    (work / "syn.parquet").write_text("")
+    cfg = run_example("quickstart_gpu.sh", [], tmp_path, WORK=str(work), NO_FLASH_ATTN=no_flash)
+    assert cfg.trainer.experiment_name == "r1aqa_grpo_tiny"
+    assert cfg.actor_rollout_ref.model.path == f"{work}/tiny-qwen2-audio"
+    sdpa = cfg.actor_rollout_ref.model.get("override_config", {}).get("attn_implementation")
+    assert (sdpa == "sdpa") == (no_flash == "1")
+    assert cfg.actor_rollout_ref.model.use_remove_padding is (no_flash == "0")
+
+
+def test_quickstart_gpu_builds_model_and_data_with_real_cli_options(tmp_path):
+    """The two r1aqa lines of the quickstart parse with the real CLI (run, they take minutes on 2 cores)."""
+    text = (REPO / "examples" / "quickstart_gpu.sh").read_text()
+    lines = [ln.split("|| ", 1)[1] for ln in text.splitlines() if "|| $R1AQA" in ln]
+    assert len(lines) == 2
+    for line in lines:
+        check_command(line.replace("$R1AQA", "r1aqa").replace('"$WORK', '"w'))
+
+
+def test_prepare_mmau_builds_the_validation_parquet(tmp_path):
+    mmau = tmp_path / "MMAU"
+    mmau.mkdir()
+    shutil.copy(REPO / "tests" / "fixtures" / "data" / "mmau_mini.json", mmau / "mmau-test-mini-v1.json")
+    env = {**os.environ, "R1AQA": R1AQA, "DATA": str(tmp_path / "data")}
+    subprocess.run(["bash", str(REPO / "examples" / "prepare_mmau.sh"), str(mmau), str(mmau / "mmau-test-mini-v1.json"),
+                    "--allow-missing-audio"], env=env, check=True, capture_output=True, timeout=120)
+    from r1aqa_plugin.data import read_parquet
+
+    rows = read_parquet(tmp_path / "data" / "mmau-test-mini-v1.parquet")
+    assert {r["data_source"].split("/")[0] for r in rows} == {"mmau-test-mini-v1"}
+
+
+def test_prepare_avqa_builds_the_training_parquet(tmp_path):
+    qa = tmp_path / "train_qa.json"
+    qa.write_text(json.dumps([{"id": 1, "video_name": "-HG3Omg_89c_000030", "video_id": 11,
+                               "question_text": "What happened in the video?",
+                               "multi_choice": ["motorboat", "Yacht", "Sailboat", "car"], "answer": 2,
+                               "question_relation": "Both", "question_type": "Happening"}]))
+    (tmp_path / "wavs").mkdir()
+    env = {**os.environ, "R1AQA": R1AQA, "DATA": str(tmp_path / "data")}
+    subprocess.run(["bash", str(REPO / "examples" / "prepare_avqa.sh"), str(qa), str(tmp_path / "wavs"),
+                    "--allow-missing-audio"], env=env, check=True, capture_output=True, timeout=120)
+    from r1aqa_plugin.data import read_parquet
+
+    rows = read_parquet(tmp_path / "data" / "avqa-train.parquet")
+    assert len(rows) == 1 and "audio" in rows[0]["question"]
+
+
+DOCS = [REPO / "README.md", REPO / "docs" / "recipes.md", REPO / "docs" / "recipe-mapping.md"]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_command_in_the_docs_parses(doc):
+    if not doc.exists():
+        pytest.skip(f"{doc.name} not written yet")
+    for command in fenced_bash(doc.read_text()):
+        check_command(command)
+
+
+# --- best checkpoint ------------------------------------------------------------------------------------------
+
+
+def val_metrics(sound: float, music: float, speech: float) -> dict[str, float]:
+    return {"val-core/mmau-test-mini/sound/acc/mean@1": sound, "val-core/mmau-test-mini/music/acc/mean@1": music,
+            "val-core/mmau-test-mini/speech/acc/mean@1": speech, "val-aux/mmau-test-mini/sound/score/mean@1": 9.0}
+
+
+class FakeTrainer:
+    """The part of verl 0.9.1's PPOTrainer the callback touches: global_steps and _validate()."""
+
+    def __init__(self, results: dict[int, dict]):
+        self.global_steps = 0
+        self.results = results
+
+    def _validate(self) -> dict:
+        return self.results[self.global_steps]
+
+
+def run_fit(callback, trainer, root: Path, steps: list[int], save_freq: int, test_freq: int) -> None:
+    """verl's fit() order: step N -> save N (-> on_save) -> validate N."""
+    for step in steps:
+        trainer.global_steps = step
+        if step % save_freq == 0:
+            ckpt = root / f"global_step_{step}"
+            ckpt.mkdir(parents=True)
+            callback.on_save(trainer=trainer, global_step=step, checkpoint_dir=str(ckpt), async_save=False)
+        if step % test_freq == 0:
+            trainer._validate()
+
+
+def test_best_checkpoint_follows_validation_accuracy(tmp_path):
+    from r1aqa_plugin.checkpointing import BestMMAUCheckpoint
+
+    root = tmp_path / "ckpt"
+    config = OmegaConf.create({"trainer": {"default_local_dir": str(root)}})
+    results = {100: val_metrics(0.6, 0.5, 0.4), 200: val_metrics(0.7, 0.6, 0.5), 300: val_metrics(0.7, 0.6, 0.4)}
+    callback = BestMMAUCheckpoint(config)
+    run_fit(callback, FakeTrainer(results), root, [50, 100, 150, 200, 250, 300], save_freq=100, test_freq=100)
+    assert os.readlink(root / "best") == "global_step_200"
+    best = json.loads((root / "best_checkpoint.json").read_text())
+    assert best["step"] == 200 and best["score"] == pytest.approx(0.6)
+    history = [json.loads(line) for line in (root / "val_accuracy.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [100, 200, 300]
+    # a resumed run keeps the old best unless it is beaten
+    callback = BestMMAUCheckpoint(config)
+    run_fit(callback, FakeTrainer({400: val_metrics(0.6, 0.6, 0.6), 500: val_metrics(0.8, 0.7, 0.6)}), root,
+            [400, 500], save_freq=100, test_freq=100)
+    assert os.readlink(root / "best") == "global_step_500"
+
+
+def test_a_validation_without_a_checkpoint_of_its_step_is_logged_not_chosen(tmp_path):
+    from r1aqa_plugin.checkpointing import BestMMAUCheckpoint
+
+    root = tmp_path / "ckpt"
+    callback = BestMMAUCheckpoint(OmegaConf.create({"trainer": {"default_local_dir": str(root)}}))
+    results = {50: val_metrics(0.9, 0.9, 0.9), 100: val_metrics(0.5, 0.5, 0.5), 150: val_metrics(0.9, 0.9, 0.9)}
+    run_fit(callback, FakeTrainer(results), root, [50, 100, 150], save_freq=100, test_freq=50)
+    assert os.readlink(root / "best") == "global_step_100"
+    assert len((root / "val_accuracy.jsonl").read_text().splitlines()) == 2  # step 50 ran before any save
+
+
+def test_validation_metrics_without_acc_are_an_error():
+    from r1aqa_plugin.checkpointing import validation_accuracy
+
+    with pytest.raises(ValueError, match="acc/mean@N"):
+        validation_accuracy({"val-core/x/reward/mean@1": 1.0})
+
+
+def test_verl_builds_the_callback_named_in_the_recipe(tmp_path):
+    from verl.trainer.ppo.checkpoint_callback import build_checkpoint_callback
+
+    from r1aqa_plugin.checkpointing import BestMMAUCheckpoint
+
+    cfg = compose(["+recipe=r1aqa_grpo", *REQUIRED, f"trainer.default_local_dir={tmp_path}"])
+    assert isinstance(build_checkpoint_callback(cfg), BestMMAUCheckpoint)
+
+
+def test_verl_still_saves_before_it_validates():
+    """The callback relies on fit()'s order (save N, then validate N) and on PPOTrainer._validate(self).
+
+    Read as text: importing the v1 trainer needs TransferQueue, which the CPU test environment lacks.
+    """
+    import verl
+
+    source = (Path(verl.__file__).parent / "trainer" / "ppo" / "v1" / "trainer_base.py").read_text()
+    fit = source[source.index("    def fit(self"):]
+    assert fit.index("self._save_checkpoint()") < fit.index("val_metrics: dict = self._validate()")
+    assert "    def _validate(self) -> dict[str, float]:" in source
+    assert "self.checkpoint_callback.on_save(" in source and "self.global_steps += 1" in fit
