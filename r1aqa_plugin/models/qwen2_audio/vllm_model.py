@@ -3,7 +3,9 @@
 1. Weight names. vLLM 0.24-0.33 load Qwen2-Audio with a bare ``AutoWeightsLoader`` that knows only the original
    checkpoint names; transformers 5 names the same tensors ``model.language_model.*``, ``model.audio_tower.*``,
    ``lm_head.*``, and that is what verl's FSDP actor pushes at every weight sync (vLLM starts on dummy weights,
-   so even the first sync needs this). Original names pass through the mapper unchanged.
+   so even the first sync needs this). Original names pass through the mapper unchanged, and the
+   ``language_model.model.model.*`` names transformers' save_pretrained writes (verl's hf_model export) are
+   mapped back.
 2. ``sampling_rate``. verl's agent loop sends ``mm_processor_kwargs={"sampling_rate": 16000}`` with every audio
    request; vLLM's Qwen2-Audio processor adds the same key itself (``dict(**mm_kwargs, sampling_rate=...)``) and
    fails with "got multiple values for keyword argument 'sampling_rate'". Audio reaching vLLM is already at the
@@ -25,7 +27,7 @@ from vllm.model_executor.models.qwen2_audio import (
 from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from r1aqa_plugin.models.qwen2_audio.names import V5_TO_ORIGINAL
+from r1aqa_plugin.models.qwen2_audio.names import SAVE_PRETRAINED_BUG, V5_TO_ORIGINAL
 
 
 class Qwen2AudioProcessorOneRate(Qwen2AudioMultiModalProcessor):
@@ -43,7 +45,8 @@ class Qwen2AudioWithV5Names(Qwen2AudioForConditionalGeneration):
     """Qwen2-Audio for vLLM that accepts original and transformers-5 parameter names (fix 1)."""
 
     r1aqa_accepts_v5_names = True  # checked by the verl side in every vLLM worker
-    hf_to_vllm_mapper = WeightsMapper(orig_to_new_prefix=dict(V5_TO_ORIGINAL))
+    # prefixes apply in order; the save_pretrained fix runs first so it cannot meet a freshly mapped name
+    hf_to_vllm_mapper = WeightsMapper(orig_to_new_prefix=dict((SAVE_PRETRAINED_BUG, *V5_TO_ORIGINAL)))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load weights under either naming; return the (vLLM) names loaded."""
