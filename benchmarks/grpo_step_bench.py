@@ -1,0 +1,276 @@
+"""GRPO steps at R1-AQA's shape through ``main_ppo +recipe=r1aqa_grpo``, per override variant, with verl's timings.
+
+    python benchmarks/grpo_step_bench.py run --model DIR --data FILE.parquet [--gpus 1] [--steps 3]
+        [--variants baseline,wins] [--logs DIR] [--extra KEY=VALUE ...] [--dry-run]
+    python benchmarks/grpo_step_bench.py table LOG [LOG ...] [--gpus 1] [--json out.json]
+    python benchmarks/grpo_step_bench.py list
+
+``run`` starts one ``python -m verl.trainer.main_ppo`` per variant (logs in ``--logs``), then prints the table;
+``table`` prints it from existing console logs. Step 1 (vLLM and CUDA warm-up) is excluded from the means.
+GPU-seconds per step = ``timing_s/step`` x GPUs; the floor is ``benchmarks/floor.py``'s step floor for the shape
+read from the log (prompt/response lengths). Variants are override sets merged over the baseline (a later value
+of the same key wins; Hydra itself rejects duplicate keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+# What the H200 image needs (docs/gpu-runs.md): no flash-attn there, transformers 5.17's config lacks the top-level
+# tie_word_embeddings verl reads.
+MACHINE = ["+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+           "+actor_rollout_ref.model.override_config.tie_word_embeddings=False",
+           "actor_rollout_ref.model.use_remove_padding=False",
+           "trainer.logger=[console]"]
+RUN = ["trainer.val_before_train=False", "trainer.test_freq=-1", "trainer.save_freq=-1"]
+
+
+def base_overrides(gpus: int) -> list[str]:
+    """R1-AQA's shape (the recipe: 16 prompts x 8, 256 new tokens) as the 7B runs so far (grpo_runs.sh 7b)."""
+    return [f"trainer.n_gpus_per_node={gpus}",
+            f"actor_rollout_ref.actor.fsdp_config.optimizer_offload={gpus == 1}",
+            "actor_rollout_ref.rollout.gpu_memory_utilization=0.4"]
+
+
+# name -> (prediction, overrides). Predictions are for the 7B shape on H200s; docs/performance-plan.md says why.
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "baseline": ("recipe + machine overrides; old log-prob recomputed, optimizer offloaded on 1 GPU", []),
+    "bypass": ("timing_s/old_log_prob -> ~0 (saves one forward over 128 x 589 tokens: ~2-4 s)",
+               ["algorithm.rollout_correction.bypass_mode=True",
+                "actor_rollout_ref.rollout.calculate_log_probs=True"]),
+    "micro": ("bigger micro-batches: update_actor and ref -5..-15%",
+              ["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
+               "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16",
+               "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16"]),
+    "dynbsz": ("token-budget micro-batches (~16k tokens): like micro, no OOM risk from long prompts",
+               ["actor_rollout_ref.actor.use_dynamic_bsz=True",
+                "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=12288",
+                "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=24576",
+                "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=24576"]),
+    "kvmem": ("gpu_memory_utilization 0.4 -> 0.55: all 128 sequences' KV (~38 GiB) fit at once; gen -0..-30%",
+              ["actor_rollout_ref.rollout.gpu_memory_utilization=0.55"]),
+    "refbf16": ("ref weights bf16 instead of fp32: -17 GB on every GPU, time ~0 (enables kvmem on 1 GPU)",
+                ["actor_rollout_ref.ref.fsdp_config.model_dtype=bf16"]),
+    "rmpad": ("remove-padding with sdpa (packed-sequence mask): ~0 at fixed lengths, possibly slower; check "
+              "training/rollout_actor_probs_pearson_corr stays ~0.99998",
+              ["actor_rollout_ref.model.use_remove_padding=True"]),
+    "eager": ("control: vLLM without CUDA graphs (default already uses them): gen +30..100%",
+              ["actor_rollout_ref.rollout.enforce_eager=True"]),
+    "no_offload": ("2 GPUs: optimizer on GPU (already the 2-GPU baseline); 1 GPU: expect OOM",
+                   ["actor_rollout_ref.actor.fsdp_config.optimizer_offload=False"]),
+}
+VARIANTS["wins"] = ("bypass + micro + refbf16 + kvmem stacked",
+                    VARIANTS["bypass"][1] + VARIANTS["micro"][1] + VARIANTS["refbf16"][1] + VARIANTS["kvmem"][1])
+
+
+def merge_overrides(*groups: list[str]) -> list[str]:
+    """Hydra overrides with later values winning per key (``+key`` and ``key`` are the same key)."""
+    merged: dict[str, tuple[str, str]] = {}
+    for group in groups:
+        for item in group:
+            key, _, value = item.partition("=")
+            bare = key.lstrip("+")
+            prefix = merged[bare][0] if bare in merged else key[: len(key) - len(bare)]
+            merged[bare] = (prefix, value)
+    return [f"{prefix}{key}={value}" for key, (prefix, value) in merged.items()]
+
+
+# ------------------------------------------------------------------------------------------------- parsing
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STEP = re.compile(r"(?:^|\s)step:(\d+) - (.*)$")
+_NP = re.compile(r"^np\.\w+\((.*)\)$")
+
+
+def _value(text: str) -> Any:
+    text = text.strip()
+    m = _NP.match(text)
+    if m:
+        text = m.group(1)
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_metrics(log: str) -> list[dict[str, Any]]:
+    """verl's console metrics lines (``step:N - key:value - ...``, Ray prefixes and colours allowed), in order."""
+    steps = []
+    for raw in log.splitlines():
+        line = _ANSI.sub("", raw)
+        m = _STEP.search(line)
+        if not m:
+            continue
+        rec: dict[str, Any] = {"step": int(m.group(1))}
+        for part in m.group(2).split(" - "):
+            key, sep, val = part.partition(":")
+            if sep:
+                rec[key.strip()] = _value(val)
+        steps.append(rec)
+    return steps
+
+
+TIMING_KEYS = ("timing_s/gen", "timing_s/old_log_prob", "timing_s/ref", "timing_s/update_actor",
+               "timing_s/update_weights", "timing_s/step")
+
+
+def summarize(steps: list[dict[str, Any]], gpus: int, skip_first: bool = True) -> dict[str, Any]:
+    """Means over the measured steps (step 1 excluded unless it is all there is)."""
+    use = [s for s in steps if s["step"] > 1] if skip_first else list(steps)
+    if not use:
+        use = list(steps)
+    if not use:
+        return {"steps": 0}
+
+    def mean(key: str) -> float | None:
+        vals = [s[key] for s in use if isinstance(s.get(key), float)]
+        return sum(vals) / len(vals) if vals else None
+
+    out: dict[str, Any] = {"steps": len(use), "gpus": gpus}
+    for key in TIMING_KEYS:
+        out[key] = mean(key)
+    peaks = [s["actor/perf/max_memory_allocated_gb"] for s in use
+             if isinstance(s.get("actor/perf/max_memory_allocated_gb"), float)]
+    out["peak_gb"] = max(peaks) if peaks else None
+    for key in ("perf/throughput", "prompt_length/mean", "response_length/mean",
+                "training/rollout_actor_probs_pearson_corr", "rollout_corr/log_ppl_abs_diff"):
+        out[key] = mean(key)
+    step = out["timing_s/step"]
+    out["gpu_s"] = step * gpus if step is not None else None
+    return out
+
+
+def floor_for(summary: dict[str, Any], size: str = "7b", prompts: int = 16, n: int = 8,
+              clip_seconds: float = 10.0) -> float:
+    import floor
+
+    plen = summary.get("prompt_length/mean") or 333
+    rlen = summary.get("response_length/mean") or 256
+    text = max(int(round(plen)) - floor.audio_tokens(clip_seconds), 0)
+    shape = floor.Shape(prompts=prompts, n=n, response=int(math.ceil(rlen)), clip_seconds=clip_seconds,
+                        text_tokens=text)
+    return floor.step_floor_seconds(floor.grpo_floor(size, shape))
+
+
+def table(rows: list[tuple[str, dict[str, Any]]], size: str = "7b") -> str:
+    from floor import R1AQA_GPU_SECONDS
+
+    def f(x: Any, fmt: str = "6.2f") -> str:
+        return format(x, fmt) if isinstance(x, float) else "-"
+
+    head = ("| variant | GPUs | steps | gen s | old lp s | ref s | update s | sync s | step s | GPU-s/step | "
+            "x floor | R1-AQA / this | peak GB | tok/s | Pearson |")
+    lines = [head, "|" + "|".join(["---"] + ["---:"] * (head.count("|") - 2)) + "|"]
+    for name, s in rows:
+        if not s.get("steps"):
+            lines.append(f"| {name} | - | 0 | (no metrics: failed?) |")
+            continue
+        fl = floor_for(s, size)
+        gs = s["gpu_s"]
+        lines.append(
+            f"| {name} | {s['gpus']} | {s['steps']} | {f(s['timing_s/gen'])} | {f(s['timing_s/old_log_prob'])} | "
+            f"{f(s['timing_s/ref'])} | {f(s['timing_s/update_actor'])} | {f(s['timing_s/update_weights'])} | "
+            f"{f(s['timing_s/step'])} | {f(gs, '.1f')} | {f(gs / fl if gs else None)} | "
+            f"{f(R1AQA_GPU_SECONDS / gs if gs else None, '.1f')} | {f(s['peak_gb'], '.1f')} | "
+            f"{f(s['perf/throughput'], '.0f')} | {f(s['training/rollout_actor_probs_pearson_corr'], '.5f')} |")
+    lines.append(f"(floor = benchmarks/floor.py step floor for the logged lengths; goal <= 16 GPU-s per step; "
+                 f"R1-AQA ~{R1AQA_GPU_SECONDS:.0f} GPU-s)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ running
+def command(variant: str, a: argparse.Namespace) -> list[str]:
+    overrides = merge_overrides(
+        ["+recipe=r1aqa_grpo", f"data.train_files={a.data}", f"data.val_files={a.data}",
+         f"actor_rollout_ref.model.path={a.model}", f"trainer.total_training_steps={a.steps}",
+         f"trainer.default_local_dir={a.logs}/ckpt-{variant}"],
+        RUN, MACHINE, base_overrides(a.gpus), VARIANTS[variant][1], a.extra or [])
+    return [sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
+
+
+def run(a: argparse.Namespace) -> int:
+    logs = Path(a.logs)
+    logs.mkdir(parents=True, exist_ok=True)
+    rows, rc_all = [], 0
+    for variant in [v.strip() for v in a.variants.split(",") if v.strip()]:
+        if variant not in VARIANTS:
+            raise SystemExit(f"unknown variant {variant}; `list` shows them")
+        cmd = command(variant, a)
+        log = logs / f"grpo-{variant}-{a.gpus}gpu.log"
+        print(f"== {variant} ({VARIANTS[variant][0]})\n   {' '.join(cmd)}", flush=True)
+        if a.dry_run:
+            continue
+        t = time.perf_counter()
+        with open(log, "w") as fh:
+            try:
+                rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=a.cwd or None,
+                                    timeout=a.timeout).returncode
+            except subprocess.TimeoutExpired:
+                rc = 124
+        s = summarize(parse_metrics(log.read_text(errors="replace")), a.gpus)
+        s.update({"variant": variant, "rc": rc, "wall_s": time.perf_counter() - t, "log": str(log),
+                  "overrides": cmd[3:]})
+        rows.append((variant, s))
+        print(f"   exit {rc}, {s['steps']} measured steps, wall {s['wall_s']:.0f} s", flush=True)
+        if rc != 0:
+            rc_all = rc
+            print("\n".join(log.read_text(errors="replace").splitlines()[-30:]), flush=True)
+    if rows:
+        print(f"\nGRPO step, {a.gpus} GPU(s), {time.strftime('%Y-%m-%d %H:%M')}\n")
+        print(table(rows))
+        if a.json:
+            Path(a.json).write_text(json.dumps({k: v for k, v in rows}, indent=1, default=str))
+    return rc_all
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--model", required=True)
+    r.add_argument("--data", required=True)
+    r.add_argument("--gpus", type=int, default=1)
+    r.add_argument("--steps", type=int, default=3, help="total steps; step 1 is warm-up and excluded")
+    r.add_argument("--variants", default="baseline")
+    r.add_argument("--logs", default=os.environ.get("OUT", "gpu-logs"))
+    r.add_argument("--cwd", default=None)
+    r.add_argument("--extra", nargs="*", help="more overrides, applied last")
+    r.add_argument("--timeout", type=int, default=3600)
+    r.add_argument("--json")
+    r.add_argument("--dry-run", action="store_true")
+    t = sub.add_parser("table")
+    t.add_argument("logs", nargs="+")
+    t.add_argument("--gpus", type=int, default=1, help="GPUs of every log (or name logs *-<N>gpu.log)")
+    t.add_argument("--json")
+    sub.add_parser("list")
+    a = ap.parse_args(argv)
+    if a.cmd == "list":
+        for name, (pred, ov) in VARIANTS.items():
+            print(f"{name:<11} {pred}\n{'':<11} {' '.join(ov) or '(no overrides)'}")
+        return 0
+    if a.cmd == "table":
+        rows = []
+        for path in a.logs:
+            m = re.search(r"-(\d+)gpu", Path(path).name)
+            gpus = int(m.group(1)) if m else a.gpus
+            rows.append((Path(path).stem, summarize(parse_metrics(Path(path).read_text(errors="replace")), gpus)))
+        print(table(rows))
+        if a.json:
+            Path(a.json).write_text(json.dumps(dict(rows), indent=1, default=str))
+        return 0
+    return run(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

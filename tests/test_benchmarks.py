@@ -1,0 +1,152 @@
+"""The performance benchmark suite (issue 7) on CPU: the floor model, verl's log parser, and toy rollout runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import floor  # noqa: E402
+import grpo_step_bench as gsb  # noqa: E402
+
+# verl 0.9.1's console line as it came back from the H200 (tiny run, Ray prefix and colours kept), shortened
+LOG = (
+    "\x1b[36m(TaskRunnerV1 pid=1804)\x1b[0m step:1 - actor/entropy:11.87 - actor/perf/max_memory_allocated_gb:4.77 - "
+    "prompt_length/mean:170.25 - response_length/mean:32.0 - num_turns/min:np.int32(2) - timing_s/gen:10.26 - "
+    "timing_s/old_log_prob:1.59 - timing_s/ref:1.35 - timing_s/update_actor:1.69 - timing_s/update_weights:0.55 - "
+    "timing_s/step:38.1 - perf/throughput:170.0\n"
+    "\x1b[36m(TaskRunnerV1 pid=1804)\x1b[0m Training Progress:  40%|####      | 2/5\n"
+    "\x1b[36m(TaskRunnerV1 pid=1804)\x1b[0m step:2 - training/rollout_actor_probs_pearson_corr:0.9999794363975525 - "
+    "actor/perf/max_memory_allocated_gb:5.355030059814453 - prompt_length/mean:170.25 - "
+    "response_length/mean:32.0 - num_turns/mean:np.float64(2.0) - timing_s/gen:2.2246726939999917 - "
+    "timing_s/old_log_prob:0.7277319300000045 - timing_s/ref:0.6871743390000233 - "
+    "timing_s/update_actor:1.227735100000018 - timing_s/update_weights:0.5021405589999972 - "
+    "timing_s/step:5.441550094999968 - perf/throughput:1189.3669794470648\n"
+    "step:3 - timing_s/gen:2.23 - timing_s/old_log_prob:1.17 - timing_s/ref:0.59 - timing_s/update_actor:1.42 - "
+    "timing_s/update_weights:0.62 - timing_s/step:6.10 - actor/perf/max_memory_allocated_gb:5.38 - "
+    "training/rollout_actor_probs_pearson_corr:0.999982\n"
+)
+
+
+# ------------------------------------------------------------------------------------------------- floor
+@pytest.mark.parametrize("size", ["tiny", "7b"])
+def test_param_count_matches_meta_model(size: str) -> None:
+    import torch
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    from r1aqa_plugin.models.qwen2_audio.builder import build_config
+
+    with torch.device("meta"):
+        model = Qwen2AudioForConditionalGeneration._from_config(build_config(size))
+    counted = floor.count_params(size)
+    assert counted.total == sum(p.numel() for p in model.parameters())
+    assert counted.audio + counted.projector == sum(
+        p.numel() for n, p in model.named_parameters() if "audio_tower" in n or "multi_modal_projector" in n)
+
+
+def test_7b_shapes_and_floors() -> None:
+    p = floor.count_params("7b")
+    assert 8.3e9 < p.total < 8.5e9  # Qwen2-Audio report: 8.2-8.4 B
+    assert floor.kv_bytes_per_token("7b") == 512 * 1024  # 32 KV heads x 128 x 2 (K, V) x 32 layers x bf16
+    assert [floor.audio_tokens(s) for s in (4, 10, 30, 45)] == [100, 250, 750, 750]
+    f = floor.grpo_floor("7b")
+    assert f.shape.prompt_tokens == 333 and f.shape.seq_len == 589
+    # the decode memory floor the issue quotes (~2.8 s for 128 x 256 at ~333 prompt tokens)
+    assert 2.5 < floor.rollout_floor_seconds(f) < 3.1
+    # training 6 x N x T dominates; the whole step floor sits far under R1-AQA's ~128 GPU-s and the 16 GPU-s goal
+    step = floor.step_floor_seconds(f)
+    assert 9 < step < 16
+    assert floor.step_floor_seconds(f, old_log_prob=False) == pytest.approx(
+        step - f.seconds("old log-prob (text)", "old log-prob (encoder)"))
+    ifs = [s for _, s in floor.what_if("7b")]
+    assert ifs == sorted(ifs, reverse=True)
+
+
+def test_floor_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "floor.json"
+    assert floor.main(["--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "GRPO step floor" in text and "rollout decode (HBM)" in text
+    data = json.loads(out.read_text())
+    assert data["params"]["total"] == floor.count_params("7b").total
+    assert data["step_floor_s"] > data["step_floor_no_old_log_prob_s"] > data["rollout_floor_s"]
+
+
+# ----------------------------------------------------------------------------------------- GRPO log parser
+def test_parse_verl_console_metrics() -> None:
+    steps = gsb.parse_metrics(LOG)
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert steps[1]["timing_s/gen"] == pytest.approx(2.2246726939999917)
+    assert steps[0]["num_turns/min"] == 2.0 and steps[1]["num_turns/mean"] == 2.0  # np.int32(2) / np.float64(2.0)
+    s = gsb.summarize(steps, gpus=2)
+    assert s["steps"] == 2  # step 1 (warm-up) excluded
+    assert s["timing_s/step"] == pytest.approx((5.441550094999968 + 6.10) / 2)
+    assert s["gpu_s"] == pytest.approx(2 * s["timing_s/step"])
+    assert s["peak_gb"] == pytest.approx(5.38)
+    table = gsb.table([("tiny", s)], size="7b")
+    assert "| tiny | 2 | 2 |" in table and "R1-AQA" in table
+
+
+def test_parse_real_h200_log() -> None:
+    log = Path("/work/.device/22/tiny.log")
+    if not log.exists():
+        pytest.skip("no captured H200 log here")
+    steps = gsb.parse_metrics(log.read_text(errors="replace"))
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5]
+    assert gsb.summarize(steps, 1)["timing_s/gen"] == pytest.approx((2.22 + 2.23 + 2.25 + 2.21) / 4, abs=0.01)
+
+
+def test_merge_overrides_later_wins_and_keeps_plus() -> None:
+    merged = gsb.merge_overrides(["a.b=1", "+c.d=x"], ["a.b=2", "c.d=y", "e=3"])
+    assert merged == ["a.b=2", "+c.d=y", "e=3"]
+    for name in gsb.VARIANTS:  # every variant is a valid set of key=value overrides
+        assert all("=" in o for o in gsb.VARIANTS[name][1])
+
+
+def test_grpo_dry_run_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert gsb.main(["run", "--model", "M", "--data", "D.parquet", "--gpus", "1", "--variants", "baseline,wins",
+                     "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "+recipe=r1aqa_grpo" in out and "algorithm.rollout_correction.bypass_mode=True" in out
+    wins = [line for line in out.splitlines() if "bypass_mode" in line][0]
+    assert wins.count("gpu_memory_utilization") == 1 and "gpu_memory_utilization=0.55" in wins
+    assert "optimizer_offload=True" in wins
+
+
+# --------------------------------------------------------------------------------------------- rollout bench
+def _rollout(tmp_path: Path, modes: str, *extra: str) -> dict:
+    out = tmp_path / "rollout.json"
+    cmd = [sys.executable, str(BENCH / "rollout_bench.py"), "--modes", modes, "--size", "tiny", "--batch", "2",
+           "--n", "2", "--tokens", "8", "--clip-seconds", "2", "--workdir", str(tmp_path), "--json", str(out), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env={**os.environ})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| mode" in proc.stdout
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_rollout_bench_hf_toy(tmp_path: Path) -> None:
+    data = _rollout(tmp_path, "hf-r1aqa,hf-batched", "--hf-prompts", "1")
+    rows = {r["mode"]: r for r in data["rows"]}
+    assert rows["hf-r1aqa"]["extrapolated"] is True and rows["hf-r1aqa"]["calls_timed"] == 1
+    assert rows["hf-batched"]["out_tokens"] == 2 * 2 * 8
+    assert all(r["floor_s"] > 0 for r in rows.values())
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_rollout_bench_vllm_cpu_toy(tmp_path: Path) -> None:
+    data = _rollout(tmp_path, "vllm,plugin", "--eager")
+    rows = {r["mode"]: r for r in data["rows"]}
+    assert rows["vllm"]["out_tokens"] == rows["plugin"]["out_tokens"] == 2 * 2 * 8
+    # the plugin path sends collapsed ids and vLLM expands them back: same prompt length as bare vLLM
+    assert rows["vllm"]["prompt_len"] == rows["plugin"]["prompt_len"]
+    assert rows["plugin"]["post_features_s"] > 0
