@@ -12,12 +12,7 @@
 # (verl 0.9.1 pins <5.11), whose Qwen2AudioConfig lacks the top-level tie_word_embeddings verl reads.
 set -uo pipefail
 STAGE=${1:?stage}; NGPU=${2:-1}
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
-LOGS=${OUT:-$REPO/gpu-logs}; mkdir -p "$LOGS"
-W=${WORK:-/tmp/r1aqa-work}; mkdir -p "$W"
-[ -f /tmp/gpuenv.sh ] && . /tmp/gpuenv.sh
-export PYTHONPATH=/tmp/r1aqa-site${PYTHONPATH:+:$PYTHONPATH}
-R1AQA="python3 -m r1aqa_plugin.cli"
+. "$(dirname "$0")/session_env.sh"
 MACHINE=(+actor_rollout_ref.model.override_config.attn_implementation=sdpa
          +actor_rollout_ref.model.override_config.tie_word_embeddings=False
          actor_rollout_ref.model.use_remove_padding=False
@@ -34,13 +29,6 @@ grpo() {  # grpo LOGNAME overrides...
   return $rc
 }
 
-install_plugin() {  # the plugin from this checkout (recipes included), fresh each stage
-  rm -rf /tmp/r1aqa-site
-  python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/r1aqa-site "$REPO" \
-    > "$LOGS/install.log" 2>&1 || { cat "$LOGS/install.log"; exit 1; }
-}
-
-install_plugin
 case $STAGE in
 install)
   $R1AQA doctor 2>&1 | grep -v "^INFO" | tee "$LOGS/doctor.log"

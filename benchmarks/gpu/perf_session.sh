@@ -15,17 +15,8 @@
 # extrapolates (labelled).
 set -uo pipefail
 STAGE=${1:?stage}
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
-LOGS=${OUT:-$REPO/gpu-logs}; mkdir -p "$LOGS"
-W=${WORK:-/tmp/r1aqa-work}; mkdir -p "$W"
-[ -f /tmp/gpuenv.sh ] && . /tmp/gpuenv.sh
-export PYTHONPATH=/tmp/r1aqa-site${PYTHONPATH:+:$PYTHONPATH}
-R1AQA="python3 -m r1aqa_plugin.cli"
+. "$(dirname "$0")/session_env.sh"
 STEPS=${STEPS:-3}
-
-rm -rf /tmp/r1aqa-site
-python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/r1aqa-site "$REPO" \
-  > "$LOGS/install.log" 2>&1 || { cat "$LOGS/install.log"; exit 1; }
 nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv | tee "$LOGS/gpus-$STAGE.csv"
 date -u +"%Y-%m-%d %H:%M UTC" | tee "$LOGS/date-$STAGE.txt"
 python3 "$REPO/benchmarks/floor.py" --json "$LOGS/floor.json" > "$LOGS/floor.txt"

@@ -1,0 +1,12 @@
+# Sourced by the GPU-machine scripts: logs and work folders, the carried stack's environment, and the plugin
+# installed fresh from this checkout (files in /tmp last only while the machine is held; recipes ship inside).
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+LOGS=${OUT:-$REPO/gpu-logs}; mkdir -p "$LOGS"
+W=${WORK:-/tmp/r1aqa-work}; mkdir -p "$W"
+[ -f /tmp/gpuenv.sh ] && . /tmp/gpuenv.sh
+export PYTHONPATH=/tmp/r1aqa-site${PYTHONPATH:+:$PYTHONPATH}
+R1AQA="python3 -m r1aqa_plugin.cli"
+
+rm -rf /tmp/r1aqa-site
+python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/r1aqa-site "$REPO" \
+  > "$LOGS/install.log" 2>&1 || { cat "$LOGS/install.log"; exit 1; }
