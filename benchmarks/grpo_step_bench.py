@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from r1aqa_plugin.verl_log import step_metrics
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -88,37 +90,9 @@ def merge_overrides(*groups: list[str]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------- parsing
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_STEP = re.compile(r"(?:^|\s)step:(\d+) - (.*)$")
-_NP = re.compile(r"^np\.\w+\((.*)\)$")
-
-
-def _value(text: str) -> Any:
-    text = text.strip()
-    m = _NP.match(text)
-    if m:
-        text = m.group(1)
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
 def parse_metrics(log: str) -> list[dict[str, Any]]:
-    """verl's console metrics lines (``step:N - key:value - ...``, Ray prefixes and colours allowed), in order."""
-    steps = []
-    for raw in log.splitlines():
-        line = _ANSI.sub("", raw)
-        m = _STEP.search(line)
-        if not m:
-            continue
-        rec: dict[str, Any] = {"step": int(m.group(1))}
-        for part in m.group(2).split(" - "):
-            key, sep, val = part.partition(":")
-            if sep:
-                rec[key.strip()] = _value(val)
-        steps.append(rec)
-    return steps
+    """verl's console metrics, one record per step (with its ``step``), in order."""
+    return [{"step": step, **metrics} for step, metrics in step_metrics(log).items()]
 
 
 TIMING_KEYS = ("timing_s/gen", "timing_s/old_log_prob", "timing_s/ref", "timing_s/update_actor",

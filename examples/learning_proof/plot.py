@@ -21,7 +21,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-STEP_RE = re.compile(r"(?:^|\s|\))step:(\d+) - (.*)$")
+from r1aqa_plugin.verl_log import step_metrics
+
 VAL_RE = re.compile(r"^val-core/(.+)/acc/mean@\d+$")
 REWARD_KEYS = ("critic/score/mean", "critic/rewards/mean")
 LENGTH_KEY = "response_length/mean"
@@ -29,22 +30,8 @@ LENGTH_KEY = "response_length/mean"
 
 def parse_log(text: str) -> dict[int, dict[str, float]]:
     """``{step: {metric: value}}`` from verl console output (non-numeric values skipped)."""
-    steps: dict[int, dict[str, float]] = {}
-    for line in text.splitlines():
-        m = STEP_RE.search(line.rstrip())
-        if not m:
-            continue
-        metrics: dict[str, float] = {}
-        for part in m.group(2).split(" - "):
-            key, sep, value = part.rpartition(":")
-            if not sep:
-                continue
-            try:
-                metrics[key.strip()] = float(value)
-            except ValueError:
-                continue
-        steps.setdefault(int(m.group(1)), {}).update(metrics)
-    return steps
+    return {step: {k: v for k, v in metrics.items() if isinstance(v, float)}
+            for step, metrics in step_metrics(text).items()}
 
 
 def merge_logs(texts: list[str]) -> dict[int, dict[str, float]]:
