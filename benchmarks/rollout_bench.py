@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(a.workdir).mkdir(parents=True, exist_ok=True)
     import torch
 
-    if not torch.cuda.is_available():  # vLLM's CPU build (toy runs and tests): as tests/test_vllm_cpu.py runs it
+    if not torch.cuda.is_available():  # vLLM's CPU build (toy runs and tests): as tests/test_vllm_engine.py runs it
         for key, val in dict(VLLM_TARGET_DEVICE="cpu", VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0",
                              TOKENIZERS_PARALLELISM="false").items():
             os.environ.setdefault(key, val)

@@ -11,6 +11,7 @@ A random model answers at chance or below; the point is the whole path, not the 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import os
 import subprocess
@@ -27,16 +28,26 @@ def _has_cuda() -> bool:
         return False
 
 
+def machine_overrides() -> list[str]:
+    """main_ppo overrides this machine needs: no flash-attn, or transformers newer than verl 0.9.1's pin."""
+    overrides = []
+    if importlib.util.find_spec("flash_attn") is None:  # verl's defaults assume flash-attn's varlen kernels
+        overrides += ["+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+                      "actor_rollout_ref.model.use_remove_padding=False"]
+    from packaging.version import Version
+
+    if Version(importlib.metadata.version("transformers")) >= Version("5.11"):
+        # newer Qwen2AudioConfig keeps tie_word_embeddings only in text_config; verl reads it at the top level
+        overrides.append("+actor_rollout_ref.model.override_config.tie_word_embeddings=False")
+    return overrides
+
+
 def train_command(model: Path, train: Path, val: Path, out: Path, steps: int) -> list[str]:
     """The main_ppo command line the GPU branch runs (printed too, so users can rerun or edit it)."""
-    cmd = [sys.executable, "-m", "verl.trainer.main_ppo", "+recipe=r1aqa_grpo_tiny",
-           f"data.train_files={train}", f"data.val_files={val}", f"actor_rollout_ref.model.path={model}",
-           f"trainer.total_training_steps={steps}", f"trainer.save_freq={steps}",
-           f"trainer.default_local_dir={out / 'checkpoints'}"]
-    if importlib.util.find_spec("flash_attn") is None:  # verl's defaults assume flash-attn's varlen kernels
-        cmd += ["+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
-                "actor_rollout_ref.model.use_remove_padding=False"]
-    return cmd
+    return [sys.executable, "-m", "verl.trainer.main_ppo", "+recipe=r1aqa_grpo_tiny",
+            f"data.train_files={train}", f"data.val_files={val}", f"actor_rollout_ref.model.path={model}",
+            f"trainer.total_training_steps={steps}", f"trainer.save_freq={steps}",
+            f"trainer.default_local_dir={out / 'checkpoints'}", *machine_overrides()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""vLLM's CPU build with the adapter: audio prompts expand once, and transformers-5 weight names load.
+"""vLLM with the adapter (CPU build in CI, GPU build on the H200): audio prompts expand once, v5 names load.
 
 Requests carry ``mm_processor_kwargs={"sampling_rate": 16000}`` exactly as verl's agent loop sends them.
 Run with ``VLLM_PLUGINS=none`` and this test fails (stock vLLM refuses the transformers-5 names).
@@ -14,7 +14,17 @@ import textwrap
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
+
+
+def _is_cpu_build() -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 SCRIPT = textwrap.dedent(
     """
@@ -28,7 +38,7 @@ SCRIPT = textwrap.dedent(
     def main(path):
         out = {}
         proc = AutoProcessor.from_pretrained(path)
-        llm = LLM(model=path, enforce_eager=True, dtype="bfloat16", max_model_len=2048,
+        llm = LLM(model=path, enforce_eager=True, dtype="bfloat16", max_model_len=2048, gpu_memory_utilization=0.3,
                   limit_mm_per_prompt={"audio": 1}, seed=0)
         wave = (0.3 * np.sin(2 * np.pi * 330 * np.arange(48000) / 16000)).astype(np.float32)
         msgs = [{"role": "user", "content": [{"type": "audio", "audio": None}, {"type": "text", "text": "Q?"}]}]
@@ -44,7 +54,7 @@ SCRIPT = textwrap.dedent(
         # a second engine on the same weights saved under transformers-5 names (what verl's actor pushes);
         # vLLM refuses to start if any parameter is left unloaded
         del llm
-        llm5 = LLM(model=sys.argv[2], enforce_eager=True, dtype="bfloat16", max_model_len=2048,
+        llm5 = LLM(model=sys.argv[2], enforce_eager=True, dtype="bfloat16", max_model_len=2048, gpu_memory_utilization=0.3,
                    limit_mm_per_prompt={"audio": 1}, seed=0)
         res5 = llm5.generate([TokensPrompt(prompt_token_ids=collapse_audio_runs(hf_ids),
                                            multi_modal_data={"audio": [wave]},
@@ -82,17 +92,29 @@ def _v5_named_copy(src, dst):
     return dst
 
 
-def test_vllm_cpu_expands_the_collapsed_prompt_once_and_loads_v5_names(tiny_model_dir, tmp_path):
+def _probe(tiny_model_dir, tmp_path, env: dict) -> dict:
     pytest.importorskip("vllm")
     script = tmp_path / "probe.py"
     script.write_text(SCRIPT)
     v5_dir = _v5_named_copy(tiny_model_dir, tmp_path / "tiny-v5-names")
-    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1",
-           "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(script), str(tiny_model_dir), str(v5_dir)], capture_output=True, text=True,
-                          timeout=600, env=env)
+    proc = subprocess.run([sys.executable, str(script), str(tiny_model_dir), str(v5_dir)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **env})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not _is_cpu_build(), reason="needs vLLM's CPU build (vllm-cpu)")
+def test_vllm_cpu_expands_the_collapsed_prompt_once_and_loads_v5_names(tiny_model_dir, tmp_path):
+    result = _probe(tiny_model_dir, tmp_path, {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1",
+                                               "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"})
     assert result["vllm_len"] == result["hf_len"] and result["same_ids"]
     assert result["text_v5"] == result["text"]  # same weights, same greedy output
+
+
+@pytest.mark.gpu
+def test_vllm_gpu_expands_the_collapsed_prompt_once_and_loads_v5_names(tiny_model_dir, tmp_path):
+    result = _probe(tiny_model_dir, tmp_path, {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    assert result["vllm_len"] == result["hf_len"] and result["same_ids"]
+    assert result["text_v5"] == result["text"]
