@@ -47,9 +47,8 @@ def describe_source(source: Any) -> str:
     return str(source)
 
 
-def _read(source: Any) -> tuple[np.ndarray, int]:
-    import soundfile as sf
-
+def _open(source: Any) -> Any:
+    """A path or in-memory file soundfile can read, from any accepted form of audio item."""
     if isinstance(source, dict):
         data = source.get("bytes")
         source = data if data is not None else source.get("path")
@@ -58,17 +57,38 @@ def _read(source: Any) -> tuple[np.ndarray, int]:
     if isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
             raise AudioError("audio bytes are empty")
-        handle: Any = io.BytesIO(bytes(source))
-    else:
-        path = os.fspath(source)
-        if not os.path.exists(path):
-            raise AudioError(f"audio file not found: {path}")
-        handle = path
+        return io.BytesIO(bytes(source))
+    path = os.fspath(source)
+    if not os.path.exists(path):
+        raise AudioError(f"audio file not found: {path}")
+    return path
+
+
+def _read(source: Any) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
     try:
-        wav, sr = sf.read(handle, dtype="float32", always_2d=True)
+        wav, sr = sf.read(_open(source), dtype="float32", always_2d=True)
+    except AudioError:
+        raise
     except Exception as exc:  # libsndfile reports corrupt/unknown formats as several exception types
         raise AudioError(f"cannot decode audio ({type(exc).__name__}: {exc})") from exc
     return wav, int(sr)
+
+
+def audio_seconds(source: Any) -> float:
+    """Duration of one audio item from its header, without decoding; AudioError (naming it) if unreadable."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(_open(source))
+    except AudioError as exc:
+        raise AudioError(f"{describe_source(source)}: {exc}") from None
+    except Exception as exc:
+        raise AudioError(f"{describe_source(source)}: cannot read audio header ({exc})") from exc
+    if info.frames <= 0:
+        raise AudioError(f"{describe_source(source)}: audio has zero samples")
+    return info.frames / info.samplerate
 
 
 def load_audio_with_info(

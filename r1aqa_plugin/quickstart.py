@@ -19,15 +19,6 @@ import sys
 from pathlib import Path
 
 
-def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
 def machine_overrides() -> list[str]:
     """main_ppo overrides this machine needs: no flash-attn, or transformers newer than verl 0.9.1's pin."""
     overrides = []
@@ -61,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the assets, then train (GPU) or check and evaluate (CPU)."""
     from r1aqa_plugin.cli import main as r1aqa
+    from r1aqa_plugin.eval.backends import cuda_available, vllm_importable
     from r1aqa_plugin.models.qwen2_audio.builder import build_checkpoint
 
     out = Path(args.out).resolve()
@@ -75,12 +67,12 @@ def run(args: argparse.Namespace) -> int:
                         "--split", split, "--no-progress", "--out", str(path)])
             if rc:
                 return rc
-    if _has_cuda() and importlib.util.find_spec("vllm") is not None and not args.cpu:
+    if cuda_available() and vllm_importable() and not args.cpu:
         cmd = train_command(model, train, val, out, args.steps)
         print("[3/3] GRPO through verl + vLLM:\n  " + " ".join(cmd), flush=True)
         return subprocess.call(cmd, cwd=out, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     reason = ("--cpu was given" if args.cpu else
-              "no CUDA GPU here" if not _has_cuda() else "vLLM is not installed (pip install 'r1aqa-plugin[gpu]')")
+              "no CUDA GPU here" if not cuda_available() else "vLLM is not installed (pip install 'r1aqa-plugin[gpu]')")
     print(f"[3/3] skipped GRPO training: {reason}; verl 0.9.1 rolls out only through a vLLM GPU server.\n"
           "      On a GPU machine this step runs:\n  "
           + " ".join(train_command(model, train, val, out, args.steps))

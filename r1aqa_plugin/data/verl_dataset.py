@@ -24,7 +24,14 @@ import numpy as np
 from omegaconf import DictConfig
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
-from r1aqa_plugin.audio import SAMPLE_RATE, WHISPER_MAX_SECONDS, AudioError, describe_source, load_audio
+from r1aqa_plugin.audio import (
+    SAMPLE_RATE,
+    WHISPER_MAX_SECONDS,
+    AudioError,
+    audio_seconds,
+    describe_source,
+    load_audio,
+)
 from r1aqa_plugin.models.qwen2_audio.names import audio_token_count
 from r1aqa_plugin.prompts import render_prompt
 
@@ -41,23 +48,6 @@ def dataset_options(config: Mapping[str, Any] | None) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"data.r1aqa has unknown option(s) {sorted(unknown)}; known: {sorted(DEFAULT_OPTIONS)}")
     return {**DEFAULT_OPTIONS, **given}
-
-
-def audio_seconds(source: Any) -> float:
-    """Duration of one audio item from its header (no decoding); raises AudioError if unreadable."""
-    import io
-
-    import soundfile as sf
-
-    data = source.get("bytes") if isinstance(source, Mapping) else None
-    target = io.BytesIO(data) if data is not None else (source.get("path") if isinstance(source, Mapping) else source)
-    try:
-        info = sf.info(target)
-    except Exception as exc:
-        raise AudioError(f"{describe_source(source)}: cannot read audio header ({exc})") from exc
-    if info.frames <= 0:
-        raise AudioError(f"{describe_source(source)}: audio has zero samples")
-    return info.frames / info.samplerate
 
 
 class AQADataset(RLHFDataset):
