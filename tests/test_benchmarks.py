@@ -95,13 +95,44 @@ def test_parse_verl_console_metrics() -> None:
     assert "| tiny | 2 | 2 |" in table and "R1-AQA" in table
 
 
-def test_parse_real_h200_log() -> None:
-    log = Path("/work/.device/22/tiny.log")
-    if not log.exists():
-        pytest.skip("no captured H200 log here")
-    steps = gsb.parse_metrics(log.read_text(errors="replace"))
-    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5]
-    assert gsb.summarize(steps, 1)["timing_s/gen"] == pytest.approx((2.22 + 2.23 + 2.25 + 2.21) / 4, abs=0.01)
+def test_parse_real_h200_logs() -> None:
+    # verl's step lines as they came back from the H200s on 2026-11-28 (docs/gpu-runs.md): tiny quickstart, 7B 2 GPUs
+    tiny = gsb.parse_metrics((REPO / "tests/fixtures/h200/quickstart-tiny.log").read_text())
+    assert [s["step"] for s in tiny] == [1, 2, 3, 4, 5]
+    assert gsb.summarize(tiny, 1)["timing_s/gen"] == pytest.approx((2.22 + 2.191 + 2.228 + 2.187) / 4, abs=0.01)
+    big = gsb.summarize(gsb.parse_metrics((REPO / "tests/fixtures/h200/grpo-baseline-2gpu.log").read_text()), 2)
+    assert big["steps"] == 1 and big["gpu_s"] == pytest.approx(2 * 42.52, abs=0.01)
+    assert big["peak_gb"] == pytest.approx(80.67, abs=0.01)
+    assert "| x | 2 | 1 |" in gsb.table([("x", big)])
+
+
+def test_contrast_table_ratio(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH / "gpu"))
+    import contrast_table
+
+    line = "step:{} - rollout_corr/log_ppl_abs_diff:{} - training/rollout_actor_probs_pearson_corr:0.99\n"
+    (tmp_path / "same.log").write_text(line.format(1, 0.001) + line.format(4, 0.002))
+    (tmp_path / "rev.log").write_text(line.format(1, 0.02) + line.format(4, 0.01))
+    rows = contrast_table.table(str(tmp_path / "same.log"), str(tmp_path / "rev.log")).splitlines()
+    assert rows[2].startswith("| 1 | 0.001 |") and rows[2].endswith("| 20 |")
+    assert rows[3].endswith("| 5 |")
+
+
+def test_parallel_session_runs_queues_detached_and_packs_logs(tmp_path: Path) -> None:
+    queues = tmp_path / "queues.sh"
+    queues.write_text("QUEUE_a() { export CUDA_VISIBLE_DEVICES=0; step a1 true; step a2 false; step a3 echo hi; }\n"
+                      "QUEUE_b() { export CUDA_VISIBLE_DEVICES=1; step b1 sleep 1; }\n")
+    env = {**os.environ, "SESSION_DIR": str(tmp_path / "s"), "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "w"),
+           "QUEUE_FILE": str(queues), "QUEUES": "a,b", "STAGGER": "0", "R1AQA_SITE_READY": "1"}
+    script = str(BENCH / "gpu" / "parallel_session.sh")
+    start = subprocess.run(["bash", script, "start", "3"], env=env, capture_output=True, text=True, timeout=60)
+    assert start.returncode == 0 and "queues started" in start.stdout, start.stdout + start.stderr
+    done = subprocess.run(["bash", script, "wait", "60"], env=env, capture_output=True, text=True, timeout=90)
+    assert "ALL DONE" in done.stdout, done.stdout + done.stderr
+    jobs = (tmp_path / "out" / "jobs.tsv").read_text()
+    assert "a1\tgpus=0\texit=0" in jobs and "a2\tgpus=0\texit=1" in jobs and "b1\tgpus=1\texit=0" in jobs
+    assert "a3\tgpus=0\texit=0" in jobs  # a failed job does not stop its queue
+    assert (tmp_path / "s" / "a3.log").read_text() == "hi\n" and (tmp_path / "out" / "0-logs.tgz").stat().st_size
 
 
 def test_merge_overrides_later_wins_and_keeps_plus() -> None:

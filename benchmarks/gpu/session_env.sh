@@ -7,6 +7,11 @@ W=${WORK:-/tmp/r1aqa-work}; mkdir -p "$W"
 export PYTHONPATH=/tmp/r1aqa-site${PYTHONPATH:+:$PYTHONPATH}
 R1AQA="python3 -m r1aqa_plugin.cli"
 
-rm -rf /tmp/r1aqa-site
-python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/r1aqa-site "$REPO" \
-  > "$LOGS/install.log" 2>&1 || { cat "$LOGS/install.log"; exit 1; }
+# Once per command: parallel_session.sh installs, then runs the other scripts as children (R1AQA_SITE_READY=1), so
+# no child deletes the site another is importing from.
+if [ "${R1AQA_SITE_READY:-0}" != 1 ]; then
+  rm -rf /tmp/r1aqa-site
+  python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/r1aqa-site "$REPO" \
+    > "$LOGS/install.log" 2>&1 || { cat "$LOGS/install.log"; exit 1; }
+  export R1AQA_SITE_READY=1
+fi

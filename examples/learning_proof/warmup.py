@@ -75,8 +75,13 @@ def encode_batch(processor: Any, rows: list[dict[str, Any]], targets: list[str],
     pad = tok.pad_token_id
     seqs, labels, feats, fmask = [], [], [], []
     for row, target in zip(rows, targets):
-        enc = processor(text=[prompt_text(processor, row["question"], row["choices"], template)],
-                        audio=[row["audio"]], sampling_rate=16000, return_tensors="pt")
+        # The prompt and its Whisper features do not depend on the target: computed once per row (the processor,
+        # not the model, dominated a warm-up step on a busy host).
+        enc = row.get("_encoded")
+        if enc is None:
+            text = prompt_text(processor, row["question"], row["choices"], template)
+            enc = row["_encoded"] = processor(text=[text], audio=[row["audio"]], sampling_rate=16000,
+                                              return_tensors="pt")
         prompt_ids = enc["input_ids"][0].tolist()  # <|AUDIO|> already expanded to the clip's length
         target_ids = tok(target, add_special_tokens=False)["input_ids"] + [im_end]
         seqs.append(prompt_ids + target_ids)

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# A whole GPU session on one lent 4-GPU host (`nvidia-h200-x4`): one queue of jobs per GPU group, all running
+# detached, so no job is cut by the 10-minute limit of a command and no GPU idles. Device time is counted per held
+# machine, so four queues side by side cost what one costs. After the install (docs/gpu-runs.md):
+#
+#   bash benchmarks/gpu/parallel_session.sh start [MINUTES]   # launch the queues (setsid) and return; jobs get
+#                                                             #   MINUTES (default 24) from now, then are stopped
+#   bash benchmarks/gpu/parallel_session.sh wait [SECONDS]    # wait (default 540 s) or until every queue is done;
+#                                                             #   print progress, pack all logs into $OUT/0-logs.tgz
+#   bash benchmarks/gpu/parallel_session.sh stop              # stop every job now, pack the logs
+#
+# The queues (QUEUES=gpu0,gpu1,gpu23 by default; QUEUE_<name> functions below):
+#   gpu0:  rollout bench (plugin vs bare vLLM vs HF generate) -> 7B GRPO 1 GPU "wins" -> 7B GRPO 1 GPU baseline
+#   gpu1:  learning proof: prep (model, data, warm-up, eval before) -> GRPO -> export, eval after, plots
+#   gpu23: 7B folder (make-model on GPU2) -> same-vs-reversed actor audio on the warmed model (GPU2 | GPU3, once
+#          the learning proof's warm-up has written it) -> 7B GRPO 2 GPUs "wins" -> 7B GRPO 2 GPUs baseline
+#
+# What the 2026-11-28 session taught (docs/gpu-runs.md): a verl run needs 4-6 min before step 1 there; one vLLM
+# process per GPU (vLLM's start-up memory profile fails when another process on that GPU frees memory); nothing
+# CPU-heavy beside the runs (make-model 7b on the CPU took 6 min and slowed every start-up); only 8 files come
+# back from $OUT; idle time on a held machine counts, so give it back as soon as `wait` says all is done.
+# Processes started in their own session (setsid) outlive the command that started them (device README).
+set -uo pipefail
+CMD=${1:?start, wait or stop}
+HERE=$(cd "$(dirname "$0")" && pwd)
+S=${SESSION_DIR:-/tmp/r1aqa-session}
+
+pack() {  # everything under $S into one archive in $OUT, plus the job list and the 7B table beside it
+  local out=${OUT:-$PWD/gpu-logs}; mkdir -p "$out"
+  tar -czf "$out/0-logs.tgz" -C "$S" --exclude "*.parquet" . 2>/dev/null
+  cp "$S/jobs.tsv" "$out/jobs.tsv" 2>/dev/null
+  ls "$S"/grpo-*gpu.log > /dev/null 2>&1 && python3 "$HERE/../grpo_step_bench.py" table "$S"/grpo-*gpu.log \
+    | tee "$out/grpo-table.md"
+}
+
+case $CMD in
+start)
+  rm -rf "$S"; mkdir -p "$S"
+  echo $(( $(date +%s) + ${2:-24} * 60 )) > "$S/deadline"
+  OUT=$S setsid nohup bash "$0" run > "$S/session.log" 2>&1 < /dev/null &
+  sleep 5; cat "$S/session.log"; echo "queues started; deadline $(date -u -d @"$(cat "$S/deadline")" +%H:%M:%S) UTC"
+  exit 0 ;;
+wait)
+  end=$(( $(date +%s) + ${2:-540} ))
+  while [ ! -f "$S/all-done" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 10; done
+  cat "$S/session.log"; echo "== jobs"; cat "$S/jobs.tsv" 2>/dev/null
+  [ -f "$S/all-done" ] && echo "ALL DONE: give the machine back" || echo "still running"
+  pack; exit 0 ;;
+stop)
+  echo 0 > "$S/deadline"; pkill -f "parallel_session.sh run"; sleep 1
+  pkill -f "verl.trainer.main_ppo"; python3 -m ray.scripts.scripts stop --force > /dev/null 2>&1
+  pkill -9 -f "EngineCore|VLLM::"; pack; exit 0 ;;
+run) ;;  # below: the detached body
+*) echo "unknown command $CMD (start | wait | stop)" >&2; exit 2 ;;
+esac
+
+# ---------------------------------------------------------------------------------------------- detached body
+. "$HERE/session_env.sh"   # installs the plugin once; LOGS=$OUT=$S, W (work dir), R1AQA, REPO
+LP=$W/lp
+export PYTHONUNBUFFERED=1
+left() {  # seconds to the deadline, minus $1
+  local s=$(( $(cat "$S/deadline") - $(date +%s) - ${1:-0} )); echo $((s > 1 ? s : 1))
+}
+step() {  # step NAME FUNCTION...: one job of a queue, logged to $S/NAME.log, skipped when the time is up
+  local name=$1; shift
+  if [ "$(left)" -le 60 ]; then printf '%s\tskipped (time)\n' "$name" >> "$S/jobs.tsv"; return 1; fi
+  local t0=$SECONDS; echo "$(date -u +%H:%M:%S) start $name (GPU $CUDA_VISIBLE_DEVICES)"
+  "$@" > "$S/$name.log" 2>&1; local rc=$?
+  printf '%s\tgpus=%s\texit=%s\t%ss\n' "$name" "$CUDA_VISIBLE_DEVICES" "$rc" $((SECONDS - t0)) >> "$S/jobs.tsv"
+  echo "$(date -u +%H:%M:%S) end $name: exit $rc after $((SECONDS - t0)) s"
+  return $rc
+}
+await() {  # await FILE: until it exists or the time is up
+  while [ ! -e "$1" ] && [ "$(left)" -gt 60 ]; do sleep 10; done; [ -e "$1" ]
+}
+
+make7b() {  # on the GPU (random init there takes seconds, on the CPU minutes); once, whichever queue comes first
+  ( flock 9
+    [ -f "$W/syn10.parquet" ] && exit 0
+    /usr/bin/time -f "make-model 7b: %e s, max RSS %M KB" timeout "$(left 5)" $R1AQA make-model --size 7b \
+      --out "$W/7b" || exit 1
+    $R1AQA data build synthetic-aqa --tasks sound --size 64 --clip-seconds 10 --seed 3 --no-progress \
+      --out "$W/syn10.parquet" && du -sh "$W/7b" ) 9> "$W/make7b.lock"
+}
+
+grpo7b() {  # grpo7b NGPU VARIANTS: benchmarks/grpo_step_bench.py at R1-AQA's shape (STEPS, default 3)
+  make7b || return 1
+  python3 "$REPO/benchmarks/grpo_step_bench.py" run --model "$W/7b" --data "$W/syn10.parquet" --gpus "$1" \
+    --steps "${STEPS:-3}" --variants "$2" --logs "$S" --cwd "$W" --timeout "$(left 5)" \
+    --json "$S/grpo-${2//,/+}-$1gpu.json" --extra "trainer.default_local_dir=$W/ckpt-7b-$2-$1gpu"
+}
+
+rollout() {  # each mode is limited to 200 s (RESULT lines are printed as modes end)
+  timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/rollout_bench.py" --size 7b --batch 16 --n 8 --tokens 256 \
+    --clip-seconds 10 --hf-prompts 2 --workdir "$W" --timeout 200 --json "$S/rollout.json"
+}
+
+lp() {  # learning proof phase (examples/learning_proof/run.sh), logs in $S/lp
+  OUT=$S/lp WORK=$LP NO_FLASH_ATTN=1 timeout -k 10 "$(left 5)" bash "$REPO/examples/learning_proof/run.sh" "$@"
+}
+lp_grpo() { GRPO_TIMEOUT=$(left 200) lp grpo; }  # leaves ~3 min for export + eval after + plots
+
+contrast_warm() {  # tests/test_gpu_grpo.py on the format-warmed model: its log-probs are far from uniform
+  await "$LP/small-warm/model.safetensors" || return 1
+  export R1AQA_GPU_GRPO_MODEL=$LP/small-warm R1AQA_GPU_GRPO_DATA=$LP/train.parquet,$LP/val.parquet
+  cd "$REPO" && timeout -k 10 "$(left 5)" python3 -m pytest -m gpu tests/test_gpu_grpo.py -v -p no:cacheprovider \
+    --basetemp="$W/pt-warm"
+  local rc=$?
+  for f in "$W"/pt-warm/gpu-grpo*/*.log; do [ -f "$f" ] && cp "$f" "$S/warm-$(basename "$f")"; done
+  python3 "$REPO/benchmarks/gpu/contrast_table.py" "$S/warm-same-audio.log" "$S/warm-reversed-audio.log"
+  return $rc
+}
+
+QUEUE_gpu0() {
+  export CUDA_VISIBLE_DEVICES=0
+  step rollout rollout; step grpo-wins-1gpu grpo7b 1 wins; step grpo-baseline-1gpu grpo7b 1 baseline
+}
+QUEUE_gpu1() {
+  export CUDA_VISIBLE_DEVICES=1
+  step lp-prep lp prep && step lp-grpo lp_grpo; step lp-after lp after
+}
+QUEUE_gpu23() {
+  export CUDA_VISIBLE_DEVICES=2
+  step make7b make7b
+  export CUDA_VISIBLE_DEVICES=2,3   # the test puts its two runs on one GPU each
+  step contrast-warm contrast_warm
+  step grpo-wins-2gpu grpo7b 2 wins; step grpo-baseline-2gpu grpo7b 2 baseline
+}
+
+# QUEUE_FILE: a bash file defining more QUEUE_<name> functions (other plans; the scheduler's own test uses one)
+[ -n "${QUEUE_FILE:-}" ] && . "$QUEUE_FILE"
+nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv > "$S/gpus.csv" 2>/dev/null
+echo "$(date -u +%H:%M:%S) queues ${QUEUES:-gpu0,gpu1,gpu23}, $(left) s to the deadline"
+IFS=, read -r -a queues <<< "${QUEUES:-gpu0,gpu1,gpu23}"
+for i in "${!queues[@]}"; do
+  ( "QUEUE_${queues[$i]}" ) &
+  sleep "${STAGGER:-20}"   # Ray clusters and vLLM servers pick their ports one after the other
+done
+wait
+pkill -f "verl.trainer.main_ppo"; python3 -m ray.scripts.scripts stop --force > /dev/null 2>&1
+pkill -9 -f "EngineCore|VLLM::"
+echo "$(date -u +%H:%M:%S) all queues done"; touch "$S/all-done"
