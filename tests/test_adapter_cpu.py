@@ -89,6 +89,33 @@ def test_processor_rerun_on_decoded_text_returns_the_same_features(processor):
     np.testing.assert_array_equal(again["feature_attention_mask"], full["feature_attention_mask"])
 
 
+def test_diagnostic_other_audio_gives_the_actor_another_samples_clip(monkeypatch):
+    from r1aqa_plugin.models.qwen2_audio import processor as proc
+
+    monkeypatch.setattr(proc, "_recent_clips", [])
+    a, b, c = _tone(1.0), np.linspace(-1, 1, 12000, dtype=np.float32), np.full(20000, 0.5, np.float32)
+    np.testing.assert_array_equal(proc.diagnostic_audio(a, "other"), a[::-1])  # nothing else seen yet
+    np.testing.assert_array_equal(proc.diagnostic_audio(b, "other")[:12000], a[:12000])  # cut to b's length
+    for _ in range(3):  # the rest of b's group still gets a, not b
+        np.testing.assert_array_equal(proc.diagnostic_audio(b, "other"), a[:12000])
+    out = proc.diagnostic_audio(c, "other")  # zero-padded to c's length: same <|AUDIO|> count
+    assert len(out) == len(c) and np.array_equal(out[:12000], b) and not out[12000:].any()
+    np.testing.assert_array_equal(proc.diagnostic_audio(a, "reverse"), a[::-1])
+    with pytest.raises(ValueError, match="R1AQA_DIAG_ACTOR_AUDIO='swap'"):
+        proc.diagnostic_audio(a, "swap")
+
+
+def test_processor_features_follow_the_diagnostic(processor, monkeypatch):
+    from r1aqa_plugin.models.qwen2_audio import processor as proc
+
+    wave = _tone(3.0)
+    plain = processor(text=["no placeholder"], audio=[wave], sampling_rate=16000, return_tensors="np")
+    monkeypatch.setenv(proc.DIAG_ENV, "reverse")
+    rev = processor(text=["no placeholder"], audio=[wave], sampling_rate=16000, return_tensors="np")
+    np.testing.assert_array_equal(rev["feature_attention_mask"], plain["feature_attention_mask"])
+    assert not np.allclose(rev["input_features"], plain["input_features"])
+
+
 def test_processor_still_rejects_a_real_placeholder_mismatch(processor):
     with pytest.raises(ValueError, match="Found 2"):
         processor(text=["<|AUDIO|> <|AUDIO|>"], audio=[_tone(1.0)], sampling_rate=16000)

@@ -114,7 +114,7 @@ def test_contrast_table_ratio(tmp_path: Path) -> None:
     (tmp_path / "same.log").write_text(line.format(1, 0.001) + line.format(4, 0.002))
     (tmp_path / "rev.log").write_text(line.format(1, 0.02) + line.format(4, 0.01))
     rows = contrast_table.table(str(tmp_path / "same.log"), str(tmp_path / "rev.log")).splitlines()
-    assert rows[2].startswith("| 1 | 0.001 |") and rows[2].endswith("| 20 |")
+    assert rows[2].startswith("| 1 | 0.001 | 0.99 | - | 0.02 |") and rows[2].endswith("| 20 |")
     assert rows[3].endswith("| 5 |")
 
 

@@ -1,8 +1,8 @@
 """GRPO through the plugin on a real GPU (marked `gpu`: skipped without CUDA; run on the lent H200).
 
 One module-scoped pair of runs of `main_ppo +recipe=r1aqa_grpo_tiny` (tiny model, synthetic sound questions):
-the actor hearing the same audio as vLLM, and the actor hearing each clip time-reversed
-(`R1AQA_DIAG_ACTOR_AUDIO=reverse`). Issue 3's acceptance: steps run, a checkpoint is saved, audio reaches both
+the actor hearing the same audio as vLLM, and the actor hearing another sample's audio
+(`R1AQA_DIAG_ACTOR_AUDIO=other`). Issue 3's acceptance: steps run, a checkpoint is saved, audio reaches both
 sides, and the rollout-vs-actor log-prob gap with the right audio is at least 10x smaller than with the wrong one,
 at step 1 and after weight updates.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,14 +74,14 @@ def runs(tmp_path_factory):
                           str(seed), "--no-progress", "--out", str(path)]) == 0
     args = (model, train, val)
     envs = _gpu_envs()
-    reverse = {"R1AQA_DIAG_ACTOR_AUDIO": "reverse"}
+    wrong = {"R1AQA_DIAG_ACTOR_AUDIO": os.environ.get("R1AQA_GPU_GRPO_WRONG_AUDIO", "other")}
     if envs is None:  # one GPU: one run after the other (vLLM's start-up memory profile fails beside another)
         same = _finish(work, "same-audio", _start(work, "same-audio", *args, steps=4, env={}))
-        return work, same, _finish(work, "reversed-audio", _start(work, "reversed-audio", *args, steps=4, env=reverse))
+        return work, same, _finish(work, "wrong-audio", _start(work, "wrong-audio", *args, steps=4, env=wrong))
     same = _start(work, "same-audio", *args, steps=4, env=envs[0])
     time.sleep(20)  # staggered: the two Ray clusters and vLLM servers pick their ports one after the other
-    rev = _start(work, "reversed-audio", *args, steps=4, env={**envs[1], **reverse})
-    return work, _finish(work, "same-audio", same), _finish(work, "reversed-audio", rev)
+    rev = _start(work, "wrong-audio", *args, steps=4, env={**envs[1], **wrong})
+    return work, _finish(work, "same-audio", same), _finish(work, "wrong-audio", rev)
 
 
 def test_tiny_grpo_runs_four_steps_and_saves_a_checkpoint(runs):
@@ -100,6 +101,11 @@ def test_audio_reaches_vllm_once_expanded_and_the_actor_for_every_sequence(runs)
 def test_rollout_and_actor_agree_only_when_they_hear_the_same_audio(runs):
     _, (rc_same, same), (rc_rev, rev) = runs
     assert rc_same == 0 and rc_rev == 0, rev[-5000:]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"))
+    import contrast_table
+
+    work = runs[0]
+    print(contrast_table.table(str(work / "same-audio.log"), str(work / "wrong-audio.log")))
     same_steps, rev_steps = step_metrics(same), step_metrics(rev)
     for step in (1, 4):  # before any update, and after three weight syncs
         assert same_steps[step]["training/rollout_actor_probs_pearson_corr"] > 0.999

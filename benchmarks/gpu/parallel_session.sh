@@ -12,7 +12,7 @@
 # The queues (QUEUES=gpu0,gpu1,gpu23 by default; QUEUE_<name> functions below):
 #   gpu0:  rollout bench (plugin vs bare vLLM vs HF generate) -> 7B GRPO 1 GPU "wins" -> 7B GRPO 1 GPU baseline
 #   gpu1:  learning proof: prep (model, data, warm-up, eval before) -> GRPO -> export, eval after, plots
-#   gpu23: 7B folder (make-model on GPU2) -> same-vs-reversed actor audio on the warmed model (GPU2 | GPU3, once
+#   gpu23: 7B folder (make-model on GPU2) -> same vs another sample's audio for the actor, warmed model (GPU2 | GPU3, once
 #          the learning proof's warm-up has written it) -> 7B GRPO 2 GPUs "wins" -> 7B GRPO 2 GPUs baseline
 #
 # What the 2026-11-28 session taught (docs/gpu-runs.md): a verl run needs 4-6 min before step 1 there; one vLLM
@@ -100,14 +100,14 @@ lp() {  # learning proof phase (examples/learning_proof/run.sh), logs in $S/lp
 }
 lp_grpo() { GRPO_TIMEOUT=$(left 200) lp grpo; }  # leaves ~3 min for export + eval after + plots
 
-contrast_warm() {  # tests/test_gpu_grpo.py on the format-warmed model: its log-probs are far from uniform
+contrast_warm() {  # tests/test_gpu_grpo.py (same vs other audio) on the format-warmed model: its log-probs are far from uniform
   await "$LP/small-warm/model.safetensors" || return 1
   export R1AQA_GPU_GRPO_MODEL=$LP/small-warm R1AQA_GPU_GRPO_DATA=$LP/train.parquet,$LP/val.parquet
   cd "$REPO" && timeout -k 10 "$(left 5)" python3 -m pytest -m gpu tests/test_gpu_grpo.py -v -p no:cacheprovider \
     --basetemp="$W/pt-warm"
   local rc=$?
   for f in "$W"/pt-warm/gpu-grpo*/*.log; do [ -f "$f" ] && cp "$f" "$S/warm-$(basename "$f")"; done
-  python3 "$REPO/benchmarks/gpu/contrast_table.py" "$S/warm-same-audio.log" "$S/warm-reversed-audio.log"
+  python3 "$REPO/benchmarks/gpu/contrast_table.py" "$S/warm-same-audio.log" "$S/warm-wrong-audio.log"
   return $rc
 }
 

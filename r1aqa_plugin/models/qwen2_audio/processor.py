@@ -16,9 +16,30 @@ import numpy as np
 from transformers import BatchFeature, Qwen2AudioProcessor
 
 
-# Diagnostic only: R1AQA_DIAG_ACTOR_AUDIO=reverse gives the actor each clip time-reversed (same length, so
-# the same token count) while vLLM hears the original; the rollout-vs-actor log-prob gap must then grow.
+# Diagnostic only: R1AQA_DIAG_ACTOR_AUDIO makes the actor hear other audio than vLLM did, so the rollout-vs-actor
+# log-prob gap must grow (tests/test_gpu_grpo.py). "other": the last different clip this process saw (another
+# sample's audio, cut or zero-padded to this clip's length so the <|AUDIO|> count still matches); "reverse": the
+# clip time-reversed.
 DIAG_ENV = "R1AQA_DIAG_ACTOR_AUDIO"
+DIAG_MODES = ("other", "reverse")
+_recent_clips: list[np.ndarray] = []  # the last two distinct clips this process saw, newest first
+
+
+def diagnostic_audio(clip: np.ndarray, mode: str) -> np.ndarray:
+    """The clip the actor gets under the R1AQA_DIAG_ACTOR_AUDIO diagnostic ``mode``."""
+    if mode not in DIAG_MODES:
+        raise ValueError(f"{DIAG_ENV}={mode!r}: expected one of {', '.join(DIAG_MODES)}")
+    if mode == "reverse":
+        return np.ascontiguousarray(clip[::-1])
+    other = next((c for c in _recent_clips if not np.array_equal(c, clip)), None)
+    if not _recent_clips or not np.array_equal(_recent_clips[0], clip):
+        _recent_clips[:] = [np.array(clip, copy=True), *_recent_clips[:1]]
+    if other is None:  # the first clip this process sees: nothing else to give yet
+        return np.ascontiguousarray(clip[::-1])
+    out = np.zeros_like(clip)
+    n = min(len(clip), len(other))
+    out[:n] = other[:n]
+    return out
 
 
 class VerlQwen2AudioProcessor(Qwen2AudioProcessor):
@@ -45,8 +66,8 @@ class VerlQwen2AudioProcessor(Qwen2AudioProcessor):
                        **_: Any) -> BatchFeature:
         """Whisper features exactly as ``__call__`` computes them (padded to 30 s, with the frame mask)."""
         audios = [audio] if isinstance(audio, np.ndarray) else list(audio)
-        if os.environ.get(DIAG_ENV) == "reverse":
-            audios = [np.ascontiguousarray(a[::-1]) for a in audios]
+        if os.environ.get(DIAG_ENV):
+            audios = [diagnostic_audio(np.asarray(a), os.environ[DIAG_ENV]) for a in audios]
         feats = self.feature_extractor(audios, sampling_rate=sampling_rate or self.feature_extractor.sampling_rate,
                                        return_attention_mask=True, padding="max_length")
         data = {"input_features": feats["input_features"], "feature_attention_mask": feats["attention_mask"]}
