@@ -9,7 +9,7 @@
 #                                                             #   print progress, pack all logs into $OUT/0-logs.tgz
 #   bash benchmarks/gpu/parallel_session.sh stop              # stop every job now, pack the logs
 #
-# The queues (QUEUES=gpu0,gpu1,gpu23 by default; QUEUE_<name> functions below):
+# The queues (QUEUES=gpu0,gpu1,gpu23 by default; QUEUE_<name> functions below; QUEUES=x8 on `nvidia-h200-x8`):
 #   gpu0:  rollout bench (plugin vs bare vLLM vs HF generate) -> 7B GRPO 1 GPU "wins" -> 7B GRPO 1 GPU baseline
 #   gpu1:  learning proof: prep (model, data, warm-up, eval before) -> GRPO -> export, eval after, plots
 #   gpu23: 7B folder (make-model on GPU2) -> same vs another sample's audio for the actor, warmed model (GPU2 | GPU3, once
@@ -125,6 +125,14 @@ QUEUE_gpu23() {
   export CUDA_VISIBLE_DEVICES=2,3   # the test puts its two runs on one GPU each
   step contrast-warm contrast_warm
   step grpo-wins-2gpu grpo7b 2 wins; step grpo-baseline-2gpu grpo7b 2 baseline
+}
+QUEUE_x8() {  # issue 9 on `nvidia-h200-x8` (QUEUES=x8): R1-AQA's 8-GPU shape, then the scaling points
+  export CUDA_VISIBLE_DEVICES=0
+  step make7b make7b
+  export CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7
+  STEPS=5 step grpo-wins-8gpu grpo7b 8 wins; STEPS=5 step grpo-baseline-8gpu grpo7b 8 baseline
+  export CUDA_VISIBLE_DEVICES=0,1,2,3
+  step grpo-wins-4gpu grpo7b 4 wins
 }
 
 # QUEUE_FILE: a bash file defining more QUEUE_<name> functions (other plans; the scheduler's own test uses one)
