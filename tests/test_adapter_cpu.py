@@ -116,6 +116,31 @@ def test_processor_features_follow_the_diagnostic(processor, monkeypatch):
     assert not np.allclose(rev["input_features"], plain["input_features"])
 
 
+def test_post_rollout_features_are_computed_once_per_distinct_clip(processor, monkeypatch):
+    """A GRPO group's samples share their clip: only the first of them runs the feature extractor."""
+    from r1aqa_plugin.models.qwen2_audio import processor as proc
+
+    monkeypatch.setattr(proc, "_feature_cache", proc.OrderedDict())
+    monkeypatch.setattr(proc, "FEATURE_CACHE_CLIPS", 2)
+    calls = []
+    extractor = type(processor.feature_extractor)
+    original = extractor.__call__
+    monkeypatch.setattr(extractor, "__call__", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    waves = [_tone(3.0), _tone(2.0), 0.5 * _tone(3.0)]
+    fresh = [original(processor.feature_extractor, [w], sampling_rate=16000, return_attention_mask=True,
+                      padding="max_length") for w in waves]
+    for _ in range(8):
+        out = processor(text=["no placeholder"], audio=[waves[0]], sampling_rate=16000, return_tensors="np")
+        np.testing.assert_array_equal(out["input_features"], fresh[0]["input_features"])
+        np.testing.assert_array_equal(out["feature_attention_mask"], fresh[0]["attention_mask"])
+    assert len(calls) == 1  # eight processor calls, one extraction
+    both = processor(text=["x"], audio=[waves[1], waves[2]], sampling_rate=16000, return_tensors="np")
+    np.testing.assert_array_equal(both["input_features"][1], fresh[2]["input_features"][0])
+    assert len(calls) == 3 and len(proc._feature_cache) == 2  # bounded: the first clip was evicted
+    processor(text=["x"], audio=[waves[0]], sampling_rate=16000)
+    assert len(calls) == 4
+
+
 def test_processor_still_rejects_a_real_placeholder_mismatch(processor):
     with pytest.raises(ValueError, match="Found 2"):
         processor(text=["<|AUDIO|> <|AUDIO|>"], audio=[_tone(1.0)], sampling_rate=16000)

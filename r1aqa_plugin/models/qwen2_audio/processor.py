@@ -9,7 +9,10 @@ placeholder-free text with the features alone. Any other mismatch still raises, 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -22,6 +25,10 @@ from transformers import BatchFeature, Qwen2AudioProcessor
 # clip time-reversed.
 DIAG_ENV = "R1AQA_DIAG_ACTOR_AUDIO"
 DIAG_MODES = ("other", "reverse")
+# Features of the last distinct clips (a 30 s window of 128 mel bins is 1.5 MB; 64 clips cover 4 steps' prompts).
+FEATURE_CACHE_CLIPS = 64
+_feature_cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_feature_lock = threading.Lock()  # verl runs processor calls in executor threads
 _recent_clips: list[np.ndarray] = []  # the last two distinct clips this process saw, newest first
 
 
@@ -68,14 +75,38 @@ class VerlQwen2AudioProcessor(Qwen2AudioProcessor):
         audios = [audio] if isinstance(audio, np.ndarray) else list(audio)
         if os.environ.get(DIAG_ENV):
             audios = [diagnostic_audio(np.asarray(a), os.environ[DIAG_ENV]) for a in audios]
-        feats = self.feature_extractor(audios, sampling_rate=sampling_rate or self.feature_extractor.sampling_rate,
-                                       return_attention_mask=True, padding="max_length")
-        data = {"input_features": feats["input_features"], "feature_attention_mask": feats["attention_mask"]}
+        rate = sampling_rate or self.feature_extractor.sampling_rate
+        pairs = [self._clip_features(np.asarray(a), rate) for a in audios]
+        data = {"input_features": np.stack([f for f, _ in pairs]),
+                "feature_attention_mask": np.stack([m for _, m in pairs])}
         from r1aqa_plugin.models.qwen2_audio.verl_hooks import _trace
 
         _trace("actor audio features", f"input_features {np.shape(data['input_features'])}, "
                f"{int(np.sum(data['feature_attention_mask']))} valid frames")
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+
+    def _clip_features(self, clip: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
+        """One clip's features and frame mask, computed once per distinct clip in this process.
+
+        verl repeats each prompt n times before the agent loop and rebuilds every sample's features after its
+        rollout: the 8 samples of a GRPO group carry the same clip, so 7 of 8 extractions are repeats.
+        """
+        fe = self.feature_extractor
+        key = (hashlib.blake2b(np.ascontiguousarray(clip).view(np.uint8), digest_size=16).digest(), clip.dtype.str,
+               clip.shape, rate, fe.feature_size, fe.n_samples, fe.hop_length)
+        with _feature_lock:
+            hit = _feature_cache.get(key)
+            if hit is not None:
+                _feature_cache.move_to_end(key)
+                return hit
+        feats = fe([clip], sampling_rate=rate, return_attention_mask=True, padding="max_length")
+        value = (np.asarray(feats["input_features"][0]), np.asarray(feats["attention_mask"][0]))
+        with _feature_lock:
+            _feature_cache[key] = value
+            while len(_feature_cache) > FEATURE_CACHE_CLIPS:
+                _feature_cache.popitem(last=False)
+        return value
 
 
 # Saved configs name the processor class by ``__class__.__name__`` (processor_config.json, tokenizer_config.json);
