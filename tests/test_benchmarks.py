@@ -181,3 +181,17 @@ def test_rollout_bench_vllm_cpu_toy(tmp_path: Path) -> None:
     # the plugin path sends collapsed ids and vLLM expands them back: same prompt length as bare vLLM
     assert rows["vllm"]["prompt_len"] == rows["plugin"]["prompt_len"]
     assert rows["plugin"]["post_features_s"] > 0
+
+
+def test_audio_dependence_sees_wrong_audio_far_above_bf16_noise(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from r1aqa_plugin.cli import main as r1aqa
+
+    data = tmp_path / "d.parquet"
+    assert r1aqa(["data", "build", "synthetic-aqa", "--tasks", "sound", "--size", "6", "--seed", "1",
+                  "--no-progress", "--out", str(data)]) == 0
+    out = subprocess.run([sys.executable, str(BENCH / "audio_dependence.py"), "--model", str(tiny_model_dir),
+                          "--data", str(data), "--rows", "4", "--tokens", "8"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ratio = float(out.stdout.split("ratio ")[1].split("x")[0])
+    assert ratio > 3, out.stdout  # another clip moves the random tiny model's log-probs well beyond bf16 rounding

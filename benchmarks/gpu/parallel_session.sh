@@ -12,8 +12,10 @@
 # The queues (QUEUES=gpu0,gpu1,gpu23 by default; QUEUE_<name> functions below; QUEUES=x8 on `nvidia-h200-x8`):
 #   gpu0:  rollout bench (plugin vs bare vLLM vs HF generate) -> 7B GRPO 1 GPU "wins" -> 7B GRPO 1 GPU baseline
 #   gpu1:  learning proof: prep (model, data, warm-up, eval before) -> GRPO -> export, eval after, plots
-#   gpu23: 7B folder (make-model on GPU2) -> same vs another sample's audio for the actor, warmed model (GPU2 | GPU3, once
-#          the learning proof's warm-up has written it) -> 7B GRPO 2 GPUs "wins" -> 7B GRPO 2 GPUs baseline
+#   gpu23: same vs another sample's audio for the actor (tests/test_gpu_grpo.py, tiny model, GPU2 | GPU3) ->
+#          7B GRPO 2 GPUs "wins" -> 7B GRPO 2 GPUs baseline (the 7B folder is built once, on a GPU, by whichever
+#          queue needs it first)
+#   (contrast_warm: the same contrast on the learning proof's warmed model, for a QUEUE_FILE)
 #
 # What the 2026-11-28 session taught (docs/gpu-runs.md): a verl run needs 4-6 min before step 1 there; one vLLM
 # process per GPU (vLLM's start-up memory profile fails when another process on that GPU frees memory); nothing
@@ -100,15 +102,19 @@ lp() {  # learning proof phase (examples/learning_proof/run.sh), logs in $S/lp
 }
 lp_grpo() { GRPO_TIMEOUT=$(left 200) lp grpo; }  # leaves ~3 min for export + eval after + plots
 
-contrast_warm() {  # tests/test_gpu_grpo.py (same vs other audio) on the format-warmed model: its log-probs are far from uniform
+contrast() {  # contrast NAME: tests/test_gpu_grpo.py, same audio vs another sample's audio for the actor
+  cd "$REPO" && timeout -k 10 "$(left 5)" python3 -m pytest -m gpu tests/test_gpu_grpo.py -v -p no:cacheprovider \
+    --basetemp="$W/pt-$1"
+  local rc=$?
+  for f in "$W/pt-$1"/gpu-grpo*/*.log; do [ -f "$f" ] && cp "$f" "$S/$1-$(basename "$f")"; done
+  python3 "$REPO/benchmarks/gpu/contrast_table.py" "$S/$1-same-audio.log" "$S/$1-wrong-audio.log"
+  return $rc
+}
+
+contrast_warm() {  # the same on the learning proof's format-warmed model (log-probs far from uniform)
   await "$LP/small-warm/model.safetensors" || return 1
   export R1AQA_GPU_GRPO_MODEL=$LP/small-warm R1AQA_GPU_GRPO_DATA=$LP/train.parquet,$LP/val.parquet
-  cd "$REPO" && timeout -k 10 "$(left 5)" python3 -m pytest -m gpu tests/test_gpu_grpo.py -v -p no:cacheprovider \
-    --basetemp="$W/pt-warm"
-  local rc=$?
-  for f in "$W"/pt-warm/gpu-grpo*/*.log; do [ -f "$f" ] && cp "$f" "$S/warm-$(basename "$f")"; done
-  python3 "$REPO/benchmarks/gpu/contrast_table.py" "$S/warm-same-audio.log" "$S/warm-wrong-audio.log"
-  return $rc
+  contrast warm
 }
 
 QUEUE_gpu0() {
@@ -120,12 +126,11 @@ QUEUE_gpu1() {
   step lp-prep lp prep && step lp-grpo lp_grpo; step lp-after lp after
 }
 QUEUE_gpu23() {
-  export CUDA_VISIBLE_DEVICES=2
-  step make7b make7b
   export CUDA_VISIBLE_DEVICES=2,3   # the test puts its two runs on one GPU each
-  step contrast-warm contrast_warm
-  step grpo-wins-2gpu grpo7b 2 wins; step grpo-baseline-2gpu grpo7b 2 baseline
+  step contrast-tiny contrast tiny
+  step grpo-wins-2gpu grpo7b 2 wins; step grpo-baseline-2gpu grpo7b 2 baseline   # grpo7b builds the 7B once
 }
+
 QUEUE_x8() {  # issue 9 on `nvidia-h200-x8` (QUEUES=x8): R1-AQA's 8-GPU shape, then the scaling points
   export CUDA_VISIBLE_DEVICES=0
   step make7b make7b
