@@ -120,10 +120,12 @@ def test_contrast_table_ratio(tmp_path: Path) -> None:
 
 def test_parallel_session_runs_queues_detached_and_packs_logs(tmp_path: Path) -> None:
     queues = tmp_path / "queues.sh"
+    log = (REPO / "tests/fixtures/h200/grpo-baseline-2gpu.log").read_text()
     queues.write_text("QUEUE_a() { export CUDA_VISIBLE_DEVICES=0; step a1 true; step a2 false; step a3 echo hi; }\n"
-                      "QUEUE_b() { export CUDA_VISIBLE_DEVICES=1; step b1 sleep 1; }\n")
+                      "QUEUE_b() { export CUDA_VISIBLE_DEVICES=1; step b1 sleep 1; step grpo-x-2gpu cat \"$LOG\"; }\n")
     env = {**os.environ, "SESSION_DIR": str(tmp_path / "s"), "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "w"),
-           "QUEUE_FILE": str(queues), "QUEUES": "a,b", "STAGGER": "0", "R1AQA_SITE_READY": "1"}
+           "QUEUE_FILE": str(queues), "QUEUES": "a,b", "STAGGER": "0", "R1AQA_SITE_READY": "1",
+           "LOG": str(REPO / "tests/fixtures/h200/grpo-baseline-2gpu.log"), "PYTHONPATH": ""}
     script = str(BENCH / "gpu" / "parallel_session.sh")
     start = subprocess.run(["bash", script, "start", "3"], env=env, capture_output=True, text=True, timeout=60)
     assert start.returncode == 0 and "queues started" in start.stdout, start.stdout + start.stderr
@@ -133,6 +135,8 @@ def test_parallel_session_runs_queues_detached_and_packs_logs(tmp_path: Path) ->
     assert "a1\tgpus=0\texit=0" in jobs and "a2\tgpus=0\texit=1" in jobs and "b1\tgpus=1\texit=0" in jobs
     assert "a3\tgpus=0\texit=0" in jobs  # a failed job does not stop its queue
     assert (tmp_path / "s" / "a3.log").read_text() == "hi\n" and (tmp_path / "out" / "0-logs.tgz").stat().st_size
+    assert (tmp_path / "s" / "grpo-x-2gpu.log").read_text() == log
+    assert "| grpo-x-2gpu | 2 | 1 |" in (tmp_path / "out" / "grpo-table.md").read_text()  # the 7B table, packed
 
 
 def test_merge_overrides_later_wins_and_keeps_plus() -> None:

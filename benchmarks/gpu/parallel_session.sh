@@ -31,8 +31,8 @@ pack() {  # everything under $S into one archive in $OUT, plus the job list and 
   local out=${OUT:-$PWD/gpu-logs}; mkdir -p "$out"
   tar -czf "$out/0-logs.tgz" -C "$S" --exclude "*.parquet" . 2>/dev/null
   cp "$S/jobs.tsv" "$out/jobs.tsv" 2>/dev/null
-  ls "$S"/grpo-*gpu.log > /dev/null 2>&1 && python3 "$HERE/../grpo_step_bench.py" table "$S"/grpo-*gpu.log \
-    | tee "$out/grpo-table.md"
+  ls "$S"/grpo-*gpu.log > /dev/null 2>&1 && PYTHONPATH="$(cd "$HERE/../.." && pwd)${PYTHONPATH:+:$PYTHONPATH}" \
+    python3 "$HERE/../grpo_step_bench.py" table "$S"/grpo-*gpu.log | tee "$out/grpo-table.md"
 }
 
 case $CMD in
