@@ -21,11 +21,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "learning_proof"))
 
 
-def response_logprobs(model, processor, prompt: str, audio: np.ndarray, response: list[int], dtype) -> np.ndarray:
-    """Per-token log-probs of ``response`` after ``prompt`` with ``audio``, the model run in ``dtype``."""
+def response_logprobs(model, enc, response: list[int], dtype: str) -> np.ndarray:
+    """Per-token log-probs of ``response`` after the processor output ``enc`` (prompt + audio), run in ``dtype``."""
     import torch
 
-    enc = processor(text=[prompt], audio=[audio], sampling_rate=16000, return_tensors="pt")
     ids = torch.cat([enc["input_ids"], torch.tensor([response])], dim=1)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), input_features=enc["input_features"],
@@ -54,17 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     processor = AutoProcessor.from_pretrained(a.model)
     model = Qwen2AudioForConditionalGeneration.from_pretrained(a.model, dtype=torch.float32).eval()
     rows = load_rows(a.data, a.rows)
-    wrong_audio = [diagnostic_audio(r["audio"], a.wrong) for r in [rows[-1], *rows]][1:]  # the "other" of row 0 is
-    seq, tok = {"noise": [], "wrong": []}, {"noise": [], "wrong": []}   # the last row's clip
+    # Seen in this order, row 0's "other" clip is the last row's and every later row's is the row before it.
+    wrong_audio = [diagnostic_audio(r["audio"], a.wrong) for r in [rows[-1], *rows]][1:]
+    seq, tok = {"noise": [], "wrong": []}, {"noise": [], "wrong": []}
     for row, wrong in zip(rows, wrong_audio):
         prompt = prompt_text(processor, row["question"], row["choices"])
         enc = processor(text=[prompt], audio=[row["audio"]], sampling_rate=16000, return_tensors="pt")
+        enc_wrong = processor(text=[prompt], audio=[wrong], sampling_rate=16000, return_tensors="pt")
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=a.tokens, do_sample=True, temperature=1.0, top_k=0)
         response = out[0, enc["input_ids"].shape[1] :].tolist()
-        actor = response_logprobs(model, processor, prompt, row["audio"], response, "fp32")
-        rollout = response_logprobs(model, processor, prompt, row["audio"], response, "bf16")
-        wrong_actor = response_logprobs(model, processor, prompt, wrong, response, "fp32")
+        actor = response_logprobs(model, enc, response, "fp32")
+        rollout = response_logprobs(model, enc, response, "bf16")
+        wrong_actor = response_logprobs(model, enc_wrong, response, "fp32")
         for key, other in (("noise", actor), ("wrong", wrong_actor)):
             seq[key].append(abs(rollout.mean() - other.mean()))
             tok[key].append(np.abs(rollout - other).mean())

@@ -7,9 +7,10 @@ sides, and the rollout-vs-actor log-prob gap with the right audio is at least 10
 at step 1 and after weight updates.
 
 The two runs go side by side when two GPUs are visible (one each), else one after the other (two vLLM servers
-starting on one GPU trip vLLM's start-up memory check). `R1AQA_GPU_GRPO_MODEL` / `R1AQA_GPU_GRPO_DATA=train.parquet,val.parquet` swap in another
-Qwen2-Audio and data, e.g. the format-warmed model of examples/learning_proof, whose log-probs are far from
-uniform (on the random tiny model every token is near ln(vocab), which hides audio mismatches).
+starting on one GPU trip vLLM's start-up memory check). `R1AQA_GPU_GRPO_MODEL` and
+`R1AQA_GPU_GRPO_DATA=train.parquet,val.parquet` swap in another Qwen2-Audio and data. Not the learning proof's
+format-warmed model: its log-probs ignore the audio (benchmarks/audio_dependence.py: 1.1x), so no wrong clip
+can move them; on the random tiny model another sample's clip moves them ~100x the bf16 noise.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@
 #   gpu23: same vs another sample's audio for the actor (tests/test_gpu_grpo.py, tiny model, GPU2 | GPU3) ->
 #          7B GRPO 2 GPUs "wins" -> 7B GRPO 2 GPUs baseline (the 7B folder is built once, on a GPU, by whichever
 #          queue needs it first)
-#   (contrast_warm: the same contrast on the learning proof's warmed model, for a QUEUE_FILE)
 #
 # What the 2026-11-28 session taught (docs/gpu-runs.md): a verl run needs 4-6 min before step 1 there; one vLLM
 # process per GPU (vLLM's start-up memory profile fails when another process on that GPU frees memory); nothing
@@ -109,12 +108,6 @@ contrast() {  # contrast NAME: tests/test_gpu_grpo.py, same audio vs another sam
   for f in "$W/pt-$1"/gpu-grpo*/*.log; do [ -f "$f" ] && cp "$f" "$S/$1-$(basename "$f")"; done
   python3 "$REPO/benchmarks/gpu/contrast_table.py" "$S/$1-same-audio.log" "$S/$1-wrong-audio.log"
   return $rc
-}
-
-contrast_warm() {  # the same on the learning proof's format-warmed model (log-probs far from uniform)
-  await "$LP/small-warm/model.safetensors" || return 1
-  export R1AQA_GPU_GRPO_MODEL=$LP/small-warm R1AQA_GPU_GRPO_DATA=$LP/train.parquet,$LP/val.parquet
-  contrast warm
 }
 
 QUEUE_gpu0() {

@@ -85,7 +85,6 @@ class VerlQwen2AudioProcessor(Qwen2AudioProcessor):
                f"{int(np.sum(data['feature_attention_mask']))} valid frames")
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-
     def _clip_features(self, clip: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
         """One clip's features and frame mask, computed once per distinct clip in this process.
 
