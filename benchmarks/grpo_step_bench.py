@@ -61,8 +61,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                 "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=12288",
                 "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=24576",
                 "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=24576"]),
-    "kvmem": ("gpu_memory_utilization 0.4 -> 0.55: all 128 sequences' KV (~38 GiB) fit at once; gen -0..-30%",
-              ["actor_rollout_ref.rollout.gpu_memory_utilization=0.55"]),
+    "kvmem": ("gpu_memory_utilization 0.4 -> 0.5: all 128 sequences' KV (37.7 GiB) fit beside 15.6 GB of weights "
+              "(0.4 leaves ~36 GiB); gen -0..-30%",
+              ["actor_rollout_ref.rollout.gpu_memory_utilization=0.5"]),
     "refbf16": ("ref weights bf16 instead of fp32: -17 GB on every GPU, time ~0 (enables kvmem on 1 GPU)",
                 ["actor_rollout_ref.ref.fsdp_config.model_dtype=bf16"]),
     "rmpad": ("remove-padding with sdpa (packed-sequence mask): ~0 at fixed lengths, possibly slower; check "
@@ -70,11 +71,18 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
               ["actor_rollout_ref.model.use_remove_padding=True"]),
     "eager": ("control: vLLM without CUDA graphs (default already uses them): gen +30..100%",
               ["actor_rollout_ref.rollout.enforce_eager=True"]),
+    "nodedup": ("control: audio encoder on every row again (hook G off): old log-prob, ref, update +10..25%",
+                ["env:R1AQA_ENCODER_DEDUP=0"]),
+    "grouped": ("balance_batch off: a prompt's 8 samples stay adjacent, 1 distinct clip per micro-batch for hook G "
+                "(vs ~2 after verl's reorder at equal lengths); the padded path costs the same per row",
+                ["trainer.balance_batch=False"]),
     "no_offload": ("2 GPUs: optimizer on GPU (already the 2-GPU baseline); 1 GPU: expect OOM",
                    ["actor_rollout_ref.actor.fsdp_config.optimizer_offload=False"]),
 }
-VARIANTS["wins"] = ("bypass + micro + refbf16 + kvmem stacked",
-                    VARIANTS["bypass"][1] + VARIANTS["micro"][1] + VARIANTS["refbf16"][1] + VARIANTS["kvmem"][1])
+VARIANTS["wins"] = ("bypass + micro + refbf16 + kvmem + grouped stacked",
+                    VARIANTS["bypass"][1] + VARIANTS["micro"][1] + VARIANTS["refbf16"][1] + VARIANTS["kvmem"][1]
+                    + VARIANTS["grouped"][1])
+ENV_PREFIX = "env:"  # an override entry "env:KEY=VALUE" sets an environment variable of the run instead
 
 
 def merge_overrides(*groups: list[str]) -> list[str]:
@@ -170,7 +178,13 @@ def command(variant: str, a: argparse.Namespace) -> list[str]:
          f"actor_rollout_ref.model.path={a.model}", f"trainer.total_training_steps={a.steps}",
          f"trainer.default_local_dir={a.logs}/ckpt-{variant}"],
         RUN, MACHINE, base_overrides(a.gpus), VARIANTS[variant][1], a.extra or [])
-    return [sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
+    return [sys.executable, "-m", "verl.trainer.main_ppo", *[o for o in overrides if not o.startswith(ENV_PREFIX)]]
+
+
+def command_env(variant: str, a: argparse.Namespace) -> dict[str, str]:
+    """The variant's environment variables (Ray hands the driver's environment to every worker)."""
+    merged = merge_overrides(VARIANTS[variant][1], a.extra or [])
+    return dict(o[len(ENV_PREFIX):].split("=", 1) for o in merged if o.startswith(ENV_PREFIX))
 
 
 def run(a: argparse.Namespace) -> int:
@@ -180,21 +194,22 @@ def run(a: argparse.Namespace) -> int:
     for variant in [v.strip() for v in a.variants.split(",") if v.strip()]:
         if variant not in VARIANTS:
             raise SystemExit(f"unknown variant {variant}; `list` shows them")
-        cmd = command(variant, a)
+        cmd, env = command(variant, a), command_env(variant, a)
         log = logs / f"grpo-{variant}-{a.gpus}gpu.log"
-        print(f"== {variant} ({VARIANTS[variant][0]})\n   {' '.join(cmd)}", flush=True)
+        shown = " ".join([f"{k}={v}" for k, v in env.items()] + cmd)
+        print(f"== {variant} ({VARIANTS[variant][0]})\n   {shown}", flush=True)
         if a.dry_run:
             continue
         t = time.perf_counter()
         with open(log, "w") as fh:
             try:
                 rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=a.cwd or None,
-                                    timeout=a.timeout).returncode
+                                    timeout=a.timeout, env={**os.environ, **env}).returncode
             except subprocess.TimeoutExpired:
                 rc = 124
         s = summarize(parse_metrics(log.read_text(errors="replace")), a.gpus)
         s.update({"variant": variant, "rc": rc, "wall_s": time.perf_counter() - t, "log": str(log),
-                  "overrides": cmd[3:]})
+                  "overrides": cmd[3:], "env": env})
         rows.append((variant, s))
         print(f"   exit {rc}, {s['steps']} measured steps, wall {s['wall_s']:.0f} s", flush=True)
         if rc != 0:

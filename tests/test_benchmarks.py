@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import os
 import subprocess
@@ -152,8 +154,32 @@ def test_grpo_dry_run_commands(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "+recipe=r1aqa_grpo" in out and "algorithm.rollout_correction.bypass_mode=True" in out
     wins = [line for line in out.splitlines() if "bypass_mode" in line][0]
-    assert wins.count("gpu_memory_utilization") == 1 and "gpu_memory_utilization=0.55" in wins
+    assert wins.count("gpu_memory_utilization") == 1 and "gpu_memory_utilization=0.5" in wins
     assert "optimizer_offload=True" in wins
+    assert "trainer.balance_batch=False" in wins
+
+
+def test_env_variants_set_the_environment_not_an_override(capsys: pytest.CaptureFixture[str]) -> None:
+    a = argparse.Namespace(data="D", model="M", steps=3, logs="L", gpus=2, extra=[])
+    cmd = gsb.command("nodedup", a)
+    assert not any(o.startswith("env:") or "ENCODER_DEDUP" in o for o in cmd)
+    assert gsb.command_env("nodedup", a) == {"R1AQA_ENCODER_DEDUP": "0"}
+    assert gsb.command_env("baseline", a) == {}
+    a.extra = ["env:R1AQA_ENCODER_DEDUP=1"]
+    assert gsb.command_env("nodedup", a) == {"R1AQA_ENCODER_DEDUP": "1"}  # --extra wins, as for overrides
+
+
+@pytest.mark.slow
+def test_encoder_dedup_bench_toy(tmp_path: Path) -> None:
+    out = tmp_path / "dedup.json"
+    cmd = [sys.executable, str(BENCH / "encoder_dedup_bench.py"), "--size", "tiny", "--tokens", "8",
+           "--clip-seconds", "2", "--micro", "4", "--distinct", "1,4", "--repeats", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| pass | distinct clips |" in proc.stdout
+    rows = {(r["pass"], r["distinct"]): r for r in json.loads(out.read_text())["rows"]}
+    assert (rows[("update", 1)]["encoded_0"], rows[("update", 1)]["encoded_1"]) == (4, 1)
+    assert (rows[("log-prob", 4)]["encoded_0"], rows[("log-prob", 4)]["encoded_1"]) == (4, 4)
 
 
 # --------------------------------------------------------------------------------------------- rollout bench

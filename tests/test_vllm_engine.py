@@ -51,6 +51,8 @@ SCRIPT = textwrap.dedent(
         out["hf_len"], out["vllm_len"] = len(hf_ids), len(res.prompt_token_ids)
         out["same_ids"] = list(res.prompt_token_ids) == hf_ids
         out["text"] = res.outputs[0].text
+        # hook G (encoder dedup) must leave vLLM's tower alone: vLLM profiles memory on identical dummy clips
+        out["tower_opts_out"] = llm.apply_model(lambda m: getattr(m.audio_tower, "r1aqa_no_dedup", False))
         # a second engine on the same weights saved under transformers-5 names (what verl's actor pushes);
         # vLLM refuses to start if any parameter is left unloaded
         del llm
@@ -111,6 +113,7 @@ def test_vllm_cpu_expands_the_collapsed_prompt_once_and_loads_v5_names(tiny_mode
                                                "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"})
     assert result["vllm_len"] == result["hf_len"] and result["same_ids"]
     assert result["text_v5"] == result["text"]  # same weights, same greedy output
+    assert result["tower_opts_out"] == [True]
 
 
 @pytest.mark.gpu
@@ -118,3 +121,4 @@ def test_vllm_gpu_expands_the_collapsed_prompt_once_and_loads_v5_names(tiny_mode
     result = _probe(tiny_model_dir, tmp_path, {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
     assert result["vllm_len"] == result["hf_len"] and result["same_ids"]
     assert result["text_v5"] == result["text"]
+    assert result["tower_opts_out"] == [True]

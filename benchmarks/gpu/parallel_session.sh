@@ -10,7 +10,8 @@
 #   bash benchmarks/gpu/parallel_session.sh stop              # stop every job now, pack the logs
 #
 # The queues (QUEUES=gpu0,gpu1,gpu23 by default; QUEUE_<name> functions below; QUEUES=x8 on `nvidia-h200-x8`):
-#   gpu0:  rollout bench (plugin vs bare vLLM vs HF generate) -> 7B GRPO 1 GPU "wins" -> 7B GRPO 1 GPU baseline
+#   gpu0:  rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench (hook G off/on, 7B micro-batch)
+#          -> 7B GRPO 1 GPU "wins" -> 7B GRPO 1 GPU baseline
 #   gpu1:  learning proof: prep (model, data, warm-up, eval before) -> GRPO -> export, eval after, plots
 #   gpu23: same vs another sample's audio for the actor (tests/test_gpu_grpo.py, tiny model, GPU2 | GPU3) ->
 #          7B GRPO 2 GPUs "wins" -> 7B GRPO 2 GPUs baseline (the 7B folder is built once, on a GPU, by whichever
@@ -96,6 +97,10 @@ rollout() {  # each mode is limited to 200 s (RESULT lines are printed as modes 
     --clip-seconds 10 --hf-prompts 2 --workdir "$W" --timeout 200 --json "$S/rollout.json"
 }
 
+dedup() {  # hook G side by side on one 7B micro-batch (random weights built on the GPU)
+  timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/encoder_dedup_bench.py" --size 7b --json "$S/dedup.json"
+}
+
 lp() {  # learning proof phase (examples/learning_proof/run.sh), logs in $S/lp
   OUT=$S/lp WORK=$LP NO_FLASH_ATTN=1 timeout -k 10 "$(left 5)" bash "$REPO/examples/learning_proof/run.sh" "$@"
 }
@@ -112,7 +117,7 @@ contrast() {  # contrast NAME: tests/test_gpu_grpo.py, same audio vs another sam
 
 QUEUE_gpu0() {
   export CUDA_VISIBLE_DEVICES=0
-  step rollout rollout; step grpo-wins-1gpu grpo7b 1 wins; step grpo-baseline-1gpu grpo7b 1 baseline
+  step rollout rollout; step dedup dedup; step grpo-wins-1gpu grpo7b 1 wins; step grpo-baseline-1gpu grpo7b 1 baseline
 }
 QUEUE_gpu1() {
   export CUDA_VISIBLE_DEVICES=1

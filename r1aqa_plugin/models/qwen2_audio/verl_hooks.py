@@ -11,7 +11,8 @@ changed. Every wrapper is a no-op for models other than Qwen2-Audio.
 
 Hooks (see docs/adapter.md): A processor accepted, B processor callable after rollout, C prompt builder is
 multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, F an auto class for the actor,
-W every vLLM worker runs the name-mapping model class.
+G the audio encoder runs once per distinct clip of a batch (transformers' Qwen2AudioEncoder), W every vLLM worker
+runs the name-mapping model class.
 """
 
 from __future__ import annotations
@@ -208,6 +209,13 @@ def _make_vision2seq_getter(original: Callable[[], Any]) -> Callable[[], Any]:
     return get_auto_model_for_vision2seq
 
 
+def _make_encoder_dedup(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook G: the n samples of a GRPO group carry the same clip; encode each distinct clip once per forward."""
+    from r1aqa_plugin.models.qwen2_audio.encoder_dedup import make_encoder_forward
+
+    return make_encoder_forward(original)
+
+
 # ------------------------------------------------------------------------------------------------ the table
 _HF_PROCESSOR_SITES = ("verl.utils.tokenizer.tokenizer", "verl.utils.tokenizer", "verl.utils",
                        "verl.workers.config.model", "verl.model_merger.base_model_merger")
@@ -238,6 +246,8 @@ def _build_patches() -> list[Patch]:
               "actor class: Qwen2AudioForConditionalGeneration via AutoModelForMultimodalLM"),
         Patch("F", "verl.utils.checkpoint.fsdp_checkpoint_manager", "get_auto_model_for_vision2seq",
               _make_vision2seq_getter, "hf_model checkpoint export builds Qwen2-Audio"),
+        Patch("G", "transformers.models.qwen2_audio.modeling_qwen2_audio", "Qwen2AudioEncoder.forward",
+              _make_encoder_dedup, "audio encoder runs once per distinct clip of a batch"),
         Patch("W", "verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension.monkey_patch_model",
               _make_worker_check, "each vLLM worker checks it runs the name-mapping model"),
     ]

@@ -10,6 +10,11 @@
    request; vLLM's Qwen2-Audio processor adds the same key itself (``dict(**mm_kwargs, sampling_rate=...)``) and
    fails with "got multiple values for keyword argument 'sampling_rate'". Audio reaching vLLM is already at the
    feature extractor's rate (AQADataset resamples to 16 kHz), so the request's copy is dropped.
+
+vLLM builds its audio tower from transformers' ``Qwen2AudioEncoder``, which hook G (``encoder_dedup``) wraps for the
+actor. vLLM's tower opts out: its start-up memory profile runs the encoder on identical dummy clips, and a
+deduplicated profile would under-count the encoder's activations (vLLM's own encoder cache already shares
+identical clips between requests).
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ class Qwen2AudioWithV5Names(Qwen2AudioForConditionalGeneration):
     r1aqa_accepts_v5_names = True  # checked by the verl side in every vLLM worker
     # prefixes apply in order; the save_pretrained fix runs first so it cannot meet a freshly mapped name
     hf_to_vllm_mapper = WeightsMapper(orig_to_new_prefix=dict((SAVE_PRETRAINED_BUG, *V5_TO_ORIGINAL)))
+
+    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self.audio_tower.r1aqa_no_dedup = True  # see the module docstring
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load weights under either naming; return the (vLLM) names loaded."""
