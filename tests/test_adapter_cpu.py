@@ -256,3 +256,42 @@ def test_vllm_mapper_takes_original_v5_and_save_pretrained_names(tiny_model_dir)
         if name.startswith(SAVE_PRETRAINED_BUG[1]):
             buggy = SAVE_PRETRAINED_BUG[0] + name[len(SAVE_PRETRAINED_BUG[1]):]
             assert mapper._map_name(buggy) == name
+
+
+def test_group_rows_by_prompt_keeps_each_ranks_rows_and_makes_prompts_adjacent():
+    keys = ["a_0_0", "b_0_0", "a_1_0", "c_0_0", "b_1_0", "c_1_0", "pad9_0_0", "a_2_0"]
+    order = verl_hooks.group_rows_by_prompt(keys, 2)
+    assert sorted(order[:4]) == [0, 1, 2, 3] and sorted(order[4:]) == [4, 5, 6, 7]
+    assert [keys[i].split("_")[0] for i in order] == ["a", "a", "b", "c", "b", "c", "pad9", "a"]
+    assert [keys[i] for i in verl_hooks.group_rows_by_prompt(keys, 1)][:3] == ["a_0_0", "a_1_0", "a_2_0"]
+    with pytest.raises(verl_hooks.AdapterError, match="8 rows do not split into 3"):
+        verl_hooks.group_rows_by_prompt(keys, 3)
+
+
+def _balance(processor, monkeypatch, group: str):
+    """verl's real v1 _balance_batch (patched by hook H) on 4 prompts x 4 samples in arrival order, 2 dp ranks."""
+    import types
+
+    from transfer_queue import KVBatchMeta
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    monkeypatch.setenv(verl_hooks.GROUP_ENV, group)
+    rng = np.random.default_rng(0)
+    keys = [f"uid{p}_{s}_0" for s, p in sorted(((s, p) for p in range(4) for s in range(4)),
+                                                 key=lambda _: rng.random())]
+    batch = KVBatchMeta(keys=keys, tags=[{"seq_len": int(rng.integers(300, 600))} for _ in keys], partition_id="train")
+    trainer = types.SimpleNamespace(processor=processor, tokenizer=processor.tokenizer,
+                                    actor_rollout_wg=types.SimpleNamespace(_dispatch_info={"actor": [0, 1]}),
+                                    _get_required_batch_multiple=lambda dp: dp)
+    return PPOTrainer._balance_batch(trainer, batch, {}).keys
+
+
+def test_v1_balance_batch_groups_a_prompts_samples_on_each_rank(processor, monkeypatch):
+    plain, grouped = _balance(processor, monkeypatch, "0"), _balance(processor, monkeypatch, "1")
+    for rank in (slice(0, 8), slice(8, 16)):  # verl's length balance decides the rows per rank; H keeps them
+        assert sorted(plain[rank]) == sorted(grouped[rank])
+        uids = [k.split("_")[0] for k in grouped[rank]]
+        for uid in set(uids):
+            where = [i for i, u in enumerate(uids) if u == uid]
+            assert where == list(range(where[0], where[0] + len(where))), (uid, uids)
+    assert plain != grouped  # arrival order interleaves prompts; grouping changed it

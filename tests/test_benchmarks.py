@@ -156,7 +156,7 @@ def test_grpo_dry_run_commands(capsys: pytest.CaptureFixture[str]) -> None:
     wins = [line for line in out.splitlines() if "bypass_mode" in line][0]
     assert wins.count("gpu_memory_utilization") == 1 and "gpu_memory_utilization=0.5" in wins
     assert "optimizer_offload=True" in wins
-    assert "trainer.balance_batch=False" in wins
+    assert wins.count("ref.log_prob_micro_batch_size_per_gpu") == 1 and "log_prob_micro_batch_size_per_gpu=32" in wins
 
 
 def test_env_variants_set_the_environment_not_an_override(capsys: pytest.CaptureFixture[str]) -> None:

@@ -51,6 +51,11 @@ def test_a_predictions_file_with_a_missing_prediction_is_a_clear_error(tmp_path)
         main(["eval", "--predictions", str(path), "--out", str(tmp_path / "out")])
 
 
+def test_a_gpu_memory_fraction_outside_0_1_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match=r"--gpu-memory-utilization 1.5 is not in \(0, 1\]"):
+        main(["eval", "--model", "m", "--data", "x.parquet", "--out", str(tmp_path), "--gpu-memory-utilization", "1.5"])
+
+
 def test_generation_options_without_a_model_are_refused_before_anything_loads(tmp_path):
     with pytest.raises(SystemExit, match="--data needs --model"):
         main(["eval", "--data", "x.parquet", "--out", str(tmp_path)])

@@ -11,7 +11,7 @@
 #
 # The queues (QUEUES=gpu0,gpu1,gpu23 by default; QUEUE_<name> functions below; QUEUES=x8 on `nvidia-h200-x8`):
 #   gpu0:  rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench (hook G off/on, 7B micro-batch)
-#          -> 7B GRPO 1 GPU "wins" -> 7B GRPO 1 GPU baseline
+#          -> 7B GRPO 1 GPU "wins1" (wins + optimizer step on the CPU) -> 7B GRPO 1 GPU "cpuadam" (the 1-GPU baseline)
 #   gpu1:  learning proof: prep (model, data, warm-up, eval before) -> GRPO -> export, eval after, plots
 #   gpu23: same vs another sample's audio for the actor (tests/test_gpu_grpo.py, tiny model, GPU2 | GPU3) ->
 #          7B GRPO 2 GPUs "wins" -> 7B GRPO 2 GPUs baseline (the 7B folder is built once, on a GPU, by whichever
@@ -117,7 +117,7 @@ contrast() {  # contrast NAME: tests/test_gpu_grpo.py, same audio vs another sam
 
 QUEUE_gpu0() {
   export CUDA_VISIBLE_DEVICES=0
-  step rollout rollout; step dedup dedup; step grpo-wins-1gpu grpo7b 1 wins; step grpo-baseline-1gpu grpo7b 1 baseline
+  step rollout rollout; step dedup dedup; step grpo-wins1-1gpu grpo7b 1 wins1; step grpo-cpuadam-1gpu grpo7b 1 cpuadam
 }
 QUEUE_gpu1() {
   export CUDA_VISIBLE_DEVICES=1

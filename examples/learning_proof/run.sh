@@ -11,6 +11,7 @@
 # them: same held machine). Logs, timings, plots and summary.md go to $OUT (default ./learning-logs).
 # Env knobs (defaults): WORK=/tmp/r1aqa-lp TASKS=sound,music TRAIN_SIZE=2048 VAL_SIZE=240 TEST_SIZE=480
 #   SEED=0 WARMUP_STEPS=300 WARMUP_BS=16 WARMUP_LR=3e-4 STEPS=80 GRPO_TIMEOUT=0 (seconds; 0 = no limit)
+#   EVAL_GPU_MEM=0.3 (vLLM's memory fraction in the evaluations)
 #   NO_FLASH_ATTN=1 (the lent H200: sdpa, no remove-padding, tie_word_embeddings override)
 #   EXTRA_OVERRIDES="..." (more Hydra overrides for main_ppo), PY=python3
 set -uo pipefail
@@ -31,7 +32,10 @@ if [ "${NO_FLASH_ATTN:-0}" = 1 ]; then
            +actor_rollout_ref.model.override_config.tie_word_embeddings=False
            actor_rollout_ref.model.use_remove_padding=False)
 fi
-EVAL_ARGS=(--max-new-tokens 20 --silence-audio --shuffle-choices 1 --mmau-version none --seed "$SEED")
+# vLLM for the 0.2B model needs little memory; 0.3 also starts beside a GRPO engine left over by a run cut at its
+# time limit (seen on the H200: 49 GB still held).
+EVAL_ARGS=(--max-new-tokens 20 --silence-audio --shuffle-choices 1 --mmau-version none --seed "$SEED"
+           --gpu-memory-utilization "${EVAL_GPU_MEM:-0.3}")
 BACKEND=${EVAL_BACKEND:-$($PY -c "import torch,importlib.util as u;print('vllm' if torch.cuda.is_available() and u.find_spec('vllm') else 'hf')")}
 
 timed() {  # timed NAME cmd...: run, log to $LOGS/NAME.log, append "NAME seconds rc" to $LOGS/timings.tsv

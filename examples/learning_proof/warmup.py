@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="use the first N rows only")
     parser.add_argument("--prompt", default="r1aqa", help="prompt template (as data.r1aqa.prompt_template)")
     parser.add_argument("--train-audio", action="store_true", help="also train the audio tower (default frozen)")
+    parser.add_argument("--targets", choices=("random", "correct"), default="random",
+                        help="random: the format warm-up; correct: a supervised probe of how fast the model CAN "
+                             "learn the audio -> answer mapping at this lr (the loss falls below chance only then)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--log-every", type=int, default=10)
     args = parser.parse_args(argv)
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = load_rows(args.data, args.limit)
     rng = np.random.default_rng(args.seed)
     print(f"[warmup] {len(rows)} rows, {n_train / 1e6:.1f}M trainable parameters, device {device}, "
-          f"{args.steps} steps x {args.batch_size}, lr {args.lr}", flush=True)
+          f"{args.steps} steps x {args.batch_size}, lr {args.lr}, {args.targets} targets", flush=True)
 
     log = (out.parent / (out.name + "_warmup_log.jsonl"))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                 order += rng.permutation(len(rows)).tolist()
             idx, order = order[: args.batch_size], order[args.batch_size :]
             batch_rows = [rows[i] for i in idx]
-            targets = [ANSWER.format(r["choices"][rng.integers(len(r["choices"]))]) for r in batch_rows]
+            targets = [ANSWER.format(r["answer"] if args.targets == "correct"
+                                     else r["choices"][rng.integers(len(r["choices"]))]) for r in batch_rows]
             batch = {k: v.to(device) for k, v in encode_batch(processor, batch_rows, targets, args.prompt).items()}
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, args.steps, args.lr, args.warmup_steps)

@@ -191,7 +191,8 @@ class VLLMBackend:
         return [result.outputs[0].text for result in results]
 
 
-def make_backend(name: str, model_dir: str, sampling: SamplingConfig, *, batch_size: int, dtype: str) -> Backend:
+def make_backend(name: str, model_dir: str, sampling: SamplingConfig, *, batch_size: int, dtype: str,
+                 gpu_memory_utilization: float = 0.85) -> Backend:
     """Build the named backend ("hf" or "vllm")."""
     if name == "hf":
         return HFBackend(model_dir, sampling, batch_size=batch_size, dtype=dtype)
@@ -199,5 +200,5 @@ def make_backend(name: str, model_dir: str, sampling: SamplingConfig, *, batch_s
         # CPU: no CUDA graphs to capture, and a short context keeps the KV cache inside VLLM_CPU_KVCACHE_SPACE.
         on_gpu = cuda_available()
         return VLLMBackend(model_dir, sampling, dtype=dtype, enforce_eager=not on_gpu,
-                           max_model_len=4096 if on_gpu else 2048)
+                           max_model_len=4096 if on_gpu else 2048, gpu_memory_utilization=gpu_memory_utilization)
     raise ValueError(f"unknown backend {name!r}; use 'hf' or 'vllm'")

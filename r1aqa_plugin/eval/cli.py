@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling and choice-shuffle seed")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                         help="model dtype (auto: bf16 on GPU, fp32 on CPU for hf)")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.85, metavar="F",
+                        help="vllm backend on a GPU: fraction of GPU memory vLLM may take (default 0.85; lower it "
+                             "when the GPU is shared)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
     parser.add_argument("--shuffle-choices", type=int, default=0, metavar="N",
                         help="also evaluate N times with each question's choices permuted (position-bias probe)")
@@ -54,6 +57,8 @@ def _check(args: argparse.Namespace) -> None:
         raise SystemExit("r1aqa eval: --shuffle-choices / --silence-audio need generation (--model and --data)")
     if args.shuffle_choices < 0 or args.batch_size < 1 or args.max_new_tokens < 1:
         raise SystemExit("r1aqa eval: --shuffle-choices must be >= 0, --batch-size and --max-new-tokens >= 1")
+    if not 0 < args.gpu_memory_utilization <= 1:
+        raise SystemExit(f"r1aqa eval: --gpu-memory-utilization {args.gpu_memory_utilization} is not in (0, 1]")
 
 
 def _version(args: argparse.Namespace, items: list[dict[str, Any]]) -> str | None:
@@ -127,7 +132,8 @@ def _generate_and_score(args: argparse.Namespace, out: Path) -> tuple[Any, Any]:
     audios = [load_audio(q.audio) for q in tqdm(questions, desc="load audio", unit="clip")]
     sampling = SamplingConfig(args.temperature, args.top_p, args.max_new_tokens, args.seed)
     backend_name = args.backend or default_backend()
-    backend = make_backend(backend_name, args.model, sampling, batch_size=args.batch_size, dtype=args.dtype)
+    backend = make_backend(backend_name, args.model, sampling, batch_size=args.batch_size, dtype=args.dtype,
+                           gpu_memory_utilization=args.gpu_memory_utilization)
 
     def evaluate(label: str, run_items: list[dict[str, Any]], run_audios: list[Any]) -> EvalRun:
         raws = backend.generate(build_requests(run_items, run_audios, args.prompt))

@@ -11,8 +11,9 @@ changed. Every wrapper is a no-op for models other than Qwen2-Audio.
 
 Hooks (see docs/adapter.md): A processor accepted, B processor callable after rollout, C prompt builder is
 multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, F an auto class for the actor,
-G the audio encoder runs once per distinct clip of a batch (transformers' Qwen2AudioEncoder), W every vLLM worker
-runs the name-mapping model class.
+G the audio encoder runs once per distinct clip of a batch (transformers' Qwen2AudioEncoder), H a prompt's samples
+stay adjacent on their data-parallel rank (so G finds its copies), W every vLLM worker runs the name-mapping model
+class.
 """
 
 from __future__ import annotations
@@ -216,6 +217,43 @@ def _make_encoder_dedup(original: Callable[..., Any]) -> Callable[..., Any]:
     return make_encoder_forward(original)
 
 
+GROUP_ENV = "R1AQA_GROUP_BY_PROMPT"
+
+
+def group_rows_by_prompt(keys: list[str], parts: int) -> list[int]:
+    """A permutation of ``keys`` (``{uid}_{session}_{index}``) that keeps each of the ``parts`` equal contiguous
+    chunks' rows in that chunk and puts rows of one prompt (uid) next to each other, prompts in first-seen order."""
+    if parts < 1 or len(keys) % parts:
+        raise AdapterError(f"hook H: {len(keys)} rows do not split into {parts} equal data-parallel chunks")
+    size = len(keys) // parts
+    order: list[int] = []
+    for start in range(0, len(keys), size or 1):
+        chunk = range(start, start + size)
+        first: dict[str, int] = {}
+        for i in chunk:
+            first.setdefault(keys[i].split("_", 1)[0], len(first))
+        order += sorted(chunk, key=lambda i: (first[keys[i].split("_", 1)[0]], i))
+    return order
+
+
+def _make_group_by_prompt(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook H: verl's v1 trainer hands each rank its rows in TransferQueue order, so the 8 samples of a prompt
+    land in different micro-batches and hook G has little to share; keep them together inside each rank's share
+    (the same rows per rank, so verl's length balance is unchanged)."""
+
+    def _balance_batch(self: Any, batch: Any, metrics: Any, *args: Any, **kwargs: Any) -> Any:
+        batch = original(self, batch, metrics, *args, **kwargs)
+        if not _is_qwen2_audio_processor(getattr(self, "processor", None)) or os.environ.get(GROUP_ENV) == "0":
+            return batch
+        dp_size = max(self.actor_rollout_wg._dispatch_info["actor"]) + 1
+        order = group_rows_by_prompt(list(batch.keys), dp_size)
+        batch.reorder(order)
+        _trace("batch order", f"{len(order)} rows on {dp_size} data-parallel rank(s), each prompt's samples adjacent")
+        return batch
+
+    return _balance_batch
+
+
 # ------------------------------------------------------------------------------------------------ the table
 _HF_PROCESSOR_SITES = ("verl.utils.tokenizer.tokenizer", "verl.utils.tokenizer", "verl.utils",
                        "verl.workers.config.model", "verl.model_merger.base_model_merger")
@@ -248,6 +286,8 @@ def _build_patches() -> list[Patch]:
               _make_vision2seq_getter, "hf_model checkpoint export builds Qwen2-Audio"),
         Patch("G", "transformers.models.qwen2_audio.modeling_qwen2_audio", "Qwen2AudioEncoder.forward",
               _make_encoder_dedup, "audio encoder runs once per distinct clip of a batch"),
+        Patch("H", "verl.trainer.ppo.v1.trainer_base", "PPOTrainer._balance_batch", _make_group_by_prompt,
+              "a prompt's samples stay adjacent on their rank (v1 trainer)"),
         Patch("W", "verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension.monkey_patch_model",
               _make_worker_check, "each vLLM worker checks it runs the name-mapping model"),
     ]
