@@ -1,4 +1,4 @@
-"""Hook G side by side: one actor micro-batch at R1-AQA's lengths with the audio encoder deduplicated or not.
+"""Hook I side by side: one actor micro-batch at R1-AQA's lengths with the audio encoder deduplicated or not.
 
     python benchmarks/encoder_dedup_bench.py [--size 7b] [--micro 8] [--distinct 1,2,4,8] [--tokens 256]
         [--clip-seconds 10] [--repeats 3] [--json out.json]
@@ -35,11 +35,11 @@ SR = 16000
 
 
 def build(size: str, device: str) -> Any:
-    """Random-weight Qwen2-Audio of ``size`` in bf16 on ``device`` (hook G installed)."""
+    """Random-weight Qwen2-Audio of ``size`` in bf16 on ``device`` (hook I installed)."""
     import torch
     from transformers import Qwen2AudioForConditionalGeneration
 
-    import r1aqa_plugin.models.qwen2_audio.verl_hooks  # noqa: F401  installs hook G
+    import r1aqa_plugin.models.qwen2_audio.verl_hooks  # noqa: F401  installs hook I
     from r1aqa_plugin.models.qwen2_audio.builder import build_config
 
     torch.manual_seed(0)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<8} {distinct} distinct: off {rec['s_0']:.3f} s, on {rec['s_1']:.3f} s", flush=True)
     peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
 
-    print(f"\nAudio encoder dedup (hook G), {a.size}, micro-batch {a.micro} x {rows[0]['seq_len']} tokens, "
+    print(f"\nAudio encoder dedup (hook I), {a.size}, micro-batch {a.micro} x {rows[0]['seq_len']} tokens, "
           f"{device}, {time.strftime('%Y-%m-%d %H:%M')}\n")
     print("| pass | distinct clips | encoded off -> on | dedup off s | dedup on s | time saved |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -71,9 +71,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
               ["actor_rollout_ref.model.use_remove_padding=True"]),
     "eager": ("control: vLLM without CUDA graphs (default already uses them): gen +30..100%",
               ["actor_rollout_ref.rollout.enforce_eager=True"]),
-    "nodedup": ("control: audio encoder on every row again (hook G off): old log-prob, ref, update +10..25%",
+    "nodedup": ("control: audio encoder on every row again (hook I off): old log-prob, ref, update +10..25%",
                 ["env:R1AQA_ENCODER_DEDUP=0"]),
-    "nogroup": ("control: a prompt's samples not kept adjacent (hook H off): hook G finds ~1.3-2.7 copies per "
+    "nogroup": ("control: a prompt's samples not kept adjacent (hook J off): hook I finds ~1.3-2.7 copies per "
                 "micro-batch instead of 8; ref and update +5..10%",
                 ["env:R1AQA_GROUP_BY_PROMPT=0"]),
     "refmicro": ("reference micro-batches of 32: verl streams the CPU-offloaded reference's weights once per "
@@ -87,7 +87,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "no_offload": ("2 GPUs: optimizer on GPU (already the 2-GPU baseline); 1 GPU: expect OOM",
                    ["actor_rollout_ref.actor.fsdp_config.optimizer_offload=False"]),
 }
-VARIANTS["wins"] = ("bypass + micro + refbf16 + kvmem + refmicro stacked (hooks G, H on as always)",
+VARIANTS["wins"] = ("bypass + micro + refbf16 + kvmem + refmicro stacked (hooks I, J on as always)",
                     VARIANTS["bypass"][1] + VARIANTS["micro"][1] + VARIANTS["refbf16"][1] + VARIANTS["kvmem"][1]
                     + VARIANTS["refmicro"][1])
 VARIANTS["wins1"] = ("1 GPU: wins + cpuadam (the step on the CPU; the only way the 7B fits one H200)",

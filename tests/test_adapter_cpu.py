@@ -269,7 +269,7 @@ def test_group_rows_by_prompt_keeps_each_ranks_rows_and_makes_prompts_adjacent()
 
 
 def _balance(processor, monkeypatch, group: str):
-    """verl's real v1 _balance_batch (patched by hook H) on 4 prompts x 4 samples in arrival order, 2 dp ranks."""
+    """verl's real v1 _balance_batch (patched by hook J) on 4 prompts x 4 samples in arrival order, 2 dp ranks."""
     import types
 
     from transfer_queue import KVBatchMeta

@@ -1,4 +1,4 @@
-"""Hook G: the audio encoder runs once per distinct clip of a batch, with the same outputs and gradients."""
+"""Hook I: the audio encoder runs once per distinct clip of a batch, with the same outputs and gradients."""
 
 from __future__ import annotations
 
@@ -84,10 +84,11 @@ def test_dedup_gives_the_same_logits_and_encoder_gradients(model_and_inputs, mon
         torch.testing.assert_close(grads_on[name], grads_off[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_no_dedup_under_encoder_dropout_in_training(model_and_inputs, monkeypatch):
+@pytest.mark.parametrize("kind", ["dropout", "attention_dropout", "activation_dropout"])
+def test_no_dedup_under_encoder_dropout_in_training(model_and_inputs, monkeypatch, kind):
     model, inputs = model_and_inputs
     encoder = model.model.audio_tower if hasattr(model, "model") else model.audio_tower
-    monkeypatch.setattr(encoder.config, "dropout", 0.1)
+    monkeypatch.setattr(encoder.config, kind, 0.1)
     model.train()
     _, _, encoded = _run(model, inputs, monkeypatch, enabled=True)
     assert encoded == 6

@@ -51,7 +51,7 @@ SCRIPT = textwrap.dedent(
         out["hf_len"], out["vllm_len"] = len(hf_ids), len(res.prompt_token_ids)
         out["same_ids"] = list(res.prompt_token_ids) == hf_ids
         out["text"] = res.outputs[0].text
-        # hook G (encoder dedup) must leave vLLM's tower alone: vLLM profiles memory on identical dummy clips
+        # hook I (encoder dedup) must leave vLLM's tower alone: vLLM profiles memory on identical dummy clips
         out["tower_opts_out"] = llm.apply_model(lambda m: getattr(m.audio_tower, "r1aqa_no_dedup", False))
         # a second engine on the same weights saved under transformers-5 names (what verl's actor pushes);
         # vLLM refuses to start if any parameter is left unloaded

@@ -10,12 +10,12 @@
 #   bash benchmarks/gpu/parallel_session.sh stop              # stop every job now, pack the logs
 #
 # The queues (QUEUES=gpu0,gpu1,gpu23 by default; QUEUE_<name> functions below; QUEUES=x8 on `nvidia-h200-x8`):
-#   gpu0:  rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench (hook G off/on, 7B micro-batch)
-#          -> 7B GRPO 1 GPU "wins1" (wins + optimizer step on the CPU) -> 7B GRPO 1 GPU "cpuadam" (the 1-GPU baseline)
+#   gpu0:  7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> 7B GRPO 1 GPU "cpuadam"
 #   gpu1:  learning proof: prep (model, data, warm-up, eval before) -> GRPO -> export, eval after, plots
-#   gpu23: same vs another sample's audio for the actor (tests/test_gpu_grpo.py, tiny model, GPU2 | GPU3) ->
-#          7B GRPO 2 GPUs "wins" -> 7B GRPO 2 GPUs baseline (the 7B folder is built once, on a GPU, by whichever
+#   gpu23: 7B GRPO 2 GPUs "wins" -> 7B GRPO 2 GPUs baseline (the 7B folder is built once, on a GPU, by whichever
 #          queue needs it first)
+#   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench (run 2026-11-28, third session)
+#   contrast: same vs another sample's audio for the actor (tests/test_gpu_grpo.py; GPU2 | GPU3; issue 3, met)
 #
 # What the 2026-11-28 session taught (docs/gpu-runs.md): a verl run needs 4-6 min before step 1 there; one vLLM
 # process per GPU (vLLM's start-up memory profile fails when another process on that GPU frees memory); nothing
@@ -97,7 +97,7 @@ rollout() {  # each mode is limited to 200 s (RESULT lines are printed as modes 
     --clip-seconds 10 --hf-prompts 2 --workdir "$W" --timeout 200 --json "$S/rollout.json"
 }
 
-dedup() {  # hook G side by side on one 7B micro-batch (random weights built on the GPU)
+dedup() {  # hook I side by side on one 7B micro-batch (random weights built on the GPU)
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/encoder_dedup_bench.py" --size 7b --json "$S/dedup.json"
 }
 
@@ -117,16 +117,23 @@ contrast() {  # contrast NAME: tests/test_gpu_grpo.py, same audio vs another sam
 
 QUEUE_gpu0() {
   export CUDA_VISIBLE_DEVICES=0
-  step rollout rollout; step dedup dedup; step grpo-wins1-1gpu grpo7b 1 wins1; step grpo-cpuadam-1gpu grpo7b 1 cpuadam
+  step grpo-wins1-1gpu grpo7b 1 wins1; step grpo-cpuadam-1gpu grpo7b 1 cpuadam
 }
 QUEUE_gpu1() {
   export CUDA_VISIBLE_DEVICES=1
   step lp-prep lp prep && step lp-grpo lp_grpo; step lp-after lp after
 }
 QUEUE_gpu23() {
-  export CUDA_VISIBLE_DEVICES=2,3   # the test puts its two runs on one GPU each
-  step contrast-tiny contrast tiny
+  export CUDA_VISIBLE_DEVICES=2,3
   step grpo-wins-2gpu grpo7b 2 wins; step grpo-baseline-2gpu grpo7b 2 baseline   # grpo7b builds the 7B once
+}
+QUEUE_bench() {
+  export CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0}
+  step rollout rollout; step dedup dedup
+}
+QUEUE_contrast() {
+  export CUDA_VISIBLE_DEVICES=${CONTRAST_GPUS:-2,3}   # the test puts its two runs on one GPU each
+  step contrast-tiny contrast tiny
 }
 
 QUEUE_x8() {  # issue 9 on `nvidia-h200-x8` (QUEUES=x8): R1-AQA's 8-GPU shape, then the scaling points

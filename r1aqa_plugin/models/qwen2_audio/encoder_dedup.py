@@ -1,4 +1,4 @@
-"""Hook G: run Qwen2-Audio's audio encoder once per distinct clip of a forward batch.
+"""Hook I: run Qwen2-Audio's audio encoder once per distinct clip of a forward batch.
 
 GRPO scores every prompt's clip in n samples (R1-AQA: 8), and verl batches those samples together in the actor's
 old-log-prob, reference and update passes, so a micro-batch often holds the same ``input_features`` row several
@@ -25,10 +25,11 @@ from r1aqa_plugin.models.qwen2_audio.verl_hooks import _trace
 DEDUP_ENV = "R1AQA_ENCODER_DEDUP"
 
 _stats = {"calls": 0, "rows": 0, "encoded": 0}
+_DROPOUTS = ("dropout", "attention_dropout", "activation_dropout")  # Qwen2-Audio-7B: all 0.0
 
 
 def dedup_enabled() -> bool:
-    """Whether hook G is on (``R1AQA_ENCODER_DEDUP`` unset or not "0")."""
+    """Whether hook I is on (``R1AQA_ENCODER_DEDUP`` unset or not "0")."""
     return os.environ.get(DEDUP_ENV, "1") != "0"
 
 
@@ -86,7 +87,7 @@ def make_encoder_forward(original: Callable[..., Any]) -> Callable[..., Any]:
         _stats["calls"] += 1
         _stats["rows"] += input_features.shape[0]
         # Dropout would draw a different mask per copy; deduplicating would change the training noise.
-        noisy = self.training and (getattr(self.config, "dropout", 0.0) or 0.0) > 0
+        noisy = self.training and any((getattr(self.config, name, 0.0) or 0.0) > 0 for name in _DROPOUTS)
         skip = noisy or getattr(self, "r1aqa_no_dedup", False) or not dedup_enabled()
         found = None if skip else distinct_rows(input_features, attention_mask)
         if found is None:

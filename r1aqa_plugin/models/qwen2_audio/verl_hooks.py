@@ -11,9 +11,9 @@ changed. Every wrapper is a no-op for models other than Qwen2-Audio.
 
 Hooks (see docs/adapter.md): A processor accepted, B processor callable after rollout, C prompt builder is
 multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, F an auto class for the actor,
-G the audio encoder runs once per distinct clip of a batch (transformers' Qwen2AudioEncoder), H a prompt's samples
-stay adjacent on their data-parallel rank (so G finds its copies), W every vLLM worker runs the name-mapping model
-class.
+I the audio encoder runs once per distinct clip of a batch (transformers' Qwen2AudioEncoder), J a prompt's samples
+stay adjacent on their data-parallel rank (so I finds its copies), W every vLLM worker runs the name-mapping model
+class. (G, the dataset, and H, the recipes' settings, are not patches.)
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def _make_vision2seq_getter(original: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def _make_encoder_dedup(original: Callable[..., Any]) -> Callable[..., Any]:
-    """Hook G: the n samples of a GRPO group carry the same clip; encode each distinct clip once per forward."""
+    """Hook I: the n samples of a GRPO group carry the same clip; encode each distinct clip once per forward."""
     from r1aqa_plugin.models.qwen2_audio.encoder_dedup import make_encoder_forward
 
     return make_encoder_forward(original)
@@ -224,7 +224,7 @@ def group_rows_by_prompt(keys: list[str], parts: int) -> list[int]:
     """A permutation of ``keys`` (``{uid}_{session}_{index}``) that keeps each of the ``parts`` equal contiguous
     chunks' rows in that chunk and puts rows of one prompt (uid) next to each other, prompts in first-seen order."""
     if parts < 1 or len(keys) % parts:
-        raise AdapterError(f"hook H: {len(keys)} rows do not split into {parts} equal data-parallel chunks")
+        raise AdapterError(f"hook J: {len(keys)} rows do not split into {parts} equal data-parallel chunks")
     size = len(keys) // parts
     order: list[int] = []
     for start in range(0, len(keys), size or 1):
@@ -237,8 +237,8 @@ def group_rows_by_prompt(keys: list[str], parts: int) -> list[int]:
 
 
 def _make_group_by_prompt(original: Callable[..., Any]) -> Callable[..., Any]:
-    """Hook H: verl's v1 trainer hands each rank its rows in TransferQueue order, so the 8 samples of a prompt
-    land in different micro-batches and hook G has little to share; keep them together inside each rank's share
+    """Hook J: verl's v1 trainer hands each rank its rows in TransferQueue order, so the 8 samples of a prompt
+    land in different micro-batches and hook I has little to share; keep them together inside each rank's share
     (the same rows per rank, so verl's length balance is unchanged)."""
 
     def _balance_batch(self: Any, batch: Any, metrics: Any, *args: Any, **kwargs: Any) -> Any:
@@ -284,9 +284,9 @@ def _build_patches() -> list[Patch]:
               "actor class: Qwen2AudioForConditionalGeneration via AutoModelForMultimodalLM"),
         Patch("F", "verl.utils.checkpoint.fsdp_checkpoint_manager", "get_auto_model_for_vision2seq",
               _make_vision2seq_getter, "hf_model checkpoint export builds Qwen2-Audio"),
-        Patch("G", "transformers.models.qwen2_audio.modeling_qwen2_audio", "Qwen2AudioEncoder.forward",
+        Patch("I", "transformers.models.qwen2_audio.modeling_qwen2_audio", "Qwen2AudioEncoder.forward",
               _make_encoder_dedup, "audio encoder runs once per distinct clip of a batch"),
-        Patch("H", "verl.trainer.ppo.v1.trainer_base", "PPOTrainer._balance_batch", _make_group_by_prompt,
+        Patch("J", "verl.trainer.ppo.v1.trainer_base", "PPOTrainer._balance_batch", _make_group_by_prompt,
               "a prompt's samples stay adjacent on their rank (v1 trainer)"),
         Patch("W", "verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension.monkey_patch_model",
               _make_worker_check, "each vLLM worker checks it runs the name-mapping model"),

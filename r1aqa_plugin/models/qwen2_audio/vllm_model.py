@@ -11,7 +11,7 @@
    fails with "got multiple values for keyword argument 'sampling_rate'". Audio reaching vLLM is already at the
    feature extractor's rate (AQADataset resamples to 16 kHz), so the request's copy is dropped.
 
-vLLM builds its audio tower from transformers' ``Qwen2AudioEncoder``, which hook G (``encoder_dedup``) wraps for the
+vLLM builds its audio tower from transformers' ``Qwen2AudioEncoder``, which hook I (``encoder_dedup``) wraps for the
 actor. vLLM's tower opts out: its start-up memory profile runs the encoder on identical dummy clips, and a
 deduplicated profile would under-count the encoder's activations (vLLM's own encoder cache already shares
 identical clips between requests).
