@@ -336,13 +336,24 @@ def test_train_8x80gb_runs_the_recipe_on_8_gpus(tmp_path):
 
 
 @pytest.mark.parametrize("ngpu", [1, 2])
-def test_train_h200_offloads_adamw_and_keeps_the_maths(tmp_path, ngpu):
+def test_train_h200_places_the_actor_and_keeps_the_maths(tmp_path, ngpu):
     cfg = run_example("train_h200.sh", [str(ngpu)], tmp_path)
     check_with_verl(cfg)
     actor = cfg.actor_rollout_ref.actor
     assert cfg.trainer.n_gpus_per_node == ngpu
-    assert actor.fsdp_config.optimizer_offload is True and cfg.actor_rollout_ref.ref.fsdp_config.param_offload
+    # 2 GPUs: the measured placement (optimizer on the GPUs); 1 GPU: the AdamW step on the CPU (FSDP2 offload policy)
+    assert (actor.strategy, actor.fsdp_config.offload_policy) == (("fsdp2", True) if ngpu == 1 else ("fsdp", False))
+    assert actor.fsdp_config.optimizer_offload is False
     assert (cfg.data.train_batch_size, actor.ppo_mini_batch_size, cfg.actor_rollout_ref.rollout.n) == (16, 16, 8)
+    assert cfg.algorithm.rollout_correction.bypass_mode is False
+
+
+def test_train_h200_wins_adds_the_measured_speed_ups(tmp_path):
+    cfg = run_example("train_h200.sh", ["2"], tmp_path, WINS="1")
+    check_with_verl(cfg)
+    assert cfg.algorithm.rollout_correction.bypass_mode is True and cfg.actor_rollout_ref.rollout.calculate_log_probs
+    assert cfg.actor_rollout_ref.ref.fsdp_config.model_dtype == "bf16"
+    assert (cfg.data.train_batch_size, cfg.actor_rollout_ref.rollout.n) == (16, 8)
 
 
 def test_train_h200_refuses_other_gpu_counts(tmp_path):

@@ -10,10 +10,11 @@
 #   bash benchmarks/gpu/parallel_session.sh stop              # stop every job now, pack the logs
 #
 # The queues (QUEUES=gpu0,gpu1,gpu23 by default; QUEUE_<name> functions below; QUEUES=x8 on `nvidia-h200-x8`):
-#   gpu0:  7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> 7B GRPO 1 GPU "cpuadam"
-#   gpu1:  learning proof: prep (model, data, warm-up, eval before) -> GRPO -> export, eval after, plots
+#   gpu0:  learning proof arm B (lr 3e-4): prep (model, data, warm-up, eval before) -> GRPO -> eval after, plots
+#   gpu1:  learning proof arm A (the recipe as shipped), same phases
 #   gpu23: 7B GRPO 2 GPUs "wins" -> 7B GRPO 2 GPUs baseline (the 7B folder is built once, on a GPU, by whichever
 #          queue needs it first)
+#   one:   7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> "cpuadam" (GPU $ONE_GPU, default 0)
 #   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench (run 2026-11-28, third session)
 #   contrast: same vs another sample's audio for the actor (tests/test_gpu_grpo.py; GPU2 | GPU3; issue 3, met)
 #
@@ -58,7 +59,6 @@ esac
 
 # ---------------------------------------------------------------------------------------------- detached body
 . "$HERE/session_env.sh"   # installs the plugin once; LOGS=$OUT=$S, W (work dir), R1AQA, REPO
-LP=$W/lp
 export PYTHONUNBUFFERED=1
 left() {  # seconds to the deadline, minus $1
   local s=$(( $(cat "$S/deadline") - $(date +%s) - ${1:-0} )); echo $((s > 1 ? s : 1))
@@ -101,8 +101,11 @@ dedup() {  # hook I side by side on one 7B micro-batch (random weights built on 
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/encoder_dedup_bench.py" --size 7b --json "$S/dedup.json"
 }
 
-lp() {  # learning proof phase (examples/learning_proof/run.sh), logs in $S/lp
-  OUT=$S/lp WORK=$LP NO_FLASH_ATTN=1 timeout -k 10 "$(left 5)" bash "$REPO/examples/learning_proof/run.sh" "$@"
+lp() {  # lp PHASE: learning proof phase (examples/learning_proof/run.sh) of arm $LP_ARM (default lp: the recipe
+        # as shipped) with $LP_EXTRA overrides; logs in $S/$LP_ARM, work dir $W/$LP_ARM
+  local arm=${LP_ARM:-lp}
+  OUT=$S/$arm WORK=$W/$arm NO_FLASH_ATTN=1 EXTRA_OVERRIDES="${LP_EXTRA:-}" timeout -k 10 "$(left 5)" \
+    bash "$REPO/examples/learning_proof/run.sh" "$@"
 }
 lp_grpo() { GRPO_TIMEOUT=$(left 200) lp grpo; }  # leaves ~3 min for export + eval after + plots
 
@@ -115,13 +118,17 @@ contrast() {  # contrast NAME: tests/test_gpu_grpo.py, same audio vs another sam
   return $rc
 }
 
-QUEUE_gpu0() {
-  export CUDA_VISIBLE_DEVICES=0
-  step grpo-wins1-1gpu grpo7b 1 wins1; step grpo-cpuadam-1gpu grpo7b 1 cpuadam
+QUEUE_gpu0() {  # learning proof, arm B: lr 3e-4 (the first run, lr 3e-5, did not move in 19 steps)
+  export CUDA_VISIBLE_DEVICES=0 LP_ARM=lp-lr3e-4 LP_EXTRA="actor_rollout_ref.actor.optim.lr=3e-4"
+  step lp-lr3e-4-prep lp prep && step lp-lr3e-4-grpo lp_grpo; step lp-lr3e-4-after lp after
 }
-QUEUE_gpu1() {
+QUEUE_gpu1() {  # learning proof, arm A: the recipe as shipped
   export CUDA_VISIBLE_DEVICES=1
   step lp-prep lp prep && step lp-grpo lp_grpo; step lp-after lp after
+}
+QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning fits only with the optimizer step on the CPU)
+  export CUDA_VISIBLE_DEVICES=${ONE_GPU:-0}
+  step grpo-wins1-1gpu grpo7b 1 wins1; step grpo-cpuadam-1gpu grpo7b 1 cpuadam
 }
 QUEUE_gpu23() {
   export CUDA_VISIBLE_DEVICES=2,3
