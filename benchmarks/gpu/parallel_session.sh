@@ -131,7 +131,7 @@ QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning fits only with the optimiz
   step grpo-wins1-1gpu grpo7b 1 wins1; step grpo-cpuadam-1gpu grpo7b 1 cpuadam
 }
 QUEUE_gpu23() {
-  export CUDA_VISIBLE_DEVICES=2,3
+  export CUDA_VISIBLE_DEVICES=${PAIR_GPUS:-2,3}   # PAIR_GPUS=0,1 on nvidia-h200-x2
   step grpo-wins-2gpu grpo7b 2 wins; step grpo-baseline-2gpu grpo7b 2 baseline   # grpo7b builds the 7B once
 }
 QUEUE_bench() {
