@@ -220,3 +220,24 @@ def test_warmup_two_steps_saves_original_names(tiny_model_dir, tmp_path):
         k = "audio_tower.layers.0.fc1.weight"
         assert (a.get_tensor(k) == b.get_tensor(k)).all()
         assert not (a.get_tensor("language_model.lm_head.weight") == b.get_tensor("language_model.lm_head.weight")).all()
+
+
+def test_warmup_targets_random_choices_or_the_answer():
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        import warmup
+    finally:
+        sys.path.pop(0)
+    rows = [{"choices": ["one", "two", "three"], "answer": "two"}] * 200
+    rng = np.random.default_rng(0)
+    assert set(warmup.pick_targets(rows, "correct", rng)) == {"<answer>two</answer>"}
+    drawn = warmup.pick_targets(rows, "random", rng)
+    assert {t: drawn.count(t) > 40 for t in set(drawn)} == {f"<answer>{c}</answer>": True for c in rows[0]["choices"]}
+    with pytest.raises(ValueError, match="'random' or 'correct'"):
+        warmup.pick_targets(rows, "both", rng)
+
+
+def test_run_sh_probe_needs_the_warmed_model(tmp_path):
+    proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "probe"], capture_output=True, text=True,
+                          env={**os.environ, "WORK": str(tmp_path / "w"), "OUT": str(tmp_path / "o")})
+    assert proc.returncode == 1 and "probe needs the warmed model: run prep first" in proc.stderr

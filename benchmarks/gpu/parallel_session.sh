@@ -10,8 +10,9 @@
 #   bash benchmarks/gpu/parallel_session.sh stop              # stop every job now, pack the logs
 #
 # The queues (QUEUES=gpu0,gpu1,gpu23 by default; QUEUE_<name> functions below; QUEUES=x8 on `nvidia-h200-x8`):
-#   gpu0:  learning proof arm B (lr 3e-4): prep (model, data, warm-up, eval before) -> GRPO -> eval after, plots
-#   gpu1:  learning proof arm A (the recipe as shipped), same phases
+#   gpu0:  learning proof, learnability probe: prep (model, data, warm-up, eval before) -> supervised on the correct
+#          answers (examples/learning_proof/run.sh probe)
+#   gpu1:  learning proof GRPO at lr 3e-4, old log-prob bypassed: prep -> GRPO -> eval after, plots
 #   gpu23: 7B GRPO 2 GPUs "wins" -> 7B GRPO 2 GPUs baseline (the 7B folder is built once, on a GPU, by whichever
 #          queue needs it first)
 #   one:   7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> "cpuadam" (GPU $ONE_GPU, default 0)
@@ -118,12 +119,13 @@ contrast() {  # contrast NAME: tests/test_gpu_grpo.py, same audio vs another sam
   return $rc
 }
 
-QUEUE_gpu0() {  # learning proof, arm B: lr 3e-4 (the first run, lr 3e-5, did not move in 19 steps)
-  export CUDA_VISIBLE_DEVICES=0 LP_ARM=lp-lr3e-4 LP_EXTRA="actor_rollout_ref.actor.optim.lr=3e-4"
-  step lp-lr3e-4-prep lp prep && step lp-lr3e-4-grpo lp_grpo; step lp-lr3e-4-after lp after
+QUEUE_gpu0() {  # learning proof, learnability probe: supervised on correct answers (can the model learn them?)
+  export CUDA_VISIBLE_DEVICES=0 LP_ARM=lp-probe
+  step lp-probe-prep lp prep && step lp-probe lp probe
 }
-QUEUE_gpu1() {  # learning proof, arm A: the recipe as shipped
-  export CUDA_VISIBLE_DEVICES=1
+QUEUE_gpu1() {  # learning proof GRPO at lr 3e-4 with the old-log-prob pass bypassed (the first run: lr 3e-5, flat)
+  export CUDA_VISIBLE_DEVICES=1 LP_ARM=lp-lr3e-4
+  export LP_EXTRA="actor_rollout_ref.actor.optim.lr=3e-4 algorithm.rollout_correction.bypass_mode=True actor_rollout_ref.rollout.calculate_log_probs=True"
   step lp-prep lp prep && step lp-grpo lp_grpo; step lp-after lp after
 }
 QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning fits only with the optimizer step on the CPU)

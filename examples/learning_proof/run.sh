@@ -6,11 +6,14 @@
 #   bash examples/learning_proof/run.sh prep         # model + data + warm-up + eval before
 #   bash examples/learning_proof/run.sh grpo         # GRPO; resumes from the last checkpoint (rerun until done)
 #   bash examples/learning_proof/run.sh after        # export the last checkpoint, eval after, plots + summary
+#   bash examples/learning_proof/run.sh probe        # after prep: can the model learn the tasks at all? (supervised
+#                                                    #   on correct answers, PROBE_STEPS x 16 fresh rows; not the proof)
 #
 # Phases are split so each fits one 10-minute command on the lent H200 (the work dir must survive between
 # them: same held machine). Logs, timings, plots and summary.md go to $OUT (default ./learning-logs).
 # Env knobs (defaults): WORK=/tmp/r1aqa-lp TASKS=sound,music TRAIN_SIZE=2048 VAL_SIZE=240 TEST_SIZE=480
 #   SEED=0 WARMUP_STEPS=300 WARMUP_BS=16 WARMUP_LR=3e-4 STEPS=80 GRPO_TIMEOUT=0 (seconds; 0 = no limit)
+#   PROBE_SIZE=16384 PROBE_STEPS=1000 PROBE_LR=1e-3 (the probe phase)
 #   EVAL_GPU_MEM=0.3 (vLLM's memory fraction in the evaluations)
 #   NO_FLASH_ATTN=1 (the lent H200: sdpa, no remove-padding, tie_word_embeddings override)
 #   EXTRA_OVERRIDES="..." (more Hydra overrides for main_ppo), PY=python3
@@ -26,6 +29,7 @@ TASKS=${TASKS:-sound,music}; SEED=${SEED:-0}
 TRAIN_SIZE=${TRAIN_SIZE:-2048}; VAL_SIZE=${VAL_SIZE:-240}; TEST_SIZE=${TEST_SIZE:-480}
 WARMUP_STEPS=${WARMUP_STEPS:-300}; WARMUP_BS=${WARMUP_BS:-16}; WARMUP_LR=${WARMUP_LR:-3e-4}
 STEPS=${STEPS:-80}; GRPO_TIMEOUT=${GRPO_TIMEOUT:-0}
+PROBE_SIZE=${PROBE_SIZE:-16384}; PROBE_STEPS=${PROBE_STEPS:-1000}; PROBE_LR=${PROBE_LR:-1e-3}
 MACHINE=()
 if [ "${NO_FLASH_ATTN:-0}" = 1 ]; then
   MACHINE=(+actor_rollout_ref.model.override_config.attn_implementation=sdpa
@@ -95,11 +99,24 @@ plots() {
   cat "$LOGS/timings.tsv"
 }
 
+probe() {  # learnability, not part of the proof: supervised on the CORRECT answers from the warmed model
+  [ -f "$W/small-warm/model.safetensors" ] || { echo "probe needs the warmed model: run prep first" >&2; return 1; }
+  [ -f "$W/probe-train.parquet" ] || timed probe_data $R1AQA data build synthetic-aqa --tasks "$TASKS" --no-progress \
+    --workers 8 --size "$PROBE_SIZE" --seed $((SEED + 404)) --split train --out "$W/probe-train.parquet" || return 1
+  timed probe $PY "$HERE/warmup.py" --model "$W/small-warm" --data "$W/probe-train.parquet" --out "$W/probe-sft" \
+    --steps "$PROBE_STEPS" --batch-size 16 --lr "$PROBE_LR" --warmup-steps 20 --seed "$SEED" --targets correct \
+    --log-every 50 || return 1
+  cp "$W/probe-sft_warmup_log.jsonl" "$LOGS/" 2>/dev/null
+  timed probe_eval $R1AQA eval --model "$W/probe-sft" --data "$W/test.parquet" --backend "$BACKEND" "${EVAL_ARGS[@]}" \
+    --out "$W/eval-probe" && cp "$W/eval-probe/report.md" "$LOGS/eval-probe-report.md"
+}
+
 case $PHASE in
 prep) prep ;;
+probe) probe ;;
 grpo) grpo ;;
 after) after ;;
 plots) plots ;;
 all) prep && grpo && after ;;
-*) echo "unknown phase $PHASE (prep | grpo | after | plots | all)" >&2; exit 2 ;;
+*) echo "unknown phase $PHASE (prep | grpo | after | plots | probe | all)" >&2; exit 2 ;;
 esac

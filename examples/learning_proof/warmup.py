@@ -100,6 +100,15 @@ def encode_batch(processor: Any, rows: list[dict[str, Any]], targets: list[str],
             "input_features": torch.stack(feats), "feature_attention_mask": torch.stack(fmask)}
 
 
+def pick_targets(rows: list[dict[str, Any]], mode: str, rng: Any) -> list[str]:
+    """Each row's target: a fresh uniform choice ("random", the warm-up) or its answer ("correct", the probe)."""
+    if mode == "correct":
+        return [ANSWER.format(r["answer"]) for r in rows]
+    if mode == "random":
+        return [ANSWER.format(r["choices"][rng.integers(len(r["choices"]))]) for r in rows]
+    raise ValueError(f"targets must be 'random' or 'correct', not {mode!r}")
+
+
 def target_loss(model: Any, batch: dict[str, Any]) -> Any:
     """Mean cross-entropy over target tokens; the LM head runs on target positions only (151k-wide vocab)."""
     import torch.nn.functional as F
@@ -193,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 order += rng.permutation(len(rows)).tolist()
             idx, order = order[: args.batch_size], order[args.batch_size :]
             batch_rows = [rows[i] for i in idx]
-            targets = [ANSWER.format(r["answer"] if args.targets == "correct"
-                                     else r["choices"][rng.integers(len(r["choices"]))]) for r in batch_rows]
+            targets = pick_targets(batch_rows, args.targets, rng)
             batch = {k: v.to(device) for k, v in encode_batch(processor, batch_rows, targets, args.prompt).items()}
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, args.steps, args.lr, args.warmup_steps)
