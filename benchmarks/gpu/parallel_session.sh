@@ -120,7 +120,7 @@ contrast() {  # contrast NAME: tests/test_gpu_grpo.py, same audio vs another sam
 }
 
 QUEUE_gpu0() {  # learning proof, learnability probe: supervised on correct answers (can the model learn them?)
-  export CUDA_VISIBLE_DEVICES=0 LP_ARM=lp-probe
+  export CUDA_VISIBLE_DEVICES=0 LP_ARM=lp-probe PROBE_STEPS=600   # ~1.2 s a step on a busy host
   step lp-probe-prep lp prep && step lp-probe lp probe
 }
 QUEUE_gpu1() {  # learning proof GRPO at lr 3e-4 with the old-log-prob pass bypassed (the first run: lr 3e-5, flat)
