@@ -241,3 +241,20 @@ def test_run_sh_probe_needs_the_warmed_model(tmp_path):
     proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "probe"], capture_output=True, text=True,
                           env={**os.environ, "WORK": str(tmp_path / "w"), "OUT": str(tmp_path / "o")})
     assert proc.returncode == 1 and "probe needs the warmed model: run prep first" in proc.stderr
+
+
+def test_linear_probe_labels_order_tasks_by_the_audio_and_fits_separable_data():
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        import linear_probe
+    finally:
+        sys.path.pop(0)
+    # "which tone is lower?" answered "the second tone": the audio's own label is which one is HIGHER (the first)
+    assert linear_probe.audio_label("pitch_order", "the second tone", {"freqs_hz": [723.3, 436.9]}) == "first"
+    assert linear_probe.audio_label("loudness_order", "the first tone", {"amplitudes": [0.09, 0.68]}) == "second"
+    assert linear_probe.audio_label("instrument", "organ", {"program": 19}) == "organ"
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 8))
+    y = (x[:, 0] + 0.1 * x[:, 1] > 0).astype(int)
+    assert linear_probe.held_out_accuracy(x, y, 0.25) > 0.95
+    assert linear_probe.held_out_accuracy(x, rng.integers(0, 2, 400), 0.25) < 0.7
