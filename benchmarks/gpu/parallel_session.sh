@@ -10,9 +10,10 @@
 #   bash benchmarks/gpu/parallel_session.sh stop              # stop every job now, pack the logs
 #
 # The queues (QUEUES=gpu0,gpu1,gpu23 by default; QUEUE_<name> functions below; QUEUES=x8 on `nvidia-h200-x8`):
-#   gpu0:  learning proof, learnability probe: prep (model, data, warm-up, eval before) -> supervised on the correct
-#          answers (examples/learning_proof/run.sh probe)
-#   gpu1:  learning proof GRPO at lr 3e-4, old log-prob bypassed: prep -> GRPO -> eval after, plots
+#   gpu0:  learning proof GRPO on the music tasks, lr 3e-4, old log-prob bypassed: prep (model, data, warm-up,
+#          eval before) -> GRPO -> eval after, plots
+#   gpu1:  learning proof GRPO on all tasks, same settings and phases
+#   probe: learning proof, supervised on the correct answers (examples/learning_proof/run.sh probe)
 #   gpu23: 7B GRPO 2 GPUs "wins" -> 7B GRPO 2 GPUs baseline (the 7B folder is built once, on a GPU, by whichever
 #          queue needs it first)
 #   one:   7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> "cpuadam" (GPU $ONE_GPU, default 0)
@@ -119,14 +120,18 @@ contrast() {  # contrast NAME: tests/test_gpu_grpo.py, same audio vs another sam
   return $rc
 }
 
-QUEUE_gpu0() {  # learning proof, learnability probe: supervised on correct answers (can the model learn them?)
-  export CUDA_VISIBLE_DEVICES=0 LP_ARM=lp-probe PROBE_STEPS=600   # ~1.2 s a step on a busy host
-  step lp-probe-prep lp prep && step lp-probe lp probe
+LP_FAST="actor_rollout_ref.actor.optim.lr=3e-4 algorithm.rollout_correction.bypass_mode=True actor_rollout_ref.rollout.calculate_log_probs=True"
+QUEUE_gpu0() {  # learning proof GRPO on the music tasks only (instrument: learnable in ~2,400 supervised examples)
+  export CUDA_VISIBLE_DEVICES=0 LP_ARM=lp-music TASKS=music LP_EXTRA="$LP_FAST"
+  step lp-music-prep lp prep && step lp-music-grpo lp_grpo; step lp-music-after lp after
 }
-QUEUE_gpu1() {  # learning proof GRPO at lr 3e-4 with the old-log-prob pass bypassed (the first run: lr 3e-5, flat)
-  export CUDA_VISIBLE_DEVICES=1 LP_ARM=lp-lr3e-4
-  export LP_EXTRA="actor_rollout_ref.actor.optim.lr=3e-4 algorithm.rollout_correction.bypass_mode=True actor_rollout_ref.rollout.calculate_log_probs=True"
+QUEUE_gpu1() {  # learning proof GRPO on all tasks at lr 3e-4, old log-prob bypassed (the first run: lr 3e-5, flat)
+  export CUDA_VISIBLE_DEVICES=1 LP_ARM=lp-lr3e-4 LP_EXTRA="$LP_FAST"
   step lp-prep lp prep && step lp-grpo lp_grpo; step lp-after lp after
+}
+QUEUE_probe() {  # learnability probe: supervised on the correct answers of every task (GPU $PROBE_GPU, default 0)
+  export CUDA_VISIBLE_DEVICES=${PROBE_GPU:-0} LP_ARM=lp-probe PROBE_STEPS=600   # ~1.2 s a step on a busy host
+  step lp-probe-prep lp prep && step lp-probe lp probe
 }
 QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning fits only with the optimizer step on the CPU)
   export CUDA_VISIBLE_DEVICES=${ONE_GPU:-0}
