@@ -182,19 +182,17 @@ def table(rows: list[tuple[str, dict[str, Any]]], size: str = "7b") -> str:
 
 
 # ------------------------------------------------------------------------------------------------ running
-def command(variant: str, a: argparse.Namespace) -> list[str]:
+def command(variant: str, a: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The ``main_ppo`` command line of a variant and its environment variables (``env:`` entries; Ray hands the
+    driver's environment to every worker)."""
     overrides = merge_overrides(
         ["+recipe=r1aqa_grpo", f"data.train_files={a.data}", f"data.val_files={a.data}",
          f"actor_rollout_ref.model.path={a.model}", f"trainer.total_training_steps={a.steps}",
          f"trainer.default_local_dir={a.logs}/ckpt-{variant}"],
         RUN, MACHINE, base_overrides(a.gpus), VARIANTS[variant][1], a.extra or [])
-    return [sys.executable, "-m", "verl.trainer.main_ppo", *[o for o in overrides if not o.startswith(ENV_PREFIX)]]
-
-
-def command_env(variant: str, a: argparse.Namespace) -> dict[str, str]:
-    """The variant's environment variables (Ray hands the driver's environment to every worker)."""
-    merged = merge_overrides(VARIANTS[variant][1], a.extra or [])
-    return dict(o[len(ENV_PREFIX):].split("=", 1) for o in merged if o.startswith(ENV_PREFIX))
+    env = dict(o[len(ENV_PREFIX):].split("=", 1) for o in overrides if o.startswith(ENV_PREFIX))
+    return [sys.executable, "-m", "verl.trainer.main_ppo",
+            *[o for o in overrides if not o.startswith(ENV_PREFIX)]], env
 
 
 def run(a: argparse.Namespace) -> int:
@@ -204,7 +202,7 @@ def run(a: argparse.Namespace) -> int:
     for variant in [v.strip() for v in a.variants.split(",") if v.strip()]:
         if variant not in VARIANTS:
             raise SystemExit(f"unknown variant {variant}; `list` shows them")
-        cmd, env = command(variant, a), command_env(variant, a)
+        cmd, env = command(variant, a)
         log = logs / f"grpo-{variant}-{a.gpus}gpu.log"
         shown = " ".join([f"{k}={v}" for k, v in env.items()] + cmd)
         print(f"== {variant} ({VARIANTS[variant][0]})\n   {shown}", flush=True)

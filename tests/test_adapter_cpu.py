@@ -288,7 +288,7 @@ def _balance(processor, monkeypatch, group: str):
 
 def test_v1_balance_batch_groups_a_prompts_samples_on_each_rank(processor, monkeypatch):
     plain, grouped = _balance(processor, monkeypatch, "0"), _balance(processor, monkeypatch, "1")
-    for rank in (slice(0, 8), slice(8, 16)):  # verl's length balance decides the rows per rank; H keeps them
+    for rank in (slice(0, 8), slice(8, 16)):  # verl's length balance decides the rows per rank; hook J keeps them
         assert sorted(plain[rank]) == sorted(grouped[rank])
         uids = [k.split("_")[0] for k in grouped[rank]]
         for uid in set(uids):

@@ -80,8 +80,8 @@ def runs(tmp_path_factory):
         return work, same, _finish(work, "wrong-audio", _start(work, "wrong-audio", *args, steps=4, env=wrong))
     same = _start(work, "same-audio", *args, steps=4, env=envs[0])
     time.sleep(20)  # staggered: the two Ray clusters and vLLM servers pick their ports one after the other
-    rev = _start(work, "wrong-audio", *args, steps=4, env={**envs[1], **wrong})
-    return work, _finish(work, "same-audio", same), _finish(work, "wrong-audio", rev)
+    other = _start(work, "wrong-audio", *args, steps=4, env={**envs[1], **wrong})
+    return work, _finish(work, "same-audio", same), _finish(work, "wrong-audio", other)
 
 
 def test_tiny_grpo_runs_four_steps_and_saves_a_checkpoint(runs):

@@ -74,9 +74,6 @@ step() {  # step NAME FUNCTION...: one job of a queue, logged to $S/NAME.log, sk
   echo "$(date -u +%H:%M:%S) end $name: exit $rc after $((SECONDS - t0)) s"
   return $rc
 }
-await() {  # await FILE: until it exists or the time is up
-  while [ ! -e "$1" ] && [ "$(left)" -gt 60 ]; do sleep 10; done; [ -e "$1" ]
-}
 
 make7b() {  # on the GPU (random init there takes seconds, on the CPU minutes); once, whichever queue comes first
   ( flock 9

@@ -12,6 +12,7 @@ learned circuit in the LM first, which is what a short GRPO run on a random LM d
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -41,8 +42,8 @@ def tower_features(model_dir: str, rows: list[dict[str, Any]], batch: int = 16) 
                                        padding="max_length", return_tensors="pt")
         with torch.no_grad():
             out = tower(feats["input_features"]).last_hidden_state
-        for j, frames in enumerate(feats["attention_mask"].sum(-1).tolist()):
-            n = max(2, (int(frames) - 1) // 2 // 2 + 1)  # conv stride 2, then the tower's 2x pooling
+        _, lengths = tower._get_feat_extract_output_lengths(feats["attention_mask"].sum(-1))
+        for j, n in enumerate(lengths.clamp(min=2).tolist()):
             tokens = out[j, :n]
             pooled.append(tokens.mean(0).numpy())
             halves.append(torch.cat([tokens[: n // 2].mean(0), tokens[n // 2:].mean(0)]).numpy())
@@ -93,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-frac", type=float, default=0.25)
     a = ap.parse_args(argv)
     import pandas as pd
-
-    import json
 
     rows = load_rows(a.data)
     infos = list(pd.read_parquet(a.data)["extra_info"])

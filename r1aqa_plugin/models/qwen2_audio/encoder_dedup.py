@@ -48,8 +48,9 @@ def distinct_rows(features: torch.Tensor, mask: torch.Tensor | None = None
     flat = features.reshape(rows, -1)
     # Two weighted sums make accidental equality of different clips rare; equal rows always give equal sums
     # (same kernel, same reduction order per row).
+    values = flat.float()
     weights = torch.linspace(1.0, 2.0, flat.shape[1], device=flat.device, dtype=torch.float32)
-    keys = torch.stack([flat.float().sum(1), (flat.float() * weights).sum(1)], 1).tolist()
+    keys = torch.stack([values.sum(1), (values * weights).sum(1)], 1).tolist()
     first: dict[tuple[float, float], int] = {}
     index: list[int] = []
     inverse: list[int] = []

@@ -226,13 +226,14 @@ def group_rows_by_prompt(keys: list[str], parts: int) -> list[int]:
     if parts < 1 or len(keys) % parts:
         raise AdapterError(f"hook J: {len(keys)} rows do not split into {parts} equal data-parallel chunks")
     size = len(keys) // parts
+    uids = [key.split("_", 1)[0] for key in keys]
     order: list[int] = []
     for start in range(0, len(keys), size or 1):
         chunk = range(start, start + size)
         first: dict[str, int] = {}
         for i in chunk:
-            first.setdefault(keys[i].split("_", 1)[0], len(first))
-        order += sorted(chunk, key=lambda i: (first[keys[i].split("_", 1)[0]], i))
+            first.setdefault(uids[i], len(first))
+        order += sorted(chunk, key=lambda i: (first[uids[i]], i))
     return order
 
 
