@@ -56,6 +56,19 @@ def test_a_gpu_memory_fraction_outside_0_1_is_refused(tmp_path):
         main(["eval", "--model", "m", "--data", "x.parquet", "--out", str(tmp_path), "--gpu-memory-utilization", "1.5"])
 
 
+def test_a_non_positive_kv_cache_size_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match=r"--kv-cache-gib 0.0 must be > 0"):
+        main(["eval", "--model", "m", "--data", "x.parquet", "--out", str(tmp_path), "--kv-cache-gib", "0"])
+
+
+def test_vllm_gets_a_fixed_kv_cache_only_when_asked():
+    from r1aqa_plugin.eval.backends import VLLMBackend
+
+    assert VLLMBackend.gpu_memory_kwargs(0.3, None) == {"gpu_memory_utilization": 0.3}
+    assert VLLMBackend.gpu_memory_kwargs(0.1, 1.5) == {"gpu_memory_utilization": 0.1,
+                                                       "kv_cache_memory_bytes": 1536 * 2**20}
+
+
 def test_generation_options_without_a_model_are_refused_before_anything_loads(tmp_path):
     with pytest.raises(SystemExit, match="--data needs --model"):
         main(["eval", "--data", "x.parquet", "--out", str(tmp_path)])

@@ -149,6 +149,7 @@ class VLLMBackend:
         max_model_len: int = 4096,
         enforce_eager: bool = False,
         gpu_memory_utilization: float = 0.85,
+        kv_cache_gib: float | None = None,
     ) -> None:
         from transformers import AutoProcessor
 
@@ -167,10 +168,20 @@ class VLLMBackend:
             max_model_len=max_model_len,
             enforce_eager=enforce_eager,
             seed=sampling.seed,
-            **({"gpu_memory_utilization": gpu_memory_utilization} if cuda_available() else {}),
+            **(self.gpu_memory_kwargs(gpu_memory_utilization, kv_cache_gib) if cuda_available() else {}),
         )
         self.sampling = sampling
         self.dtype = dtype
+
+    @staticmethod
+    def gpu_memory_kwargs(gpu_memory_utilization: float, kv_cache_gib: float | None) -> dict[str, Any]:
+        """vLLM's GPU memory arguments: a fraction of the GPU, or (sharing a GPU) a fixed KV-cache size as well."""
+        kwargs: dict[str, Any] = {"gpu_memory_utilization": gpu_memory_utilization}
+        if kv_cache_gib is not None:
+            # A fixed KV cache makes vLLM skip its start-up memory profile, whose check fails when another process
+            # on the same GPU frees memory meanwhile (vllm/v1/worker/gpu_worker.py, determine_available_memory).
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+        return kwargs
 
     def generate(self, requests: Sequence[Request]) -> list[str]:
         """Completions for ``requests``, in order (vLLM schedules the batching and shows its own progress bar)."""
@@ -192,7 +203,7 @@ class VLLMBackend:
 
 
 def make_backend(name: str, model_dir: str, sampling: SamplingConfig, *, batch_size: int, dtype: str,
-                 gpu_memory_utilization: float = 0.85) -> Backend:
+                 gpu_memory_utilization: float = 0.85, kv_cache_gib: float | None = None) -> Backend:
     """Build the named backend ("hf" or "vllm")."""
     if name == "hf":
         return HFBackend(model_dir, sampling, batch_size=batch_size, dtype=dtype)
@@ -200,5 +211,6 @@ def make_backend(name: str, model_dir: str, sampling: SamplingConfig, *, batch_s
         # CPU: no CUDA graphs to capture, and a short context keeps the KV cache inside VLLM_CPU_KVCACHE_SPACE.
         on_gpu = cuda_available()
         return VLLMBackend(model_dir, sampling, dtype=dtype, enforce_eager=not on_gpu,
-                           max_model_len=4096 if on_gpu else 2048, gpu_memory_utilization=gpu_memory_utilization)
+                           max_model_len=4096 if on_gpu else 2048, gpu_memory_utilization=gpu_memory_utilization,
+                           kv_cache_gib=kv_cache_gib)
     raise ValueError(f"unknown backend {name!r}; use 'hf' or 'vllm'")

@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.85, metavar="F",
                         help="vllm backend on a GPU: fraction of GPU memory vLLM may take (default 0.85; lower it "
                              "when the GPU is shared)")
+    parser.add_argument("--kv-cache-gib", type=float, default=None, metavar="G",
+                        help="vllm backend on a GPU: a fixed KV cache of G GiB; vLLM then skips its start-up memory "
+                             "profile, which fails when another process on the GPU frees memory meanwhile")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
     parser.add_argument("--shuffle-choices", type=int, default=0, metavar="N",
                         help="also evaluate N times with each question's choices permuted (position-bias probe)")
@@ -59,6 +62,8 @@ def _check(args: argparse.Namespace) -> None:
         raise SystemExit("r1aqa eval: --shuffle-choices must be >= 0, --batch-size and --max-new-tokens >= 1")
     if not 0 < args.gpu_memory_utilization <= 1:
         raise SystemExit(f"r1aqa eval: --gpu-memory-utilization {args.gpu_memory_utilization} is not in (0, 1]")
+    if args.kv_cache_gib is not None and not args.kv_cache_gib > 0:
+        raise SystemExit(f"r1aqa eval: --kv-cache-gib {args.kv_cache_gib} must be > 0")
 
 
 def _version(args: argparse.Namespace, items: list[dict[str, Any]]) -> str | None:
@@ -133,7 +138,7 @@ def _generate_and_score(args: argparse.Namespace, out: Path) -> tuple[Any, Any]:
     sampling = SamplingConfig(args.temperature, args.top_p, args.max_new_tokens, args.seed)
     backend_name = args.backend or default_backend()
     backend = make_backend(backend_name, args.model, sampling, batch_size=args.batch_size, dtype=args.dtype,
-                           gpu_memory_utilization=args.gpu_memory_utilization)
+                           gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_gib=args.kv_cache_gib)
 
     def evaluate(label: str, run_items: list[dict[str, Any]], run_audios: list[Any]) -> EvalRun:
         raws = backend.generate(build_requests(run_items, run_audios, args.prompt))
