@@ -175,6 +175,10 @@ def test_recipe_composes(tmp_path):
     assert cfg["actor_rollout_ref"]["actor"]["use_kl_loss"] is False
     assert cfg["trainer"]["test_freq"] == 5 and cfg["trainer"]["n_gpus_per_node"] == 1
     assert cfg["data"]["custom_cls"]["name"] == "AQADataset"
+    actor = cfg["actor_rollout_ref"]["actor"]
+    assert actor["optim"]["lr"] == 1e-3 and actor["ppo_mini_batch_size"] == 8
+    assert cfg["algorithm"]["rollout_correction"]["bypass_mode"] is True
+    assert cfg["actor_rollout_ref"]["rollout"]["calculate_log_probs"] is True
 
 
 # -------------------------------------------------------------------------------------------------- warm-up
@@ -241,6 +245,17 @@ def test_run_sh_probe_needs_the_warmed_model(tmp_path):
     proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "probe"], capture_output=True, text=True,
                           env={**os.environ, "WORK": str(tmp_path / "w"), "OUT": str(tmp_path / "o")})
     assert proc.returncode == 1 and "probe needs the warmed model: run prep first" in proc.stderr
+
+
+def test_run_sh_eval_before_looks_for_the_warmed_model_in_the_shared_prep_folder(tmp_path):
+    warm = tmp_path / "w" / "small-warm"
+    warm.mkdir(parents=True)
+    (warm / "model.safetensors").write_bytes(b"")
+    env = {**os.environ, "WORK": str(tmp_path / "w"), "PREP": str(tmp_path / "prep"), "OUT": str(tmp_path / "o")}
+    proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "before"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1 and "eval before needs the warmed model: run warm first" in proc.stderr
+    proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "nonsense"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "(prep | warm | before | grpo" in proc.stderr
 
 
 def test_linear_probe_labels_order_tasks_by_the_audio_and_fits_separable_data():

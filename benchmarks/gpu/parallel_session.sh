@@ -9,9 +9,13 @@
 #                                                             #   print progress, pack all logs into $OUT/0-logs.tgz
 #   bash benchmarks/gpu/parallel_session.sh stop              # stop every job now, pack the logs
 #
-# The queues (QUEUES=gpu0,gpu1,gpu23 by default; QUEUE_<name> functions below; QUEUES=x8 on `nvidia-h200-x8`):
-#   gpu0:  learning proof GRPO on the music tasks, lr 3e-4, old log-prob bypassed: prep (model, data, warm-up,
-#          eval before) -> GRPO -> eval after, plots
+# The queues (QUEUES=gpu0,gpu1,gpu23 by default; QUEUE_<name> functions below; QUEUES=x8 on `nvidia-h200-x8`,
+# QUEUES=lp1 on one H200):
+#   lp1:   the learning proof's two arms side by side on ONE GPU: warm-up once, then GRPO on the music tasks and
+#          GRPO on all tasks (the recipe as shipped) and the eval before, all three sharing GPU 0 (each vLLM with a
+#          fixed KV cache, so no start-up memory profile trips over the others), then each arm's eval after
+#   gpu0:  learning proof GRPO trained on the music tasks (the recipe's settings; validated on every task): prep
+#          (model, data, warm-up, eval before) -> GRPO -> eval after, plots
 #   gpu1:  learning proof GRPO on all tasks, same settings and phases
 #   probe: learning proof, supervised on the correct answers (examples/learning_proof/run.sh probe)
 #   gpu23: 7B GRPO 2 GPUs "wins" -> 7B GRPO 2 GPUs baseline (the 7B folder is built once, on a GPU, by whichever
@@ -117,14 +121,26 @@ contrast() {  # contrast NAME: tests/test_gpu_grpo.py, same audio vs another sam
   return $rc
 }
 
-LP_FAST="actor_rollout_ref.actor.optim.lr=3e-4 algorithm.rollout_correction.bypass_mode=True actor_rollout_ref.rollout.calculate_log_probs=True"
 QUEUE_gpu0() {  # learning proof GRPO on the music tasks only (instrument: learnable in ~2,400 supervised examples)
-  export CUDA_VISIBLE_DEVICES=0 LP_ARM=lp-music TASKS=music LP_EXTRA="$LP_FAST"
+  export CUDA_VISIBLE_DEVICES=0 LP_ARM=lp-music TRAIN_TASKS=music
   step lp-music-prep lp prep && step lp-music-grpo lp_grpo; step lp-music-after lp after
 }
-QUEUE_gpu1() {  # learning proof GRPO on all tasks at lr 3e-4, old log-prob bypassed (the first run: lr 3e-5, flat)
-  export CUDA_VISIBLE_DEVICES=1 LP_ARM=lp-lr3e-4 LP_EXTRA="$LP_FAST"
+QUEUE_gpu1() {  # learning proof GRPO on all tasks (the recipe as shipped)
+  export CUDA_VISIBLE_DEVICES=1 LP_ARM=lp-all
   step lp-prep lp prep && step lp-grpo lp_grpo; step lp-after lp after
+}
+# Sharing one GPU: a 0.2B model's vLLM needs ~1 GB of KV cache for 256 x 404 tokens; a fixed size skips vLLM's
+# start-up memory profile, which asserts when another process on the GPU frees memory meanwhile.
+LP_SHARE="actor_rollout_ref.rollout.gpu_memory_utilization=0.1 +actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes=3221225472"
+QUEUE_lp1() {  # learning proof, two GRPO arms on one GPU (GPU $LP_GPU, default 0), the recipe's own settings
+  export CUDA_VISIBLE_DEVICES=${LP_GPU:-0} PREP=$W/lp-prep EVAL_KV_GIB=2 EVAL_GPU_MEM=0.1
+  LP_ARM=lp-prep step lp-warm lp warm || return 1
+  ( export LP_ARM=lp-music TRAIN_TASKS=music LP_EXTRA="$LP_SHARE"; step lp-music-grpo lp_grpo; step lp-music-after lp after ) &
+  sleep 30
+  ( LP_ARM=lp-prep step lp-before lp before ) &
+  sleep 30
+  ( export LP_ARM=lp-all LP_EXTRA="$LP_SHARE"; step lp-all-grpo lp_grpo; step lp-all-after lp after ) &
+  wait
 }
 QUEUE_probe() {  # learnability probe: supervised on the correct answers of every task (GPU $PROBE_GPU, default 0)
   export CUDA_VISIBLE_DEVICES=${PROBE_GPU:-0} LP_ARM=lp-probe PROBE_STEPS=600   # ~1.2 s a step on a busy host

