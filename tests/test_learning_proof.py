@@ -124,13 +124,19 @@ LOG = """\
 """
 
 
-def _plot_module():
+def _example(name: str):
+    """Import examples/learning_proof/<name>.py (the examples folder is not a package)."""
+    import importlib
+
     sys.path.insert(0, str(EXAMPLE))
     try:
-        import plot
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    return plot
+
+
+def _plot_module():
+    return _example("plot")
 
 
 def test_plot_parses_verl_log_and_writes_pngs_and_table(tmp_path):
@@ -176,7 +182,7 @@ def test_recipe_composes(tmp_path):
     assert cfg["trainer"]["test_freq"] == 5 and cfg["trainer"]["n_gpus_per_node"] == 1
     assert cfg["data"]["custom_cls"]["name"] == "AQADataset"
     actor = cfg["actor_rollout_ref"]["actor"]
-    assert actor["optim"]["lr"] == 1e-3 and actor["ppo_mini_batch_size"] == 8
+    assert actor["optim"]["lr"] == 1e-4 and actor["ppo_mini_batch_size"] == 8
     assert cfg["algorithm"]["rollout_correction"]["bypass_mode"] is True
     assert cfg["actor_rollout_ref"]["rollout"]["calculate_log_probs"] is True
 
@@ -190,11 +196,7 @@ def test_warmup_two_steps_saves_original_names(tiny_model_dir, tmp_path):
 
     rows = list(build_synthetic(BuildReport("synthetic-aqa"), size=4, seed=3, tasks="sound"))
     pd.DataFrame(rows).to_parquet(tmp_path / "syn.parquet")
-    sys.path.insert(0, str(EXAMPLE))
-    try:
-        import warmup
-    finally:
-        sys.path.pop(0)
+    warmup = _example("warmup")
 
     # the prompt is AQADataset's: chat template, audio item first, assistant turn opened
     from transformers import AutoProcessor
@@ -227,11 +229,7 @@ def test_warmup_two_steps_saves_original_names(tiny_model_dir, tmp_path):
 
 
 def test_warmup_targets_random_choices_or_the_answer():
-    sys.path.insert(0, str(EXAMPLE))
-    try:
-        import warmup
-    finally:
-        sys.path.pop(0)
+    warmup = _example("warmup")
     rows = [{"choices": ["one", "two", "three"], "answer": "two"}] * 200
     rng = np.random.default_rng(0)
     assert set(warmup.pick_targets(rows, "correct", rng)) == {"<answer>two</answer>"}
@@ -259,11 +257,7 @@ def test_run_sh_eval_before_looks_for_the_warmed_model_in_the_shared_prep_folder
 
 
 def test_linear_probe_labels_order_tasks_by_the_audio_and_fits_separable_data():
-    sys.path.insert(0, str(EXAMPLE))
-    try:
-        import linear_probe
-    finally:
-        sys.path.pop(0)
+    linear_probe = _example("linear_probe")
     # "which tone is lower?" answered "the second tone": the audio's own label is which one is HIGHER (the first)
     assert linear_probe.audio_label("pitch_order", "the second tone", {"freqs_hz": [723.3, 436.9]}) == "first"
     assert linear_probe.audio_label("loudness_order", "the first tone", {"amplitudes": [0.09, 0.68]}) == "second"
@@ -273,3 +267,84 @@ def test_linear_probe_labels_order_tasks_by_the_audio_and_fits_separable_data():
     y = (x[:, 0] + 0.1 * x[:, 1] > 0).astype(int)
     assert linear_probe.held_out_accuracy(x, y, 0.25) > 0.95
     assert linear_probe.held_out_accuracy(x, rng.integers(0, 2, 400), 0.25) < 0.7
+
+
+# -------------------------------------------------------------------------------------------- GRPO rehearsal
+def _rehearsal():
+    return _example("grpo_rehearsal")
+
+
+def test_rehearsal_advantages_are_verls_grpo():
+    adv = _rehearsal().grpo_advantages(np.array([2.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]), 4)
+    # group 1: mean 1.25, unbiased std 0.5; group 2: all equal -> no signal
+    np.testing.assert_allclose(adv, [1.5, -0.5, -0.5, -0.5, 0, 0, 0, 0], atol=1e-5)
+
+
+def test_rehearsal_kl_loss_is_verls_k3_and_zero_at_the_reference():
+    import torch
+
+    reh = _rehearsal()
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, 0.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    adv = torch.zeros(2)
+    _, same = reh.ppo_loss(logp, logp, adv, mask, logp, 0.1)
+    assert same["kl_loss"] == pytest.approx(0.0, abs=1e-7)
+    loss, moved = reh.ppo_loss(logp, logp, adv, mask, logp - 0.5, 0.1)
+    k3 = np.exp(-0.5) - (-0.5) - 1  # exp(ref - logp) - (ref - logp) - 1 per token
+    assert moved["kl_loss"] == pytest.approx(k3, rel=1e-5) and float(loss) == pytest.approx(0.1 * k3, rel=1e-5)
+
+
+def test_rehearsal_shared_prompt_forward_equals_the_full_model(tiny_model_dir, tmp_path):
+    import pandas as pd
+    import torch
+
+    from r1aqa_plugin.data.records import BuildReport
+    from r1aqa_plugin.data.synthetic import build_synthetic
+
+    reh = _rehearsal()
+    rows = list(build_synthetic(BuildReport("synthetic-aqa"), size=2, seed=5, tasks="sound"))
+    pd.DataFrame(rows).to_parquet(tmp_path / "syn.parquet")
+    items = reh.load_items(str(tmp_path / "syn.parquet"))
+    policy = reh.Policy(str(tiny_model_dir), "cpu")
+    toks, lps = policy.sample(items, 3, 6, 1.0, torch.Generator().manual_seed(0))
+    assert len(toks) == 6 and all(1 <= len(t) <= 6 for t in toks)
+    with torch.no_grad():
+        logp, mask = policy.logprobs(items, 3, toks)
+    # the sampling log-probs are the bypass anchor: the same numbers as the training pass's (PPO ratio 1)
+    np.testing.assert_allclose(logp[mask].numpy(), np.concatenate(lps), atol=1e-4)
+    # and both equal the whole model's forward on prompt + completion, audio through the real tower
+    text = reh.prompt_text(policy.processor, items[1]["question"], items[1]["choices"])
+    enc = policy.processor(text=[text], audio=[items[1]["audio"]], sampling_rate=16000, return_tensors="pt")
+    row = toks[4]  # a sample of the second prompt
+    ids = torch.cat([enc["input_ids"], torch.tensor([row])], 1)
+    with torch.no_grad():
+        logits = policy.model(input_ids=ids, attention_mask=torch.ones_like(ids), input_features=enc["input_features"],
+                              feature_attention_mask=enc["feature_attention_mask"]).logits
+    full = torch.log_softmax(logits[0, -len(row) - 1:-1].float(), -1).gather(1, torch.tensor(row)[:, None])[:, 0]
+    np.testing.assert_allclose(logp[4, : len(row)].numpy(), full.numpy(), atol=1e-4)
+
+
+def test_rehearsal_one_step_logs_the_update(tiny_model_dir, tmp_path):
+    import pandas as pd
+
+    from r1aqa_plugin.data.records import BuildReport
+    from r1aqa_plugin.data.synthetic import build_synthetic
+
+    rows = list(build_synthetic(BuildReport("synthetic-aqa"), size=4, seed=6, tasks="sound"))
+    pd.DataFrame(rows).to_parquet(tmp_path / "syn.parquet")
+    out = tmp_path / "reh.jsonl"
+    assert _rehearsal().main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "syn.parquet"),
+                              "--val", str(tmp_path / "syn.parquet"), "--val-every", "1", "--out", str(out),
+                              "--lr", "1e-4", "--steps", "1", "--prompts", "4", "--n", "2", "--mini", "2",
+                              "--max-new-tokens", "4", "--kl-coef", "0.04", "--device", "cpu"]) == 0
+    log = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 1]
+    step = log[1]
+    assert step["lr"] == pytest.approx(1e-4 / 3) and 0 <= step["format"] <= 1 and step["response_length"] <= 4
+    assert all(np.isfinite(step[k]) for k in ("reward", "ppo_kl", "clipfrac", "grad_norm", "kl_loss"))
+    assert any(k.startswith("val/") for k in step) and 0 <= step["names_a_choice"] <= 1
+    assert step["samples"] and set(step["samples"][0]) == {"choices", "answer", "output"}
+    assert _rehearsal().main(["plot", str(out), "--out", str(tmp_path / "reh.png")]) == 0
+    assert (tmp_path / "reh.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit):
+        _rehearsal().main(["--model", "m", "--data", "d", "--out", "o", "--lr", "1", "--prompts", "6", "--mini", "4"])

@@ -9,8 +9,8 @@
 #                                                             #   print progress, pack all logs into $OUT/0-logs.tgz
 #   bash benchmarks/gpu/parallel_session.sh stop              # stop every job now, pack the logs
 #
-# The queues (QUEUES=gpu0,gpu1,gpu23 by default; QUEUE_<name> functions below; QUEUES=x8 on `nvidia-h200-x8`,
-# QUEUES=lp1 on one H200):
+# The queues (QUEUE_<name> functions below). QUEUES=gpu23,one,bench by default (the 4-GPU host: GPU2+3, GPU0,
+# GPU1); QUEUES=x8 on `nvidia-h200-x8`; QUEUES=lp1 for the learning proof on one H200:
 #   lp1:   the learning proof's two arms side by side on ONE GPU: warm-up once, then GRPO on the music tasks and
 #          GRPO on all tasks (the recipe as shipped) and the eval before, all three sharing GPU 0 (each vLLM with a
 #          fixed KV cache, so no start-up memory profile trips over the others), then each arm's eval after
@@ -21,11 +21,12 @@
 #   gpu23: 7B GRPO 2 GPUs "wins" -> 7B GRPO 2 GPUs baseline (the 7B folder is built once, on a GPU, by whichever
 #          queue needs it first)
 #   one:   7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> "cpuadam" (GPU $ONE_GPU, default 0)
-#   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench (run 2026-11-28, third session)
+#   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench (GPU $BENCH_GPU, default 1)
 #   contrast: same vs another sample's audio for the actor (tests/test_gpu_grpo.py; GPU2 | GPU3; issue 3, met)
 #
-# What the 2026-11-28 session taught (docs/gpu-runs.md): a verl run needs 4-6 min before step 1 there; one vLLM
-# process per GPU (vLLM's start-up memory profile fails when another process on that GPU frees memory); nothing
+# What the 2026-11-28 sessions taught (docs/gpu-runs.md): a verl run needs 4-6 min before step 1 there; vLLM's
+# start-up memory profile fails when another process on its GPU frees memory, so either one vLLM process per GPU
+# or each with a fixed KV cache (lp1: two GRPO runs and an evaluation shared one H200 that way); nothing
 # CPU-heavy beside the runs (make-model 7b on the CPU took 6 min and slowed every start-up); only 8 files come
 # back from $OUT; idle time on a held machine counts, so give it back as soon as `wait` says all is done.
 # Processes started in their own session (setsid) outlive the command that started them (device README).
@@ -155,7 +156,7 @@ QUEUE_gpu23() {
   step grpo-wins-2gpu grpo7b 2 wins; step grpo-baseline-2gpu grpo7b 2 baseline   # grpo7b builds the 7B once
 }
 QUEUE_bench() {
-  export CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0}
+  export CUDA_VISIBLE_DEVICES=${BENCH_GPU:-1}
   step rollout rollout; step dedup dedup
 }
 QUEUE_contrast() {
@@ -175,8 +176,8 @@ QUEUE_x8() {  # issue 9 on `nvidia-h200-x8` (QUEUES=x8): R1-AQA's 8-GPU shape, t
 # QUEUE_FILE: a bash file defining more QUEUE_<name> functions (other plans; the scheduler's own test uses one)
 [ -n "${QUEUE_FILE:-}" ] && . "$QUEUE_FILE"
 nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv > "$S/gpus.csv" 2>/dev/null
-echo "$(date -u +%H:%M:%S) queues ${QUEUES:-gpu0,gpu1,gpu23}, $(left) s to the deadline"
-IFS=, read -r -a queues <<< "${QUEUES:-gpu0,gpu1,gpu23}"
+echo "$(date -u +%H:%M:%S) queues ${QUEUES:-gpu23,one,bench}, $(left) s to the deadline"
+IFS=, read -r -a queues <<< "${QUEUES:-gpu23,one,bench}"
 for i in "${!queues[@]}"; do
   ( "QUEUE_${queues[$i]}" ) &
   sleep "${STAGGER:-20}"   # Ray clusters and vLLM servers pick their ports one after the other
