@@ -280,6 +280,13 @@ def test_rehearsal_advantages_are_verls_grpo():
     np.testing.assert_allclose(adv, [1.5, -0.5, -0.5, -0.5, 0, 0, 0, 0], atol=1e-5)
 
 
+def test_rehearsal_batches_cover_every_row_each_epoch():
+    steps = _rehearsal().batch_order(10, 7, 4, np.random.default_rng(0))  # 28 prompts from 10 rows
+    flat = [i for step in steps for i in step]
+    assert [len(s) for s in steps] == [4] * 7
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+
+
 def test_rehearsal_kl_loss_is_verls_k3_and_zero_at_the_reference():
     import torch
 

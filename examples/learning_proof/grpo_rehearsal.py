@@ -244,6 +244,14 @@ def evaluate(policy: Policy, items: list[dict[str, Any]], max_new: int, batch: i
     return out
 
 
+def batch_order(rows: int, steps: int, prompts: int, rng: Any) -> list[list[int]]:
+    """Each step's row indices: a fresh permutation of the rows per epoch, taken ``prompts`` at a time."""
+    flat: list[int] = []
+    while len(flat) < steps * prompts:
+        flat.extend(int(i) for i in rng.permutation(rows))
+    return [flat[s * prompts: (s + 1) * prompts] for s in range(steps)]
+
+
 def read_log(path: str) -> tuple[float | None, list[dict[str, Any]]]:
     """A rehearsal's records and its peak learning rate (None when no step was logged)."""
     recs = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -330,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
           f"Adam eps {args.adam_eps:g}, frozen: audio tower{',' if args.freeze else ''}{args.freeze}, "
           f"{args.steps} steps x {args.prompts} prompts x {args.n}, mini-batches of {args.mini}, device {device}",
           flush=True)
-    order = rng.permutation(len(train))
+    order = batch_order(len(train), args.steps, args.prompts, rng)
     t0 = time.perf_counter()
     with open(args.out, "w", encoding="utf-8") as log:
         if val:
@@ -342,8 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             lr = args.lr * min(1.0, step / args.warmup_steps) if args.warmup_steps > 0 else args.lr
             for g in opt.param_groups:
                 g["lr"] = lr
-            idx = [order[(step - 1) * args.prompts + k] % len(train) for k in range(args.prompts)]
-            items = [train[i] for i in idx]
+            items = [train[i] for i in order[step - 1]]
             toks, lps = policy.sample(items, args.n, args.max_new_tokens, 1.0, gen)
             scored = [score(policy, items[r // args.n], toks[r]) for r in range(len(toks))]
             rewards = np.array([s[0] for s in scored])
