@@ -119,7 +119,10 @@ def main() -> None:
 
 
 def post_rollout_features(seconds: float) -> None:
-    """verl's post-rollout processor calls for one step (16 clips x 8 samples): the adapter's per-clip cache vs none."""
+    """verl's two per-sample processor calls for one step (16 clips x 8 samples), side by side: the stock processor
+    vs the adapter's per-clip feature cache (the prompt call with <|AUDIO|>, the post-rollout call without)."""
+    from transformers import Qwen2AudioProcessor
+
     from r1aqa_plugin.models.qwen2_audio import processor as proc
     from r1aqa_plugin.models.qwen2_audio.builder import build_processor
 
@@ -128,23 +131,32 @@ def post_rollout_features(seconds: float) -> None:
     clips = [(0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
              for _ in range(PROMPTS_PER_STEP)]
     samples = [c for c in clips for _ in range(SAMPLES_PER_PROMPT)]  # verl repeats each prompt n times
+    messages = [{"role": "user", "content": [{"type": "audio", "audio_url": "a.wav"}, {"type": "text", "text": "?"}]}]
+    prompt = wrapped.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def one_step(cache: bool) -> float:
+    def one_step(call, text: str) -> float:
         proc._feature_cache.clear()
         start = time.perf_counter()
         for clip in samples:
-            if not cache:
-                proc._feature_cache.clear()
-            wrapped(text=["decoded text, no placeholder"], audio=[clip], sampling_rate=SAMPLE_RATE)
+            call(text=[text], audio=[clip], sampling_rate=SAMPLE_RATE, return_tensors="pt")
         return time.perf_counter() - start
 
-    one_step(True)  # warm-up
-    plain = statistics.median(one_step(False) for _ in range(3))
-    cached = statistics.median(one_step(True) for _ in range(3))
+    def stock(**kw):
+        return Qwen2AudioProcessor.__call__(wrapped, **kw)
+
+    def stock_features(**kw):  # what the post-rollout call cost before the cache: features per sample
+        proc._feature_cache.clear()
+        return wrapped(**kw)
+
     print()
-    print(f"Post-rollout features for one step ({len(samples)} samples of {len(clips)} {seconds:g} s clips, one "
-          f"process): {plain:.2f} s computed per sample, {cached:.2f} s with the adapter's per-clip cache "
-          f"({plain / cached:.1f}x).")  # fmt: skip
+    for label, text, plain_call in (("Prompt call (text with <|AUDIO|>)", prompt, stock),
+                                    ("Post-rollout call (decoded text, no placeholder)", "decoded text", stock_features)):
+        one_step(wrapped, text)  # warm-up
+        plain = statistics.median(one_step(plain_call, text) for _ in range(3))
+        cached = statistics.median(one_step(wrapped, text) for _ in range(3))
+        print(f"{label}, one step ({len(samples)} samples of {len(clips)} {seconds:g} s clips, one process): "
+              f"{plain:.2f} s computed per sample, {cached:.2f} s with the adapter's per-clip cache "
+              f"({plain / cached:.1f}x).")  # fmt: skip
 
 
 if __name__ == "__main__":

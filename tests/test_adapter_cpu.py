@@ -141,6 +141,56 @@ def test_post_rollout_features_are_computed_once_per_distinct_clip(processor, mo
     assert len(calls) == 4
 
 
+@pytest.mark.parametrize("seconds", [[0.3], [3.0], [10.0], [29.99], [30.0], [41.5], [2.0, 7.25]])
+@pytest.mark.parametrize("template", ["chat", "bare", "bos_only"])
+def test_prompt_call_with_cached_features_equals_the_stock_processor(processor, seconds, template):
+    """The prompt call (text with <|AUDIO|>) reuses per-clip features and expands like the stock processor."""
+    from transformers import Qwen2AudioProcessor
+
+    waves = [_tone(s) * (1 + i) for i, s in enumerate(seconds)]
+    if template == "chat":
+        texts = [processor.apply_chat_template(_messages(), add_generation_prompt=True, tokenize=False)]
+        if len(waves) == 2:
+            texts = [texts[0].replace("<|audio_eos|>", "<|audio_eos|>Audio 2: <|audio_bos|><|AUDIO|><|audio_eos|>")]
+    elif template == "bare":  # no bos/eos around the placeholder: the rule adds them
+        texts = ["first " + " then ".join(["<|AUDIO|>"] * len(waves)) + " end"]
+    else:
+        texts = [" ".join(["<|audio_bos|><|AUDIO|>"] * len(waves)), "no audio here"]
+    stock = Qwen2AudioProcessor.__call__
+    ragged = len(texts) > 1  # texts of different lengths make tensors only with padding: lists then
+    for tensors in (None,) if ragged else ("np", "pt", None):
+        for _ in range(2):  # the second call is served from the feature cache
+            ours = processor(text=texts, audio=waves, sampling_rate=16000, return_tensors=tensors)
+            ref = stock(processor, text=texts, audio=waves, sampling_rate=16000, return_tensors=tensors)
+            assert list(ours) == list(ref)
+            for key in ref:
+                assert type(ours[key]) is type(ref[key]), key
+                for a, b in zip(ours[key], ref[key]) if isinstance(ref[key], list) else [(ours[key], ref[key])]:
+                    a, b = np.asarray(a), np.asarray(b)
+                    assert a.dtype == b.dtype, key
+                    np.testing.assert_array_equal(a, b, err_msg=key)
+
+
+def test_prompt_calls_extract_features_once_per_distinct_clip(processor, monkeypatch):
+    from r1aqa_plugin.models.qwen2_audio import processor as proc
+
+    monkeypatch.setattr(proc, "_feature_cache", proc.OrderedDict())
+    calls = []
+    extractor = type(processor.feature_extractor)
+    original = extractor.__call__
+    monkeypatch.setattr(extractor, "__call__", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    text = processor.apply_chat_template(_messages(), add_generation_prompt=True, tokenize=False)
+    wave = _tone(4.0)
+    for _ in range(8):  # a GRPO group: the same prompt and clip, n times
+        processor(text=[text], audio=[wave], sampling_rate=16000, return_tensors="pt")
+    decoded = processor.tokenizer.decode(processor(text=[text], audio=[wave])["input_ids"][0],
+                                         skip_special_tokens=True)
+    processor(text=[decoded], audio=[wave], sampling_rate=16000)  # the post-rollout call shares the cache
+    assert len(calls) == 1
+    processor(text=[text], audio=[wave], sampling_rate=16000, padding="longest")  # not the plain call: stock path
+    assert len(calls) == 2
+
+
 def test_processor_still_rejects_a_real_placeholder_mismatch(processor):
     with pytest.raises(ValueError, match="Found 2"):
         processor(text=["<|AUDIO|> <|AUDIO|>"], audio=[_tone(1.0)], sampling_rate=16000)

@@ -5,6 +5,10 @@ to rebuild the actor's multimodal inputs. ``<|AUDIO|>`` is a special token, so t
 left and the stock ``Qwen2AudioProcessor`` refuses it ("Found 0 <|AUDIO|> token ... received 1 audio"). The
 actor only needs the audio features from that call (verl drops its input_ids), so this subclass answers a
 placeholder-free text with the features alone. Any other mismatch still raises, as the stock processor does.
+
+Both calls run once per SAMPLE (verl repeats each prompt n times before the agent loop), so the Whisper features
+are computed once per distinct clip and reused; the prompt call then expands ``<|AUDIO|>`` by the stock rule
+(tested equal to the stock processor's output).
 """
 
 from __future__ import annotations
@@ -67,7 +71,51 @@ class VerlQwen2AudioProcessor(Qwen2AudioProcessor):
             texts = [text] if isinstance(text, str) else list(text)
             if sum(t.count(self.audio_token) for t in texts) == 0:
                 return self.audio_features(audio, **kwargs)
+            out = self._prompt_with_cached_features(texts, audio, **kwargs)
+            if out is not None:
+                return out
         return super().__call__(text=text, audio=audio, **kwargs)
+
+    def _prompt_with_cached_features(self, texts: list[str], audio: Any, sampling_rate: int | None = None,
+                                     return_tensors: str | None = None, **other: Any) -> BatchFeature | None:
+        """The stock call's output with each clip's features from the per-clip cache; None where the call is not
+        the plain one verl makes (other keyword arguments, non-1-D clips, a placeholder/clip count mismatch), which
+        then goes to the stock processor, errors included."""
+        audios = [audio] if isinstance(audio, np.ndarray) else list(audio)
+        if other or not all(isinstance(a, np.ndarray) and a.ndim == 1 for a in audios):
+            return None
+        if sum(t.count(self.audio_token) for t in texts) != len(audios):
+            return None
+        rate = sampling_rate or self.feature_extractor.sampling_rate
+        pairs = [self._clip_features(a, rate) for a in audios]
+        expanded = self.expand_audio_tokens(texts, [int(m.sum()) for _, m in pairs])
+        data = dict(super().__call__(text=expanded))
+        data["input_features"] = np.stack([f for f, _ in pairs])
+        data["feature_attention_mask"] = np.stack([m for _, m in pairs])
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def expand_audio_tokens(self, texts: list[str], frames: list[int]) -> list[str]:
+        """Each ``<|AUDIO|>`` repeated once per encoder output frame of its clip (``frames``: valid mel frames per
+        clip, in order), wrapped in bos/eos unless already next to one: the stock Qwen2AudioProcessor's rule."""
+        frames = list(frames)
+        out = []
+        for sample in texts:
+            pieces = []
+            while self.audio_token in sample:
+                input_length = (frames.pop(0) - 1) // 2 + 1
+                piece = self.audio_token * ((input_length - 2) // 2 + 1)
+                start = sample.find(self.audio_token)
+                end = start + len(self.audio_token)
+                has_bos = sample[start - len(self.audio_bos_token): start] == self.audio_bos_token
+                has_eos = sample[end: end + len(self.audio_eos_token)] == self.audio_eos_token
+                if not has_bos and not has_eos:
+                    piece = self.audio_bos_token + piece + self.audio_eos_token
+                pieces.append(piece)
+                sample = sample.replace(self.audio_token, "<placeholder>", 1)
+            while "<placeholder>" in sample:
+                sample = sample.replace("<placeholder>", pieces.pop(0), 1)
+            out.append(sample)
+        return out
 
     def audio_features(self, audio: Any, sampling_rate: int | None = None, return_tensors: str | None = None,
                        **_: Any) -> BatchFeature:
