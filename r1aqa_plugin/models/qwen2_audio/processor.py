@@ -69,22 +69,22 @@ class VerlQwen2AudioProcessor(Qwen2AudioProcessor):
             raise ValueError("Qwen2-Audio takes no images or videos")
         if audio is not None and text is not None:
             texts = [text] if isinstance(text, str) else list(text)
-            if sum(t.count(self.audio_token) for t in texts) == 0:
+            placeholders = sum(t.count(self.audio_token) for t in texts)
+            if placeholders == 0:
                 return self.audio_features(audio, **kwargs)
-            out = self._prompt_with_cached_features(texts, audio, **kwargs)
+            out = self._prompt_with_cached_features(texts, placeholders, audio, **kwargs)
             if out is not None:
                 return out
         return super().__call__(text=text, audio=audio, **kwargs)
 
-    def _prompt_with_cached_features(self, texts: list[str], audio: Any, sampling_rate: int | None = None,
-                                     return_tensors: str | None = None, **other: Any) -> BatchFeature | None:
+    def _prompt_with_cached_features(self, texts: list[str], placeholders: int, audio: Any,
+                                     sampling_rate: int | None = None, return_tensors: str | None = None,
+                                     **other: Any) -> BatchFeature | None:
         """The stock call's output with each clip's features from the per-clip cache; None where the call is not
         the plain one verl makes (other keyword arguments, non-1-D clips, a placeholder/clip count mismatch), which
         then goes to the stock processor, errors included."""
         audios = [audio] if isinstance(audio, np.ndarray) else list(audio)
-        if other or not all(isinstance(a, np.ndarray) and a.ndim == 1 for a in audios):
-            return None
-        if sum(t.count(self.audio_token) for t in texts) != len(audios):
+        if other or placeholders != len(audios) or not all(isinstance(a, np.ndarray) and a.ndim == 1 for a in audios):
             return None
         rate = sampling_rate or self.feature_extractor.sampling_rate
         pairs = [self._clip_features(a, rate) for a in audios]
