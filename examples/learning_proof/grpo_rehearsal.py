@@ -31,7 +31,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -62,7 +62,8 @@ def load_items(path: str) -> list[dict[str, Any]]:
 class Policy:
     """The checkpoint split into frozen cached audio tower + trainable projector and LM (HF modules, fp32)."""
 
-    def __init__(self, model_dir: str, device: str, freeze: tuple[str, ...] = ()) -> None:
+    def __init__(self, model_dir: str, device: str, freeze: tuple[str, ...] = (),
+                 tower_cache: dict[str, tuple[list[int], Any]] | None = None) -> None:
         import torch
         from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
@@ -82,7 +83,8 @@ class Policy:
         self.tok = self.processor.tokenizer
         self.im_end = self.tok.convert_tokens_to_ids("<|im_end|>")
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.im_end
-        self._cache: dict[str, tuple[list[int], Any]] = {}
+        # Prompt ids and frozen-tower rows per clip; a reference model of the same checkpoint shares its policy's.
+        self._cache: dict[str, tuple[list[int], Any]] = {} if tower_cache is None else tower_cache
 
     def parameters(self) -> list[Any]:
         """What the optimizer trains: everything but the audio tower."""
@@ -215,9 +217,18 @@ def ppo_loss(logp: Any, old: Any, adv: Any, mask: Any, ref: Any = None, kl_coef:
     return loss, stats
 
 
-def score(policy: Policy, item: dict[str, Any], toks: list[int]) -> tuple[float, float, bool, bool, str]:
-    """The recipe's reward (accuracy + format), the accuracy, whether the format held, whether the answer names one
-    of the question's choices, and the decoded text."""
+class Scored(NamedTuple):
+    """One completion scored: the recipe's reward (accuracy + format) and what it is made of."""
+
+    reward: float
+    accuracy: float
+    in_format: bool
+    names_a_choice: bool  # the answer names one of the question's listed choices
+    text: str
+
+
+def score(policy: Policy, item: dict[str, Any], toks: list[int]) -> Scored:
+    """The recipe's reward for one completion, its parts, whether it names a listed choice, and the text."""
     from r1aqa_plugin.rewards.answer import extract_strict, resolve_choice
     from r1aqa_plugin.rewards.verl_score import compute_score
 
@@ -225,7 +236,7 @@ def score(policy: Policy, item: dict[str, Any], toks: list[int]) -> tuple[float,
     out = compute_score(item["data_source"], text, item["answer"], {"choices": item["choices"]})
     answer = extract_strict(text)
     named = answer is not None and resolve_choice(answer, item["choices"]) is not None
-    return out["score"], out["r1aqa_accuracy"], out["r1aqa_format"] > 0, named, text
+    return Scored(out["score"], out["r1aqa_accuracy"], out["r1aqa_format"] > 0, named, text)
 
 
 def evaluate(policy: Policy, items: list[dict[str, Any]], max_new: int, batch: int = 32) -> dict[str, float]:
@@ -236,9 +247,9 @@ def evaluate(policy: Policy, items: list[dict[str, Any]], max_new: int, batch: i
         chunk = items[i: i + batch]
         toks, _ = policy.sample(chunk, 1, max_new, 0.0, None)
         for it, t in zip(chunk, toks):
-            _, acc, ok, _, _ = score(policy, it, t)
-            hits.setdefault(it["task"], []).append(acc)
-            fmt.append(ok)
+            scored = score(policy, it, t)
+            hits.setdefault(it["task"], []).append(scored.accuracy)
+            fmt.append(scored.in_format)
     out = {f"val/{k}": float(np.mean(v)) for k, v in sorted(hits.items())}
     out["val/format"] = float(np.mean(fmt))
     return out
@@ -330,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator(device=device).manual_seed(args.seed)
     policy = Policy(args.model, device, tuple(x for x in args.freeze.split(",") if x))
     params = policy.parameters()
-    reference = Policy(args.model, device) if args.kl_coef > 0 else None  # frozen start model, as verl's ref
+    # the frozen start model, as verl's reference; same checkpoint and frozen tower, so the same cached tower rows
+    reference = Policy(args.model, device, tower_cache=policy._cache) if args.kl_coef > 0 else None
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=args.adam_eps, weight_decay=0.0)
     train = load_items(args.data)
     val = load_items(args.val)[: args.val_rows] if args.val else []
@@ -353,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             items = [train[i] for i in order[step - 1]]
             toks, lps = policy.sample(items, args.n, args.max_new_tokens, 1.0, gen)
             scored = [score(policy, items[r // args.n], toks[r]) for r in range(len(toks))]
-            rewards = np.array([s[0] for s in scored])
+            rewards = np.array([s.reward for s in scored])
             adv = grpo_advantages(rewards, args.n)
             stats: dict[str, list[float]] = {"ppo_kl": [], "clipfrac": [], "grad_norm": [], "kl_loss": []}
             per = args.mini * args.n
@@ -380,16 +392,16 @@ def main(argv: list[str] | None = None) -> int:
                     stats["kl_loss"].append(st["kl_loss"])
                 stats["grad_norm"].append(gn)
             rec = {"step": step, "lr": lr, "reward": float(rewards.mean()),
-                   "accuracy": float(np.mean([s[1] for s in scored])),
-                   "format": float(np.mean([s[2] for s in scored])),
-                   "names_a_choice": float(np.mean([s[3] for s in scored])),
+                   "accuracy": float(np.mean([s.accuracy for s in scored])),
+                   "format": float(np.mean([s.in_format for s in scored])),
+                   "names_a_choice": float(np.mean([s.names_a_choice for s in scored])),
                    "response_length": float(np.mean([len(t) for t in toks])),
                    **{k: float(np.mean(v)) for k, v in stats.items() if v}}
             if val and step % args.val_every == 0:
                 rec.update(evaluate(policy, val, args.max_new_tokens))
                 # what the policy writes, next to the question's choices and answer (first sample of 3 prompts)
                 rec["samples"] = [{"choices": items[k]["choices"], "answer": items[k]["answer"],
-                                   "output": scored[k * args.n][4]} for k in range(min(3, len(items)))]
+                                   "output": scored[k * args.n].text} for k in range(min(3, len(items)))]
             rec["s"] = round(time.perf_counter() - t0, 1)
             log.write(json.dumps(rec) + "\n")
             log.flush()
