@@ -355,3 +355,58 @@ def test_rehearsal_one_step_logs_the_update(tiny_model_dir, tmp_path):
     assert (tmp_path / "reh.png").stat().st_size > 10_000
     with pytest.raises(SystemExit):
         _rehearsal().main(["--model", "m", "--data", "d", "--out", "o", "--lr", "1", "--prompts", "6", "--mini", "4"])
+
+
+def test_code_words_rename_every_option_one_to_one_and_keep_the_rest(tiny_model_dir, tmp_path):
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from r1aqa_plugin.data.records import BuildReport
+    from r1aqa_plugin.data.synthetic import build_synthetic
+    from r1aqa_plugin.data.synthetic.tasks import TASKS
+
+    cw = _example("code_words")
+    codes = cw.code_map()
+    assert set(codes) == {o for t in TASKS.values() for o in t.options}
+    assert len(set(codes.values())) == len(codes) and not set(codes.values()) & set(codes)
+    assert codes == cw.code_map()  # fixed, not drawn per call
+    # one answer token each, like "<answer>piano</answer>" (the tags are 3 tokens either side)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert {len(tok(f"<answer>{c}</answer>", add_special_tokens=False)["input_ids"]) for c in codes.values()} == {7}
+
+    rows = list(build_synthetic(BuildReport("synthetic-aqa"), size=6, seed=5, tasks="sound"))
+    pd.DataFrame(rows).to_parquet(tmp_path / "syn.parquet")
+    assert cw.main([str(tmp_path / "syn.parquet"), str(tmp_path / "codes.parquet")]) == 0
+    src, dst = pd.read_parquet(tmp_path / "syn.parquet"), pd.read_parquet(tmp_path / "codes.parquet")
+    for a, b in zip(src.to_dict("records"), dst.to_dict("records")):
+        assert list(b["choices"]) == [codes[c] for c in a["choices"]] and b["answer"] == codes[a["answer"]]
+        assert b["reward_model"]["ground_truth"] == b["answer"] and b["question"] == a["question"]
+        assert b["audios"][0]["bytes"] == a["audios"][0]["bytes"] and b["extra_info"] == a["extra_info"]
+    with pytest.raises(ValueError, match=r"x.parquet row 3: options \['banjo'\] have no code word"):
+        cw.encode_row(["banjo", "piano"], "piano", codes, "x.parquet row 3")
+
+
+def test_warmup_listen_share_trains_code_rows_on_the_correct_code(tiny_model_dir, tmp_path):
+    import pandas as pd
+
+    from r1aqa_plugin.data.records import BuildReport
+    from r1aqa_plugin.data.synthetic import build_synthetic
+
+    rows = list(build_synthetic(BuildReport("synthetic-aqa"), size=4, seed=3, tasks="sound"))
+    pd.DataFrame(rows).to_parquet(tmp_path / "syn.parquet")
+    warmup = _example("warmup")
+    decoded = warmup.load_rows(str(tmp_path / "syn.parquet"))
+    coded = warmup.code_rows(decoded, "syn.parquet")
+    codes = _example("code_words").code_map()
+    assert [c["answer"] for c in coded] == [codes[r["answer"]] for r in decoded]
+    assert all(c["audio"] is r["audio"] for c, r in zip(coded, decoded))  # the clip is shared, not copied
+    args = ["--model", str(tiny_model_dir), "--data", str(tmp_path / "syn.parquet"), "--out", str(tmp_path / "w"),
+            "--steps", "2", "--batch-size", "4", "--device", "cpu"]
+    assert warmup.main([*args, "--listen-share", "0.5"]) == 0
+    log = [json.loads(line) for line in (tmp_path / "w_warmup_log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["code_loss"]) and np.isfinite(r["name_loss"]) for r in log)
+    # the batch mean is the token-weighted mix of the two halves
+    assert all(min(r["code_loss"], r["name_loss"]) - 1e-3 <= r["loss"] <= max(r["code_loss"], r["name_loss"]) + 1e-3
+               for r in log)
+    with pytest.raises(SystemExit):
+        warmup.main([*args, "--listen-share", "1.5"])

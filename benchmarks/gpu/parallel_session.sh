@@ -14,6 +14,8 @@
 #   lp1:   the learning proof's two arms side by side on ONE GPU: warm-up once, then GRPO on the music tasks and
 #          GRPO on all tasks (the recipe as shipped) and the eval before, all three sharing GPU 0 (each vLLM with a
 #          fixed KV cache, so no start-up memory profile trips over the others), then each arm's eval after
+#   lps:   the learning proof on one GPU: warm-up (format, then listening), the verl arm on all tasks, the eval
+#          before and a sweep of GRPO rehearsals (plain torch, settings in REH_SWEEP), all side by side
 #   gpu0:  learning proof GRPO trained on the music tasks (the recipe's settings; validated on every task): prep
 #          (model, data, warm-up, eval before) -> GRPO -> eval after, plots
 #   gpu1:  learning proof GRPO on all tasks, same settings and phases
@@ -141,6 +143,33 @@ QUEUE_lp1() {  # learning proof, two GRPO arms on one GPU (GPU $LP_GPU, default 
   ( LP_ARM=lp-prep step lp-before lp before ) &
   sleep 30
   ( export LP_ARM=lp-all LP_EXTRA="$LP_SHARE"; step lp-all-grpo lp_grpo; step lp-all-after lp after ) &
+  wait
+}
+# The GRPO update itself in plain torch (examples/learning_proof/grpo_rehearsal.py), several settings side by side on
+# the same GPU as the verl arm: each runs until the deadline, logging every step (a sweep of what the CPU takes
+# 30 s a step for). REH_SWEEP: "name:model:lr[:extra,args]" entries, space-separated (commas in the extra args
+# become spaces); model is a folder of PREP.
+REH_SWEEP=${REH_SWEEP:-"listen-1e-4:small-warm:1e-4 listen-3e-4:small-warm:3e-4 listen-1e-3:small-warm:1e-3 fmt-3e-4:small-fmt:3e-4 listen-3e-4-kl:small-warm:3e-4:--kl-coef,0.04"}
+rehearse() {  # rehearse NAME MODEL LR [ARGS...]: GRPO rehearsal on PREP's data until the deadline
+  local name=$1 model=$2 lr=$3; shift 3
+  timeout -k 10 "$(left 90)" python3 "$REPO/examples/learning_proof/grpo_rehearsal.py" --model "$PREP/$model" \
+    --data "$PREP/train.parquet" --val "$PREP/val.parquet" --val-rows 240 --val-every 10 --steps 2000 \
+    --prompts 32 --lr "$lr" --out "$S/reh-$name.jsonl" "$@"
+  local rc=$?; [ $rc -eq 124 ] && return 0; return $rc   # stopped by the deadline: the expected end
+}
+QUEUE_lps() {  # learning proof on one GPU: warm-up (format + listening), the verl arm on all tasks, the eval before,
+               # and the rehearsal sweep REH_SWEEP, all side by side (GPU $LP_GPU, default 0)
+  export CUDA_VISIBLE_DEVICES=${LP_GPU:-0} PREP=$W/lp-prep EVAL_KV_GIB=2 EVAL_GPU_MEM=0.1
+  LP_ARM=lp-prep step lp-warm lp warm || return 1
+  ( export LP_ARM=lp-all LP_EXTRA="$LP_SHARE"; step lp-all-grpo lp_grpo; step lp-all-after lp after ) &
+  sleep 30
+  ( LP_ARM=lp-prep step lp-before lp before ) &
+  local entry name model lr extra
+  for entry in $REH_SWEEP; do
+    IFS=: read -r name model lr extra <<< "$entry"
+    ( step "reh-$name" rehearse "$name" "$model" "$lr" ${extra//,/ } ) &
+    sleep 5
+  done
   wait
 }
 QUEUE_probe() {  # learnability probe: supervised on the correct answers of every task (GPU $PROBE_GPU, default 0)

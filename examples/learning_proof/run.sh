@@ -18,6 +18,8 @@
 #   TRAIN_TASKS=$TASKS (GRPO's training tasks; validation and tests keep every task of TASKS, so the tasks an arm
 #   does not train on are its control)
 #   SEED=0 WARMUP_STEPS=300 WARMUP_BS=16 WARMUP_LR=3e-4 STEPS=80 GRPO_TIMEOUT=0 (seconds; 0 = no limit)
+#   LISTEN_STEPS=1000 LISTEN_SIZE=4096 LISTEN_BS=32 LISTEN_LR=1e-3 LISTEN_SHARE=0.5 (the listening warm-up after the
+#   format warm-up: code-word rows with correct codes, docs/learning.md; LISTEN_STEPS=0 skips it)
 #   PROBE_SIZE=16384 PROBE_STEPS=1000 PROBE_LR=1e-3 (the probe phase)
 #   EVAL_GPU_MEM=0.3 (vLLM's memory fraction in the evaluations) EVAL_KV_GIB= (a fixed KV cache instead of vLLM's
 #   start-up memory profile: set it when another process shares the GPU)
@@ -36,6 +38,8 @@ TASKS=${TASKS:-sound,music}; TRAIN_TASKS=${TRAIN_TASKS:-$TASKS}; SEED=${SEED:-0}
 TRAIN_SIZE=${TRAIN_SIZE:-2048}; VAL_SIZE=${VAL_SIZE:-240}; TEST_SIZE=${TEST_SIZE:-480}
 WARMUP_STEPS=${WARMUP_STEPS:-300}; WARMUP_BS=${WARMUP_BS:-16}; WARMUP_LR=${WARMUP_LR:-3e-4}
 STEPS=${STEPS:-80}; GRPO_TIMEOUT=${GRPO_TIMEOUT:-0}
+LISTEN_STEPS=${LISTEN_STEPS:-1000}; LISTEN_SIZE=${LISTEN_SIZE:-4096}; LISTEN_BS=${LISTEN_BS:-32}
+LISTEN_LR=${LISTEN_LR:-1e-3}; LISTEN_SHARE=${LISTEN_SHARE:-0.5}
 PROBE_SIZE=${PROBE_SIZE:-16384}; PROBE_STEPS=${PROBE_STEPS:-1000}; PROBE_LR=${PROBE_LR:-1e-3}
 MACHINE=()
 if [ "${NO_FLASH_ATTN:-0}" = 1 ]; then
@@ -73,15 +77,34 @@ warm() {
   [ -f "$P/test.parquet" ] || timed data_test "${build[@]}" --size "$TEST_SIZE" --seed $((SEED + 303)) --split test --out "$P/test.parquet" || return 1
   grep -h "skipped\|rows" "$LOGS"/data_*.log 2>/dev/null | head -n 12
   $PY "$HERE/per_task_source.py" "$P/val.parquet" "$P/val-per-task.parquet" || return 1
-  [ -f "$P/small-warm/model.safetensors" ] || timed warmup $PY "$HERE/warmup.py" --model "$P/small" --data "$P/train.parquet" \
-    --out "$P/small-warm" --steps "$WARMUP_STEPS" --batch-size "$WARMUP_BS" --lr "$WARMUP_LR" --seed "$SEED" || return 1
-  cp "$P/small-warm_warmup_log.jsonl" "$LOGS/" 2>/dev/null
+  [ "$LISTEN_STEPS" -gt 0 ] || { fmt_warmup "$P/small-warm" || return 1; return 0; }
+  fmt_warmup "$P/small-fmt" || return 1
+  # listening: its own rows (seed +505), half of each batch in code words with the correct code, half real options
+  # with random targets (the format kept, no real option tied to the audio)
+  [ -f "$P/listen.parquet" ] || timed data_listen build_data "$TASKS" --size "$LISTEN_SIZE" --seed $((SEED + 505)) \
+    --split train --out "$P/listen.parquet" || return 1
+  [ -f "$P/small-warm/model.safetensors" ] || timed listen $PY "$HERE/warmup.py" --model "$P/small-fmt" \
+    --data "$P/listen.parquet" --out "$P/small-warm" --steps "$LISTEN_STEPS" --batch-size "$LISTEN_BS" \
+    --lr "$LISTEN_LR" --warmup-steps 20 --listen-share "$LISTEN_SHARE" --seed $((SEED + 1)) --log-every 100 || return 1
+  cp "$P/small-warm_warmup_log.jsonl" "$LOGS/listen_warmup_log.jsonl" 2>/dev/null
+}
+
+fmt_warmup() {  # fmt_warmup OUT: the format warm-up (random targets among the listed choices)
+  [ -f "$1/model.safetensors" ] || timed warmup $PY "$HERE/warmup.py" --model "$P/small" --data "$P/train.parquet" \
+    --out "$1" --steps "$WARMUP_STEPS" --batch-size "$WARMUP_BS" --lr "$WARMUP_LR" --seed "$SEED" || return 1
+  cp "$1_warmup_log.jsonl" "$LOGS/" 2>/dev/null
+  return 0
 }
 
 before() {
   [ -f "$P/small-warm/model.safetensors" ] || { echo "eval before needs the warmed model: run warm first" >&2; return 1; }
   timed eval_before $R1AQA eval --model "$P/small-warm" --data "$P/test.parquet" --backend "$BACKEND" "${EVAL_ARGS[@]}" \
     --out "$P/eval-before" || return 1
+  [ "$LISTEN_STEPS" -gt 0 ] || return 0
+  # did the listening warm-up teach listening? the same test clips in code words (not part of the proof's score)
+  [ -f "$P/test-codes.parquet" ] || $PY "$HERE/code_words.py" "$P/test.parquet" "$P/test-codes.parquet" || return 1
+  timed eval_codes $R1AQA eval --model "$P/small-warm" --data "$P/test-codes.parquet" --backend "$BACKEND" \
+    "${EVAL_ARGS[@]}" --out "$P/eval-codes" && cp "$P/eval-codes/report.md" "$LOGS/eval-codes-report.md"
 }
 
 train_file() {  # the GRPO training parquet: prep's, or (TRAIN_TASKS != TASKS) the same size and seed on those tasks

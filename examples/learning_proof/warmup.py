@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # code_words, beside this script
+
 ANSWER = "<answer>{}</answer>"
 # Everything the builder writes besides the weights (copied from the input checkpoint).
 NON_WEIGHT_FILES = ("config.json", "generation_config.json", "processor_config.json", "preprocessor_config.json",
@@ -100,6 +102,18 @@ def encode_batch(processor: Any, rows: list[dict[str, Any]], targets: list[str],
             "input_features": torch.stack(feats), "feature_attention_mask": torch.stack(fmask)}
 
 
+def code_rows(rows: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
+    """Each row with its options renamed to code words (code_words.py); the clip is shared, not copied."""
+    from code_words import code_map, encode_row
+
+    codes = code_map()
+    out = []
+    for i, r in enumerate(rows):
+        choices, answer = encode_row(r["choices"], r["answer"], codes, f"{path} row {i}")
+        out.append({"question": r["question"], "choices": choices, "answer": answer, "audio": r["audio"]})
+    return out
+
+
 def pick_targets(rows: list[dict[str, Any]], mode: str, rng: Any) -> list[str]:
     """Each row's target: a fresh uniform choice ("random", the warm-up) or its answer ("correct", the probe)."""
     if mode == "correct":
@@ -109,20 +123,25 @@ def pick_targets(rows: list[dict[str, Any]], mode: str, rng: Any) -> list[str]:
     raise ValueError(f"targets must be 'random' or 'correct', not {mode!r}")
 
 
-def target_loss(model: Any, batch: dict[str, Any]) -> Any:
-    """Mean cross-entropy over target tokens; the LM head runs on target positions only (151k-wide vocab)."""
+def token_losses(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+    """Cross-entropy of every target token and the batch row it belongs to (the LM head runs on targets only)."""
     import torch.nn.functional as F
 
     inner = getattr(model, "model", None)
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
+    pos = labels[:, 1:] != -100
+    row = pos.nonzero()[:, 0]
     if inner is not None and hasattr(model, "lm_head"):  # transformers 5: model.model -> hidden states
-        hidden = inner(**inputs).last_hidden_state
-        pos = labels[:, 1:] != -100
-        logits = model.lm_head(hidden[:, :-1][pos])
-        return F.cross_entropy(logits.float(), labels[:, 1:][pos])
-    logits = model(**inputs).logits
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        logits = model.lm_head(inner(**inputs).last_hidden_state[:, :-1][pos])
+    else:
+        logits = model(**inputs).logits[:, :-1][pos]
+    return F.cross_entropy(logits.float(), labels[:, 1:][pos], reduction="none"), row
+
+
+def target_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """Mean cross-entropy over target tokens."""
+    return token_losses(model, batch)[0].mean()
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -167,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", choices=("random", "correct"), default="random",
                         help="random: the format warm-up; correct: a supervised probe of how fast the model CAN "
                              "learn the audio -> answer mapping at this lr (the loss falls below chance only then)")
+    parser.add_argument("--listen-share", type=float, default=0.0,
+                        help="share of each batch shown as code-word rows (code_words.py) with the CORRECT code "
+                             "as target: teaches listening without tying any real option to the audio")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--log-every", type=int, default=10)
     args = parser.parse_args(argv)
@@ -188,9 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     n_train = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     rows = load_rows(args.data, args.limit)
+    if not 0.0 <= args.listen_share <= 1.0:
+        parser.error(f"--listen-share must be within [0, 1], got {args.listen_share}")
+    n_code = round(args.listen_share * args.batch_size)
+    coded = code_rows(rows, args.data) if n_code else []
     rng = np.random.default_rng(args.seed)
     print(f"[warmup] {len(rows)} rows, {n_train / 1e6:.1f}M trainable parameters, device {device}, "
-          f"{args.steps} steps x {args.batch_size}, lr {args.lr}, {args.targets} targets", flush=True)
+          f"{args.steps} steps x {args.batch_size} ({n_code} code-word rows with correct codes), lr {args.lr}, "
+          f"{args.targets} targets", flush=True)
 
     log = (out.parent / (out.name + "_warmup_log.jsonl"))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -201,22 +228,31 @@ def main(argv: list[str] | None = None) -> int:
             if len(order) < args.batch_size:
                 order += rng.permutation(len(rows)).tolist()
             idx, order = order[: args.batch_size], order[args.batch_size :]
-            batch_rows = [rows[i] for i in idx]
-            targets = pick_targets(batch_rows, args.targets, rng)
+            # the first n_code rows of the batch are shown in code words (their own clips, not the name rows')
+            batch_rows = [coded[i] for i in idx[:n_code]] + [rows[i] for i in idx[n_code:]]
+            targets = (pick_targets(batch_rows[:n_code], "correct", rng)
+                       + pick_targets(batch_rows[n_code:], args.targets, rng))
             batch = {k: v.to(device) for k, v in encode_batch(processor, batch_rows, targets, args.prompt).items()}
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, args.steps, args.lr, args.warmup_steps)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-                loss = target_loss(model, batch)
+                per_token, row = token_losses(model, batch)
+            loss = per_token.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             rec = {"step": step + 1, "loss": round(loss.item(), 4), "grad_norm": round(float(gnorm), 3),
                    "lr": opt.param_groups[0]["lr"], "s": round(time.perf_counter() - start, 1)}
+            if n_code:  # the two halves apart: the code rows' loss falls below chance only if the model listens
+                is_code = row < n_code
+                rec["code_loss"] = round(per_token[is_code].mean().item(), 4)
+                if n_code < args.batch_size:
+                    rec["name_loss"] = round(per_token[~is_code].mean().item(), 4)
             f.write(json.dumps(rec) + "\n")
             if (step + 1) % args.log_every == 0 or step == 0 or step + 1 == args.steps:
-                print(f"[warmup] step {rec['step']}/{args.steps} loss {rec['loss']:.4f} "
+                parts = "".join(f" {k} {rec[k]:.4f}" for k in ("code_loss", "name_loss") if k in rec)
+                print(f"[warmup] step {rec['step']}/{args.steps} loss {rec['loss']:.4f}{parts} "
                       f"grad_norm {rec['grad_norm']:.2f} lr {rec['lr']:.2e} {rec['s']:.0f} s", flush=True)
     model.eval()
     save_checkpoint(model, src, out)
