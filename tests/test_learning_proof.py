@@ -178,11 +178,11 @@ def test_recipe_composes(tmp_path):
 
     cfg = yaml.safe_load(res.stdout)
     assert cfg["data"]["train_batch_size"] == 32 and cfg["actor_rollout_ref"]["rollout"]["n"] == 8
-    assert cfg["actor_rollout_ref"]["actor"]["use_kl_loss"] is False
+    actor = cfg["actor_rollout_ref"]["actor"]
+    assert actor["use_kl_loss"] is True and actor["kl_loss_coef"] == 0.04 and actor["kl_loss_type"] == "k3"
     assert cfg["trainer"]["test_freq"] == 5 and cfg["trainer"]["n_gpus_per_node"] == 1
     assert cfg["data"]["custom_cls"]["name"] == "AQADataset"
-    actor = cfg["actor_rollout_ref"]["actor"]
-    assert actor["optim"]["lr"] == 1e-4 and actor["ppo_mini_batch_size"] == 8
+    assert actor["optim"]["lr"] == 3e-4 and actor["ppo_mini_batch_size"] == 8
     assert cfg["algorithm"]["rollout_correction"]["bypass_mode"] is True
     assert cfg["actor_rollout_ref"]["rollout"]["calculate_log_probs"] is True
 

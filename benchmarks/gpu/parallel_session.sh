@@ -152,7 +152,8 @@ QUEUE_lp1() {  # learning proof, two GRPO arms on one GPU (GPU $LP_GPU, default 
 REH_SWEEP=${REH_SWEEP:-"listen-1e-4:small-warm:1e-4 listen-3e-4:small-warm:3e-4 listen-1e-3:small-warm:1e-3 fmt-3e-4:small-fmt:3e-4 listen-3e-4-kl:small-warm:3e-4:--kl-coef,0.04"}
 rehearse() {  # rehearse NAME MODEL LR [ARGS...]: GRPO rehearsal on PREP's data until the deadline
   local name=$1 model=$2 lr=$3; shift 3
-  timeout -k 10 "$(left 90)" python3 "$REPO/examples/learning_proof/grpo_rehearsal.py" --model "$PREP/$model" \
+  # 2 threads each: five untethered torch processes took the host's 16 cores and starved verl's start-up (2026-11-29)
+  OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 timeout -k 10 "$(left 90)" python3 "$REPO/examples/learning_proof/grpo_rehearsal.py" --model "$PREP/$model" \
     --data "$PREP/train.parquet" --val "$PREP/val.parquet" --val-rows 240 --val-every 10 --steps 2000 \
     --prompts 32 --lr "$lr" --out "$S/reh-$name.jsonl" "$@"
   local rc=$?; [ $rc -eq 124 ] && return 0; return $rc   # stopped by the deadline: the expected end
