@@ -148,8 +148,10 @@ QUEUE_lp1() {  # learning proof, two GRPO arms on one GPU (GPU $LP_GPU, default 
 # The GRPO update itself in plain torch (examples/learning_proof/grpo_rehearsal.py), several settings side by side on
 # the same GPU as the verl arm: each runs until the deadline, logging every step (a sweep of what the CPU takes
 # 30 s a step for). REH_SWEEP: "name:model:lr[:extra,args]" entries, space-separated (commas in the extra args
-# become spaces); model is a folder of PREP.
-REH_SWEEP=${REH_SWEEP:-"listen-1e-4:small-warm:1e-4 listen-3e-4:small-warm:3e-4 listen-1e-3:small-warm:1e-3 fmt-3e-4:small-fmt:3e-4 listen-3e-4-kl:small-warm:3e-4:--kl-coef,0.04"}
+# become spaces); model is a folder of PREP. The default: the recipe's own setting (a check of the rehearsal against
+# the verl arm beside it) and one variant. The fifth session's five (listen-1e-4:small-warm:1e-4 listen-3e-4:...
+# listen-1e-3:... fmt-3e-4:small-fmt:3e-4 listen-3e-4-kl:small-warm:3e-4:--kl-coef,0.04) starved the verl arm.
+REH_SWEEP=${REH_SWEEP-"recipe:small-warm:3e-4:--kl-coef,0.04 lr5e-4-kl:small-warm:5e-4:--kl-coef,0.04"}
 rehearse() {  # rehearse NAME MODEL LR [ARGS...]: GRPO rehearsal on PREP's data until the deadline
   local name=$1 model=$2 lr=$3; shift 3
   # 2 threads each: five untethered torch processes took the host's 16 cores and starved verl's start-up (2026-11-29)

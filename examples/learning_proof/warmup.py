@@ -7,6 +7,11 @@ every step, so the model learns the tags, the choice vocabulary and to stop, whi
 information about the target (accuracy stays at chance). Loss on the target tokens only. The audio tower is
 frozen by default (it is not what the warm-up is about; the real Whisper weights stay as they are).
 
+With ``--listen-share F`` (the listening warm-up, run after the format warm-up) a share F of each batch is shown in
+code words (code_words.py: every option renamed by a fixed arbitrary map) with the CORRECT code as target, the rest
+as above: the model learns to read the audio, while no real option's words are tied to a sound. The log then splits
+the loss into ``code_loss`` and ``name_loss``.
+
     python examples/learning_proof/warmup.py --model small --data train.parquet --out small-warm \
         --steps 300 --batch-size 16 --lr 3e-4 --seed 0
 
@@ -137,11 +142,6 @@ def token_losses(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     else:
         logits = model(**inputs).logits[:, :-1][pos]
     return F.cross_entropy(logits.float(), labels[:, 1:][pos], reduction="none"), row
-
-
-def target_loss(model: Any, batch: dict[str, Any]) -> Any:
-    """Mean cross-entropy over target tokens."""
-    return token_losses(model, batch)[0].mean()
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
