@@ -140,6 +140,33 @@ def test_parallel_session_runs_queues_detached_and_packs_logs(tmp_path: Path) ->
     assert "| grpo-x-2gpu | 2 | 1 |" in (tmp_path / "out" / "grpo-table.md").read_text()  # the 7B table, packed
 
 
+@pytest.mark.parametrize("sweep", [None, "", "a:small-warm:1e-4 b:small-fmt:3e-4:--kl-coef,0.04,--freeze,lm_head"])
+def test_lps_queue_runs_the_verl_arm_before_eval_and_each_rehearsal(tmp_path: Path, sweep: str | None) -> None:
+    # the learning-proof phases and the rehearsal itself replaced by stubs that record their arguments
+    stubs = tmp_path / "stubs.sh"
+    stubs.write_text('lp() { echo "lp $LP_ARM $* extra=${LP_EXTRA:+set}" >> "$S/calls"; }\n'
+                     'rehearse() { echo "rehearse $*" >> "$S/calls"; }\n')
+    env = {**os.environ, "SESSION_DIR": str(tmp_path / "s"), "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "w"),
+           "QUEUE_FILE": str(stubs), "QUEUES": "lps", "STAGGER": "0", "LP_STAGGER": "0", "R1AQA_SITE_READY": "1",
+           "PYTHONPATH": ""}
+    if sweep is not None:
+        env["REH_SWEEP"] = sweep
+    script = str(BENCH / "gpu" / "parallel_session.sh")
+    assert subprocess.run(["bash", script, "start", "3"], env=env, capture_output=True, timeout=60).returncode == 0
+    done = subprocess.run(["bash", script, "wait", "60"], env=env, capture_output=True, text=True, timeout=90)
+    assert "ALL DONE" in done.stdout, done.stdout + done.stderr
+    calls = sorted((tmp_path / "s" / "calls").read_text().splitlines())
+    if sweep is None:  # the default: the recipe's setting and one variant
+        expected = ["rehearse lr5e-4-kl small-warm 5e-4 --kl-coef 0.04", "rehearse recipe small-warm 3e-4 --kl-coef 0.04"]
+    elif sweep == "":  # none
+        expected = []
+    else:  # commas in an entry's extra part become separate arguments
+        expected = ["rehearse a small-warm 1e-4", "rehearse b small-fmt 3e-4 --kl-coef 0.04 --freeze lm_head"]
+    # lp_grpo's own lp call carries the arm's shared-GPU overrides (fixed vLLM KV cache)
+    assert calls == sorted(["lp lp-prep warm extra=", "lp lp-all grpo extra=set", "lp lp-all after extra=set",
+                            "lp lp-prep before extra=", *expected])
+
+
 def test_merge_overrides_later_wins_and_keeps_plus() -> None:
     merged = gsb.merge_overrides(["a.b=1", "+c.d=x"], ["a.b=2", "c.d=y", "e=3"])
     assert merged == ["a.b=2", "+c.d=y", "e=3"]

@@ -165,13 +165,13 @@ QUEUE_lps() {  # learning proof on one GPU: warm-up (format + listening), the ve
   export CUDA_VISIBLE_DEVICES=${LP_GPU:-0} PREP=$W/lp-prep EVAL_KV_GIB=2 EVAL_GPU_MEM=0.1
   LP_ARM=lp-prep step lp-warm lp warm || return 1
   ( export LP_ARM=lp-all LP_EXTRA="$LP_SHARE"; step lp-all-grpo lp_grpo; step lp-all-after lp after ) &
-  sleep 30
+  sleep "${LP_STAGGER:-30}"   # verl's Ray cluster and vLLM server pick their ports before the next start-up
   ( LP_ARM=lp-prep step lp-before lp before ) &
   local entry name model lr extra
   for entry in $REH_SWEEP; do
     IFS=: read -r name model lr extra <<< "$entry"
     ( step "reh-$name" rehearse "$name" "$model" "$lr" ${extra//,/ } ) &
-    sleep 5
+    sleep "${LP_STAGGER:-5}"
   done
   wait
 }
