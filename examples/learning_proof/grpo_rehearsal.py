@@ -149,10 +149,11 @@ class Policy:
                 else:
                     nxt = logits.argmax(-1)
                 chosen = logp.gather(1, nxt[:, None])[:, 0]
-                for r in range(rows):
-                    if not done[r]:
-                        toks[r].append(int(nxt[r]))
-                        lps[r].append(float(chosen[r]))
+                # one device-to-host copy per token, not three per row (each one a CUDA sync on the GPU)
+                for r, (tok, lp, finished) in enumerate(zip(nxt.tolist(), chosen.tolist(), done.tolist())):
+                    if not finished:
+                        toks[r].append(tok)
+                        lps[r].append(lp)
                 done |= nxt == self.im_end
                 if bool(done.all()):
                     break
