@@ -86,13 +86,9 @@ class VerlQwen2AudioProcessor(Qwen2AudioProcessor):
         audios = [audio] if isinstance(audio, np.ndarray) else list(audio)
         if other or placeholders != len(audios) or not all(isinstance(a, np.ndarray) and a.ndim == 1 for a in audios):
             return None
-        rate = sampling_rate or self.feature_extractor.sampling_rate
-        pairs = [self._clip_features(a, rate) for a in audios]
-        expanded = self.expand_audio_tokens(texts, [int(m.sum()) for _, m in pairs])
-        data = dict(super().__call__(text=expanded))
-        data["input_features"] = np.stack([f for f, _ in pairs])
-        data["feature_attention_mask"] = np.stack([m for _, m in pairs])
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        feats = self._stacked_features(audios, sampling_rate)
+        expanded = self.expand_audio_tokens(texts, [int(m.sum()) for m in feats["feature_attention_mask"]])
+        return BatchFeature(data={**super().__call__(text=expanded), **feats}, tensor_type=return_tensors)
 
     def expand_audio_tokens(self, texts: list[str], frames: list[int]) -> list[str]:
         """Each ``<|AUDIO|>`` repeated once per encoder output frame of its clip (``frames``: valid mel frames per
@@ -123,15 +119,19 @@ class VerlQwen2AudioProcessor(Qwen2AudioProcessor):
         audios = [audio] if isinstance(audio, np.ndarray) else list(audio)
         if os.environ.get(DIAG_ENV):
             audios = [diagnostic_audio(np.asarray(a), os.environ[DIAG_ENV]) for a in audios]
-        rate = sampling_rate or self.feature_extractor.sampling_rate
-        pairs = [self._clip_features(np.asarray(a), rate) for a in audios]
-        data = {"input_features": np.stack([f for f, _ in pairs]),
-                "feature_attention_mask": np.stack([m for _, m in pairs])}
+        data = self._stacked_features([np.asarray(a) for a in audios], sampling_rate)
         from r1aqa_plugin.models.qwen2_audio.verl_hooks import _trace
 
         _trace("actor audio features", f"input_features {np.shape(data['input_features'])}, "
                f"{int(np.sum(data['feature_attention_mask']))} valid frames")
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _stacked_features(self, audios: list[np.ndarray], sampling_rate: int | None) -> dict[str, np.ndarray]:
+        """``input_features`` and ``feature_attention_mask`` of the clips, one row each, from the per-clip cache."""
+        rate = sampling_rate or self.feature_extractor.sampling_rate
+        pairs = [self._clip_features(a, rate) for a in audios]
+        return {"input_features": np.stack([f for f, _ in pairs]),
+                "feature_attention_mask": np.stack([m for _, m in pairs])}
 
     def _clip_features(self, clip: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
         """One clip's features and frame mask, computed once per distinct clip in this process.
