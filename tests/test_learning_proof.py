@@ -311,7 +311,7 @@ def test_rehearsal_shared_prompt_forward_equals_the_full_model(tiny_model_dir, t
     reh = _rehearsal()
     rows = list(build_synthetic(BuildReport("synthetic-aqa"), size=2, seed=5, tasks="sound"))
     pd.DataFrame(rows).to_parquet(tmp_path / "syn.parquet")
-    items = reh.load_items(str(tmp_path / "syn.parquet"))
+    items = reh.load_rows(str(tmp_path / "syn.parquet"))
     policy = reh.Policy(str(tiny_model_dir), "cpu")
     toks, lps = policy.sample(items, 3, 6, 1.0, torch.Generator().manual_seed(0))
     assert len(toks) == 6 and all(1 <= len(t) <= 6 for t in toks)

@@ -36,27 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from warmup import prompt_text  # noqa: E402  (same prompt rendering as the warm-up and AQADataset)
-
-
-def load_items(path: str) -> list[dict[str, Any]]:
-    """Rows of an AQA parquet: prompt fields, answer, task and the 16 kHz clip."""
-    import pandas as pd
-
-    from r1aqa_plugin.audio import load_audio
-
-    items = []
-    for rec in pd.read_parquet(path).to_dict("records"):
-        audios = list(rec["audios"])
-        if len(audios) != 1:
-            raise ValueError(f"{path}: row {rec['extra_info']['id']} has {len(audios)} audio items, expected 1")
-        info = rec["extra_info"]
-        items.append({"id": info["id"], "task": info.get("sub_category") or rec["data_source"],
-                      "question": rec["question"], "choices": [str(c) for c in rec["choices"]],
-                      "answer": rec["answer"], "data_source": rec["data_source"], "audio": load_audio(audios[0])})
-    if not items:
-        raise ValueError(f"{path}: no rows")
-    return items
+from warmup import load_rows, prompt_text  # noqa: E402  (same rows and prompt rendering as the warm-up)
 
 
 class Policy:
@@ -345,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     # the frozen start model, as verl's reference; same checkpoint and frozen tower, so the same cached tower rows
     reference = Policy(args.model, device, tower_cache=policy._cache) if args.kl_coef > 0 else None
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=args.adam_eps, weight_decay=0.0)
-    train = load_items(args.data)
-    val = load_items(args.val)[: args.val_rows] if args.val else []
+    train = load_rows(args.data)
+    val = load_rows(args.val, args.val_rows) if args.val and args.val_rows > 0 else []
     print(f"[rehearsal] {len(train)} train rows, {len(val)} val rows, lr {args.lr} (warm-up {args.warmup_steps}), "
           f"Adam eps {args.adam_eps:g}, frozen: audio tower{',' if args.freeze else ''}{args.freeze}, "
           f"{args.steps} steps x {args.prompts} prompts x {args.n}, mini-batches of {args.mini}, device {device}",

@@ -44,7 +44,7 @@ NON_WEIGHT_FILES = ("config.json", "generation_config.json", "processor_config.j
 
 
 def load_rows(path: str, limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows of an AQA parquet with decoded 16 kHz audio (first clip of each row)."""
+    """Rows of an AQA parquet: prompt fields, answer, id, task (sub-category), data_source and the 16 kHz clip."""
     import pandas as pd
 
     from r1aqa_plugin.audio import load_audio
@@ -57,8 +57,10 @@ def load_rows(path: str, limit: int | None = None) -> list[dict[str, Any]]:
         audios = list(rec["audios"])
         if len(audios) != 1:
             raise ValueError(f"{path}: row {rec['extra_info']['id']} has {len(audios)} audio items, expected 1")
-        rows.append({"question": rec["question"], "choices": [str(c) for c in rec["choices"]],
-                     "answer": rec["answer"], "audio": load_audio(audios[0])})
+        info = rec["extra_info"]
+        rows.append({"id": info["id"], "task": info.get("sub_category") or rec["data_source"],
+                     "question": rec["question"], "choices": [str(c) for c in rec["choices"]],
+                     "answer": rec["answer"], "data_source": rec["data_source"], "audio": load_audio(audios[0])})
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows
