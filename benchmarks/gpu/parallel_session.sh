@@ -135,14 +135,21 @@ QUEUE_gpu1() {  # learning proof GRPO on all tasks (the recipe as shipped)
 # Sharing one GPU: a 0.2B model's vLLM needs ~1 GB of KV cache for 256 x 404 tokens; a fixed size skips vLLM's
 # start-up memory profile, which asserts when another process on the GPU frees memory meanwhile.
 LP_SHARE="actor_rollout_ref.rollout.gpu_memory_utilization=0.1 +actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes=3221225472"
-QUEUE_lp1() {  # learning proof, two GRPO arms on one GPU (GPU $LP_GPU, default 0), the recipe's own settings
+lp_shared_prep() {  # the one-GPU learning-proof queues: shared prep on GPU $LP_GPU (default 0), its warm-up
   export CUDA_VISIBLE_DEVICES=${LP_GPU:-0} PREP=$W/lp-prep EVAL_KV_GIB=2 EVAL_GPU_MEM=0.1
-  LP_ARM=lp-prep step lp-warm lp warm || return 1
-  ( export LP_ARM=lp-music TRAIN_TASKS=music LP_EXTRA="$LP_SHARE"; step lp-music-grpo lp_grpo; step lp-music-after lp after ) &
+  LP_ARM=lp-prep step lp-warm lp warm
+}
+lp_shared_arm() {  # lp_shared_arm ARM [TRAIN_TASKS]: GRPO then eval after, in the background, sharing the GPU
+  ( export LP_ARM=$1 LP_EXTRA="$LP_SHARE"; [ -n "${2:-}" ] && export TRAIN_TASKS=$2
+    step "$1-grpo" lp_grpo; step "$1-after" lp after ) &
+}
+QUEUE_lp1() {  # learning proof, two GRPO arms on one GPU (GPU $LP_GPU, default 0), the recipe's own settings
+  lp_shared_prep || return 1
+  lp_shared_arm lp-music music
   sleep 30
   ( LP_ARM=lp-prep step lp-before lp before ) &
   sleep 30
-  ( export LP_ARM=lp-all LP_EXTRA="$LP_SHARE"; step lp-all-grpo lp_grpo; step lp-all-after lp after ) &
+  lp_shared_arm lp-all
   wait
 }
 # The GRPO update itself in plain torch (examples/learning_proof/grpo_rehearsal.py), several settings side by side on
@@ -162,9 +169,8 @@ rehearse() {  # rehearse NAME MODEL LR [ARGS...]: GRPO rehearsal on PREP's data 
 }
 QUEUE_lps() {  # learning proof on one GPU: warm-up (format + listening), the verl arm on all tasks, the eval before,
                # and the rehearsal sweep REH_SWEEP, all side by side (GPU $LP_GPU, default 0)
-  export CUDA_VISIBLE_DEVICES=${LP_GPU:-0} PREP=$W/lp-prep EVAL_KV_GIB=2 EVAL_GPU_MEM=0.1
-  LP_ARM=lp-prep step lp-warm lp warm || return 1
-  ( export LP_ARM=lp-all LP_EXTRA="$LP_SHARE"; step lp-all-grpo lp_grpo; step lp-all-after lp after ) &
+  lp_shared_prep || return 1
+  lp_shared_arm lp-all
   sleep "${LP_STAGGER:-30}"   # verl's Ray cluster and vLLM server pick their ports before the next start-up
   ( LP_ARM=lp-prep step lp-before lp before ) &
   local entry name model lr extra
