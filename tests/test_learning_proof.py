@@ -135,6 +135,19 @@ def _example(name: str):
         sys.path.pop(0)
 
 
+def _sound_parquet(tmp_path: Path, size: int, seed: int) -> tuple[list[dict], Path]:
+    """``size`` synthetic-aqa sound rows written to tmp_path/syn.parquet: the rows and the path."""
+    import pandas as pd
+
+    from r1aqa_plugin.data.records import BuildReport
+    from r1aqa_plugin.data.synthetic import build_synthetic
+
+    rows = list(build_synthetic(BuildReport("synthetic-aqa"), size=size, seed=seed, tasks="sound"))
+    path = tmp_path / "syn.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    return rows, path
+
+
 def _plot_module():
     return _example("plot")
 
@@ -189,13 +202,7 @@ def test_recipe_composes(tmp_path):
 
 # -------------------------------------------------------------------------------------------------- warm-up
 def test_warmup_two_steps_saves_original_names(tiny_model_dir, tmp_path):
-    import pandas as pd
-
-    from r1aqa_plugin.data.records import BuildReport
-    from r1aqa_plugin.data.synthetic import build_synthetic
-
-    rows = list(build_synthetic(BuildReport("synthetic-aqa"), size=4, seed=3, tasks="sound"))
-    pd.DataFrame(rows).to_parquet(tmp_path / "syn.parquet")
+    rows, syn = _sound_parquet(tmp_path, 4, 3)
     warmup = _example("warmup")
 
     # the prompt is AQADataset's: chat template, audio item first, assistant turn opened
@@ -211,7 +218,7 @@ def test_warmup_two_steps_saves_original_names(tiny_model_dir, tmp_path):
     assert proc.tokenizer.decode(target) == "<answer>one</answer><|im_end|>"
 
     out = tmp_path / "warm"
-    assert warmup.main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "syn.parquet"), "--out", str(out),
+    assert warmup.main(["--model", str(tiny_model_dir), "--data", str(syn), "--out", str(out),
                         "--steps", "2", "--batch-size", "2", "--device", "cpu"]) == 0
     log = [json.loads(line) for line in (tmp_path / "warm_warmup_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
@@ -302,16 +309,11 @@ def test_rehearsal_kl_loss_is_verls_k3_and_zero_at_the_reference():
 
 
 def test_rehearsal_shared_prompt_forward_equals_the_full_model(tiny_model_dir, tmp_path):
-    import pandas as pd
     import torch
 
-    from r1aqa_plugin.data.records import BuildReport
-    from r1aqa_plugin.data.synthetic import build_synthetic
-
     reh = _rehearsal()
-    rows = list(build_synthetic(BuildReport("synthetic-aqa"), size=2, seed=5, tasks="sound"))
-    pd.DataFrame(rows).to_parquet(tmp_path / "syn.parquet")
-    items = reh.load_rows(str(tmp_path / "syn.parquet"))
+    _, syn = _sound_parquet(tmp_path, 2, 5)
+    items = reh.load_rows(str(syn))
     policy = reh.Policy(str(tiny_model_dir), "cpu")
     toks, lps = policy.sample(items, 3, 6, 1.0, torch.Generator().manual_seed(0))
     assert len(toks) == 6 and all(1 <= len(t) <= 6 for t in toks)
@@ -332,16 +334,10 @@ def test_rehearsal_shared_prompt_forward_equals_the_full_model(tiny_model_dir, t
 
 
 def test_rehearsal_one_step_logs_the_update(tiny_model_dir, tmp_path):
-    import pandas as pd
-
-    from r1aqa_plugin.data.records import BuildReport
-    from r1aqa_plugin.data.synthetic import build_synthetic
-
-    rows = list(build_synthetic(BuildReport("synthetic-aqa"), size=4, seed=6, tasks="sound"))
-    pd.DataFrame(rows).to_parquet(tmp_path / "syn.parquet")
+    _, syn = _sound_parquet(tmp_path, 4, 6)
     out = tmp_path / "reh.jsonl"
-    assert _rehearsal().main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "syn.parquet"),
-                              "--val", str(tmp_path / "syn.parquet"), "--val-every", "1", "--out", str(out),
+    assert _rehearsal().main(["--model", str(tiny_model_dir), "--data", str(syn),
+                              "--val", str(syn), "--val-every", "1", "--out", str(out),
                               "--lr", "1e-4", "--steps", "1", "--prompts", "4", "--n", "2", "--mini", "2",
                               "--max-new-tokens", "4", "--kl-coef", "0.04", "--device", "cpu"]) == 0
     log = [json.loads(line) for line in out.read_text().splitlines()]
@@ -361,8 +357,6 @@ def test_code_words_rename_every_option_one_to_one_and_keep_the_rest(tiny_model_
     import pandas as pd
     from transformers import AutoTokenizer
 
-    from r1aqa_plugin.data.records import BuildReport
-    from r1aqa_plugin.data.synthetic import build_synthetic
     from r1aqa_plugin.data.synthetic.tasks import TASKS
 
     cw = _example("code_words")
@@ -374,10 +368,9 @@ def test_code_words_rename_every_option_one_to_one_and_keep_the_rest(tiny_model_
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert {len(tok(f"<answer>{c}</answer>", add_special_tokens=False)["input_ids"]) for c in codes.values()} == {7}
 
-    rows = list(build_synthetic(BuildReport("synthetic-aqa"), size=6, seed=5, tasks="sound"))
-    pd.DataFrame(rows).to_parquet(tmp_path / "syn.parquet")
-    assert cw.main([str(tmp_path / "syn.parquet"), str(tmp_path / "codes.parquet")]) == 0
-    src, dst = pd.read_parquet(tmp_path / "syn.parquet"), pd.read_parquet(tmp_path / "codes.parquet")
+    _, syn = _sound_parquet(tmp_path, 6, 5)
+    assert cw.main([str(syn), str(tmp_path / "codes.parquet")]) == 0
+    src, dst = pd.read_parquet(syn), pd.read_parquet(tmp_path / "codes.parquet")
     for a, b in zip(src.to_dict("records"), dst.to_dict("records")):
         assert list(b["choices"]) == [codes[c] for c in a["choices"]] and b["answer"] == codes[a["answer"]]
         assert b["reward_model"]["ground_truth"] == b["answer"] and b["question"] == a["question"]
@@ -387,20 +380,14 @@ def test_code_words_rename_every_option_one_to_one_and_keep_the_rest(tiny_model_
 
 
 def test_warmup_listen_share_trains_code_rows_on_the_correct_code(tiny_model_dir, tmp_path):
-    import pandas as pd
-
-    from r1aqa_plugin.data.records import BuildReport
-    from r1aqa_plugin.data.synthetic import build_synthetic
-
-    rows = list(build_synthetic(BuildReport("synthetic-aqa"), size=4, seed=3, tasks="sound"))
-    pd.DataFrame(rows).to_parquet(tmp_path / "syn.parquet")
+    _, syn = _sound_parquet(tmp_path, 4, 3)
     warmup = _example("warmup")
-    decoded = warmup.load_rows(str(tmp_path / "syn.parquet"))
+    decoded = warmup.load_rows(str(syn))
     coded = warmup.code_rows(decoded, "syn.parquet")
     codes = _example("code_words").code_map()
     assert [c["answer"] for c in coded] == [codes[r["answer"]] for r in decoded]
     assert all(c["audio"] is r["audio"] for c, r in zip(coded, decoded))  # the clip is shared, not copied
-    args = ["--model", str(tiny_model_dir), "--data", str(tmp_path / "syn.parquet"), "--out", str(tmp_path / "w"),
+    args = ["--model", str(tiny_model_dir), "--data", str(syn), "--out", str(tmp_path / "w"),
             "--steps", "2", "--batch-size", "4", "--device", "cpu"]
     assert warmup.main([*args, "--listen-share", "0.5"]) == 0
     log = [json.loads(line) for line in (tmp_path / "w_warmup_log.jsonl").read_text().splitlines()]
