@@ -167,6 +167,31 @@ def test_lps_queue_runs_the_verl_arm_before_eval_and_each_rehearsal(tmp_path: Pa
                             "lp lp-prep before extra=", *expected])
 
 
+@pytest.mark.parametrize("arms", [None, "x:instrument y:beep_count:a.b=1;+c.d=2"])
+def test_lp2_queue_runs_each_verl_arm_with_its_tasks_and_overrides(tmp_path: Path, arms: str | None) -> None:
+    stubs = tmp_path / "stubs.sh"
+    stubs.write_text('lp() { echo "lp $LP_ARM $* tasks=${TRAIN_TASKS:-} extra=${LP_EXTRA:+${LP_EXTRA#"$LP_SHARE"}}" >> "$S/calls"; }\n')
+    env = {**os.environ, "SESSION_DIR": str(tmp_path / "s"), "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "w"),
+           "QUEUE_FILE": str(stubs), "QUEUES": "lp2", "STAGGER": "0", "LP_STAGGER": "0", "R1AQA_SITE_READY": "1",
+           "PYTHONPATH": ""}
+    env.pop("TRAIN_TASKS", None)
+    if arms is not None:
+        env["LP_ARMS"] = arms
+    script = str(BENCH / "gpu" / "parallel_session.sh")
+    assert subprocess.run(["bash", script, "start", "3"], env=env, capture_output=True, timeout=60).returncode == 0
+    done = subprocess.run(["bash", script, "wait", "60"], env=env, capture_output=True, text=True, timeout=90)
+    assert "ALL DONE" in done.stdout, done.stdout + done.stderr
+    calls = sorted((tmp_path / "s" / "calls").read_text().splitlines())
+    if arms is None:  # the recipe, and the recipe at lr 5e-4, both on the two tasks the listening warm-up teaches
+        two = "tasks=beep_count,instrument"
+        arm_calls = [f"lp lp-a {p} {two} extra=" for p in ("grpo", "after")] + [
+            f"lp lp-b {p} {two} extra= actor_rollout_ref.actor.optim.lr=5e-4" for p in ("grpo", "after")]
+    else:  # ";" separates an arm's overrides; each arm trains on its own tasks
+        arm_calls = [f"lp x {p} tasks=instrument extra=" for p in ("grpo", "after")] + [
+            f"lp y {p} tasks=beep_count extra= a.b=1 +c.d=2" for p in ("grpo", "after")]
+    assert calls == sorted(["lp lp-prep warm tasks= extra=", "lp lp-prep before tasks= extra=", *arm_calls])
+
+
 def test_merge_overrides_later_wins_and_keeps_plus() -> None:
     merged = gsb.merge_overrides(["a.b=1", "+c.d=x"], ["a.b=2", "c.d=y", "e=3"])
     assert merged == ["a.b=2", "+c.d=y", "e=3"]

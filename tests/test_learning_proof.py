@@ -190,12 +190,13 @@ def test_recipe_composes(tmp_path):
     import yaml
 
     cfg = yaml.safe_load(res.stdout)
-    assert cfg["data"]["train_batch_size"] == 32 and cfg["actor_rollout_ref"]["rollout"]["n"] == 8
+    assert cfg["data"]["train_batch_size"] == 64 and cfg["actor_rollout_ref"]["rollout"]["n"] == 8
     actor = cfg["actor_rollout_ref"]["actor"]
     assert actor["use_kl_loss"] is True and actor["kl_loss_coef"] == 0.04 and actor["kl_loss_type"] == "k3"
     assert cfg["trainer"]["test_freq"] == 5 and cfg["trainer"]["n_gpus_per_node"] == 1
     assert cfg["data"]["custom_cls"]["name"] == "AQADataset"
-    assert actor["optim"]["lr"] == 3e-4 and actor["ppo_mini_batch_size"] == 8
+    # 4 optimizer steps a rollout batch (verl counts the mini-batch in prompts)
+    assert actor["optim"]["lr"] == 3e-4 and cfg["data"]["train_batch_size"] // actor["ppo_mini_batch_size"] == 4
     assert cfg["algorithm"]["rollout_correction"]["bypass_mode"] is True
     assert cfg["actor_rollout_ref"]["rollout"]["calculate_log_probs"] is True
 
@@ -261,6 +262,29 @@ def test_run_sh_eval_before_looks_for_the_warmed_model_in_the_shared_prep_folder
     assert proc.returncode == 1 and "eval before needs the warmed model: run warm first" in proc.stderr
     proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "nonsense"], capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "(prep | warm | before | grpo" in proc.stderr
+
+
+def test_run_sh_warm_listens_to_the_training_tasks_and_keeps_every_task_for_evaluation(tmp_path):
+    # every python call replaced by a stub that logs its arguments and writes what the phase checks for
+    stub = tmp_path / "py"
+    stub.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n[ "$1" = -c ] && exit 0\n'
+                    'out=; while [ $# -gt 0 ]; do [ "$1" = --out ] && out=$2; shift; done\n'
+                    'case $out in *.parquet) touch "$out" ;; "") ;; *) mkdir -p "$out" && touch "$out/model.safetensors" ;; esac\n'
+                    'for a in "$@"; do :; done; case $a in *per-task.parquet) touch "$a" ;; esac\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "WORK": str(tmp_path / "w"), "OUT": str(tmp_path / "o"), "PY": str(stub),
+           "CALLS": str(tmp_path / "calls")}
+    for var in ("TASKS", "TRAIN_TASKS", "LISTEN_TASKS", "PREP"):
+        env.pop(var, None)
+    proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "warm"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    builds = {c.split("--split ")[1].split()[0] + ("-listen" if "listen.parquet" in c else ""): c.split("--tasks ")[1].split()[0]
+              for c in calls if " data build " in c}
+    assert builds == {"train": "sound,music", "val": "sound,music", "test": "sound,music",
+                      "train-listen": "beep_count,instrument"}
+    listen = next(c for c in calls if "listen.parquet" in c and "warmup.py" in c)
+    assert "--steps 1500" in listen and "--listen-share 0.5" in listen and "small-fmt" in listen
 
 
 def test_linear_probe_labels_order_tasks_by_the_audio_and_fits_separable_data():

@@ -16,6 +16,8 @@
 #          fixed KV cache, so no start-up memory profile trips over the others), then each arm's eval after
 #   lps:   the learning proof on one GPU: warm-up (format, then listening), the verl arm on all tasks, the eval
 #          before and a sweep of GRPO rehearsals (plain torch, settings in REH_SWEEP), all side by side
+#   lp2:   the learning proof on one GPU: warm-up (format, then listening), then the verl arms LP_ARMS (default: the
+#          recipe and the recipe at lr 5e-4, both on beep count + instrument) and the eval before side by side
 #   gpu0:  learning proof GRPO trained on the music tasks (the recipe's settings; validated on every task): prep
 #          (model, data, warm-up, eval before) -> GRPO -> eval after, plots
 #   gpu1:  learning proof GRPO on all tasks, same settings and phases
@@ -129,7 +131,7 @@ QUEUE_gpu0() {  # learning proof GRPO on the music tasks only (instrument: learn
   step lp-music-prep lp prep && step lp-music-grpo lp_grpo; step lp-music-after lp after
 }
 QUEUE_gpu1() {  # learning proof GRPO on all tasks (the recipe as shipped)
-  export CUDA_VISIBLE_DEVICES=1 LP_ARM=lp-all
+  export CUDA_VISIBLE_DEVICES=1 LP_ARM=lp-all TRAIN_TASKS=sound,music
   step lp-prep lp prep && step lp-grpo lp_grpo; step lp-after lp after
 }
 # Sharing one GPU: a 0.2B model's vLLM needs ~1 GB of KV cache for 256 x 404 tokens; a fixed size skips vLLM's
@@ -139,9 +141,11 @@ lp_shared_prep() {  # the one-GPU learning-proof queues: shared prep on GPU $LP_
   export CUDA_VISIBLE_DEVICES=${LP_GPU:-0} PREP=$W/lp-prep EVAL_KV_GIB=2 EVAL_GPU_MEM=0.1
   LP_ARM=lp-prep step lp-warm lp warm
 }
-lp_shared_arm() {  # lp_shared_arm ARM [TRAIN_TASKS]: GRPO then eval after, in the background, sharing the GPU
-  ( export LP_ARM=$1 LP_EXTRA="$LP_SHARE"; [ -n "${2:-}" ] && export TRAIN_TASKS=$2
-    step "$1-grpo" lp_grpo; step "$1-after" lp after ) &
+lp_shared_arm() {  # lp_shared_arm ARM [TRAIN_TASKS [OVERRIDES...]]: GRPO then eval after, in the background,
+                   # sharing the GPU; OVERRIDES are more Hydra overrides for this arm's main_ppo
+  local arm=$1 tasks=${2:-}; shift $(($# < 2 ? $# : 2))
+  ( export LP_ARM=$arm LP_EXTRA="$LP_SHARE${*:+ $*}"; [ -n "$tasks" ] && export TRAIN_TASKS=$tasks
+    step "$arm-grpo" lp_grpo; step "$arm-after" lp after ) &
 }
 QUEUE_lp1() {  # learning proof, two GRPO arms on one GPU (GPU $LP_GPU, default 0), the recipe's own settings
   lp_shared_prep || return 1
@@ -149,7 +153,7 @@ QUEUE_lp1() {  # learning proof, two GRPO arms on one GPU (GPU $LP_GPU, default 
   sleep 30
   ( LP_ARM=lp-prep step lp-before lp before ) &
   sleep 30
-  lp_shared_arm lp-all
+  lp_shared_arm lp-all sound,music
   wait
 }
 # The GRPO update itself in plain torch (examples/learning_proof/grpo_rehearsal.py), several settings side by side on
@@ -169,8 +173,9 @@ rehearse() {  # rehearse NAME MODEL LR [ARGS...]: GRPO rehearsal on PREP's data 
 }
 QUEUE_lps() {  # learning proof on one GPU: warm-up (format + listening), the verl arm on all tasks, the eval before,
                # and the rehearsal sweep REH_SWEEP, all side by side (GPU $LP_GPU, default 0)
+  export LISTEN_TASKS=${LISTEN_TASKS:-sound,music}   # the fifth session's setting: listening on every task
   lp_shared_prep || return 1
-  lp_shared_arm lp-all
+  lp_shared_arm lp-all sound,music
   sleep "${LP_STAGGER:-30}"   # verl's Ray cluster and vLLM server pick their ports before the next start-up
   ( LP_ARM=lp-prep step lp-before lp before ) &
   local entry name model lr extra
@@ -179,6 +184,23 @@ QUEUE_lps() {  # learning proof on one GPU: warm-up (format + listening), the ve
     ( step "reh-$name" rehearse "$name" "$model" "$lr" ${extra//,/ } ) &
     sleep "${LP_STAGGER:-5}"
   done
+  wait
+}
+# LP_ARMS: the verl arms of queue lp2, "name:train_tasks[:override;override...]" entries, space-separated (";" in the
+# overrides become spaces). The default: the recipe as shipped, and the same at lr 5e-4 (the rehearsals never tried it).
+LP_ARMS=${LP_ARMS-"lp-a:beep_count,instrument lp-b:beep_count,instrument:actor_rollout_ref.actor.optim.lr=5e-4"}
+QUEUE_lp2() {  # learning proof on one GPU: warm-up (format + listening), then the verl arms LP_ARMS and the eval
+               # before side by side, then each arm's eval after (GPU $LP_GPU, default 0); no rehearsals
+  lp_shared_prep || return 1
+  local entry name tasks extra first=1
+  for entry in $LP_ARMS; do
+    IFS=: read -r name tasks extra <<< "$entry"
+    [ $first = 1 ] || sleep "${LP_STAGGER:-30}"   # Ray clusters and vLLM servers pick their ports one at a time
+    lp_shared_arm "$name" "$tasks" ${extra//;/ }
+    first=0
+  done
+  sleep "${LP_STAGGER:-30}"
+  ( LP_ARM=lp-prep step lp-before lp before ) &
   wait
 }
 QUEUE_probe() {  # learnability probe: supervised on the correct answers of every task (GPU $PROBE_GPU, default 0)

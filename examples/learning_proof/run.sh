@@ -15,11 +15,12 @@
 # them: same held machine). Logs, timings, plots and summary.md go to $OUT (default ./learning-logs).
 # Env knobs (defaults): WORK=/tmp/r1aqa-lp TASKS=sound,music TRAIN_SIZE=2048 VAL_SIZE=240 TEST_SIZE=480
 #   PREP=$WORK (the folder of prep's model, data, warm-up and eval before: arms of one experiment share it)
-#   TRAIN_TASKS=$TASKS (GRPO's training tasks; validation and tests keep every task of TASKS, so the tasks an arm
-#   does not train on are its control)
+#   TRAIN_TASKS=beep_count,instrument (GRPO's training tasks: the two the listening warm-up teaches the model to
+#   hear; validation and tests keep every task of TASKS, so the tasks an arm does not train on are its control)
 #   SEED=0 WARMUP_STEPS=300 WARMUP_BS=16 WARMUP_LR=3e-4 STEPS=80 GRPO_TIMEOUT=0 (seconds; 0 = no limit)
-#   LISTEN_STEPS=1000 LISTEN_SIZE=4096 LISTEN_BS=32 LISTEN_LR=1e-3 LISTEN_SHARE=0.5 (the listening warm-up after the
-#   format warm-up: code-word rows with correct codes, docs/learning.md; LISTEN_STEPS=0 skips it)
+#   LISTEN_STEPS=1500 LISTEN_SIZE=8192 LISTEN_BS=32 LISTEN_LR=1e-3 LISTEN_SHARE=0.5 LISTEN_TASKS=$TRAIN_TASKS (the
+#   listening warm-up after the format warm-up: code-word rows with correct codes, docs/learning.md; LISTEN_STEPS=0
+#   skips it)
 #   PROBE_SIZE=16384 PROBE_STEPS=1000 PROBE_LR=1e-3 (the probe phase)
 #   EVAL_GPU_MEM=0.3 (vLLM's memory fraction in the evaluations) EVAL_KV_GIB= (a fixed KV cache instead of vLLM's
 #   start-up memory profile: set it when another process shares the GPU)
@@ -34,12 +35,12 @@ W=${WORK:-/tmp/r1aqa-lp}; mkdir -p "$W"
 P=${PREP:-$W}; mkdir -p "$P"
 PY=${PY:-python3}
 R1AQA="$PY -m r1aqa_plugin.cli"
-TASKS=${TASKS:-sound,music}; TRAIN_TASKS=${TRAIN_TASKS:-$TASKS}; SEED=${SEED:-0}
+TASKS=${TASKS:-sound,music}; TRAIN_TASKS=${TRAIN_TASKS:-beep_count,instrument}; SEED=${SEED:-0}
 TRAIN_SIZE=${TRAIN_SIZE:-2048}; VAL_SIZE=${VAL_SIZE:-240}; TEST_SIZE=${TEST_SIZE:-480}
 WARMUP_STEPS=${WARMUP_STEPS:-300}; WARMUP_BS=${WARMUP_BS:-16}; WARMUP_LR=${WARMUP_LR:-3e-4}
 STEPS=${STEPS:-80}; GRPO_TIMEOUT=${GRPO_TIMEOUT:-0}
-LISTEN_STEPS=${LISTEN_STEPS:-1000}; LISTEN_SIZE=${LISTEN_SIZE:-4096}; LISTEN_BS=${LISTEN_BS:-32}
-LISTEN_LR=${LISTEN_LR:-1e-3}; LISTEN_SHARE=${LISTEN_SHARE:-0.5}
+LISTEN_STEPS=${LISTEN_STEPS:-1500}; LISTEN_SIZE=${LISTEN_SIZE:-8192}; LISTEN_BS=${LISTEN_BS:-32}
+LISTEN_LR=${LISTEN_LR:-1e-3}; LISTEN_SHARE=${LISTEN_SHARE:-0.5}; LISTEN_TASKS=${LISTEN_TASKS:-$TRAIN_TASKS}
 PROBE_SIZE=${PROBE_SIZE:-16384}; PROBE_STEPS=${PROBE_STEPS:-1000}; PROBE_LR=${PROBE_LR:-1e-3}
 MACHINE=()
 if [ "${NO_FLASH_ATTN:-0}" = 1 ]; then
@@ -79,14 +80,14 @@ warm() {
   $PY "$HERE/per_task_source.py" "$P/val.parquet" "$P/val-per-task.parquet" || return 1
   [ "$LISTEN_STEPS" -gt 0 ] || { fmt_warmup "$P/small-warm" || return 1; return 0; }
   fmt_warmup "$P/small-fmt" || return 1
-  # listening: its own rows (seed +505), half of each batch in code words with the correct code, half real options
-  # with random targets (the format kept, no real option tied to the audio)
-  [ -f "$P/listen.parquet" ] || timed data_listen build_data "$TASKS" --size "$LISTEN_SIZE" --seed $((SEED + 505)) \
+  # listening: its own rows (seed +505) of LISTEN_TASKS, half of each batch in code words with the correct code, half
+  # real options with random targets (the format kept, no real option tied to the audio)
+  [ -f "$P/listen.parquet" ] || timed data_listen build_data "$LISTEN_TASKS" --size "$LISTEN_SIZE" --seed $((SEED + 505)) \
     --split train --out "$P/listen.parquet" || return 1
   [ -f "$P/small-warm/model.safetensors" ] || timed listen $PY "$HERE/warmup.py" --model "$P/small-fmt" \
     --data "$P/listen.parquet" --out "$P/small-warm" --steps "$LISTEN_STEPS" --batch-size "$LISTEN_BS" \
     --lr "$LISTEN_LR" --warmup-steps 20 --listen-share "$LISTEN_SHARE" --seed $((SEED + 1)) --log-every 100 || return 1
-  cp "$P/small-warm_warmup_log.jsonl" "$LOGS/listen_warmup_log.jsonl" 2>/dev/null
+  cp "$P/small-warm_warmup_log.jsonl" "$LOGS/listen_warmup_log.jsonl" 2>/dev/null || true   # a copy for the logs
 }
 
 fmt_warmup() {  # fmt_warmup OUT: the format warm-up (random targets among the listed choices)
