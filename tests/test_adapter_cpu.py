@@ -345,3 +345,57 @@ def test_v1_balance_batch_groups_a_prompts_samples_on_each_rank(processor, monke
             where = [i for i, u in enumerate(uids) if u == uid]
             assert where == list(range(where[0], where[0] + len(where))), (uid, uids)
     assert plain != grouped  # arrival order interleaves prompts; grouping changed it
+
+
+# ----------------------------------------------------------------------------------- hook K: frozen audio tower
+def test_freeze_request_passes_actor_freeze_vision_tower_to_the_engine_build():
+    from omegaconf import OmegaConf
+    from verl.single_controller.base.decorator import MAGIC_ATTR
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    verl_hooks.install()
+    patched = ActorRolloutRefWorker.init_model
+    # the worker group binds init_model by verl's @register attributes: the wrapper must keep them
+    assert getattr(patched, "__r1aqa_patched__", False)
+    assert getattr(patched, MAGIC_ATTR) == getattr(patched.__wrapped__, MAGIC_ATTR)
+    seen = []
+    init_model = verl_hooks._make_freeze_request(lambda self: seen.append(verl_hooks._freeze_audio_tower.get()))
+    for actor in ({"freeze_vision_tower": True}, {"freeze_vision_tower": False}, {}):
+        init_model(type("W", (), {"config": OmegaConf.create({"actor": actor})})())
+    assert seen == [True, False, False] and verl_hooks._freeze_audio_tower.get() is False  # reset after the build
+
+
+def test_engine_build_freezes_the_audio_tower_of_the_actor_only(tiny_model_dir, tmp_path):
+    """verl's real FSDPEngine._build_module (patched by hook K) on the tiny checkpoint: with the flag, the actor's
+    audio encoder has no trainable parameter and everything else still trains; the reference and a run without the
+    flag are untouched."""
+    import torch.distributed as dist
+    from verl.workers.config import FSDPEngineConfig, HFModelConfig
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
+
+    from r1aqa_plugin.models.qwen2_audio.whisper_init import audio_tower_of
+
+    verl_hooks.install()
+    started = not dist.is_initialized()
+    if started:  # verl's init context asks for the rank
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        engine = FSDPEngine.__new__(FSDPEngine)  # only what _build_module reads
+        engine.model_config = HFModelConfig(path=str(tiny_model_dir), override_config={
+            "attn_implementation": "sdpa", "tie_word_embeddings": False})
+        engine.device_mesh, engine.use_remove_padding, engine.ulysses_sequence_parallel_size = None, False, 1
+        trainable = {}
+        for flag, forward_only in ((True, False), (False, False), (True, True)):
+            engine.engine_config = FSDPEngineConfig(forward_only=forward_only)
+            token = verl_hooks._freeze_audio_tower.set(flag)
+            try:
+                module = engine._build_module()
+            finally:
+                verl_hooks._freeze_audio_tower.reset(token)
+            tower = {id(p) for p in audio_tower_of(module).parameters()}
+            trainable[flag, forward_only] = (any(p.requires_grad for p in audio_tower_of(module).parameters()),
+                                             all(p.requires_grad for p in module.parameters() if id(p) not in tower))
+    finally:
+        if started:
+            dist.destroy_process_group()
+    assert trainable == {(True, False): (False, True), (False, False): (True, True), (True, True): (True, True)}

@@ -193,6 +193,7 @@ def test_recipe_composes(tmp_path):
     assert cfg["data"]["train_batch_size"] == 64 and cfg["actor_rollout_ref"]["rollout"]["n"] == 8
     actor = cfg["actor_rollout_ref"]["actor"]
     assert actor["use_kl_loss"] is True and actor["kl_loss_coef"] == 0.04 and actor["kl_loss_type"] == "k3"
+    assert actor["freeze_vision_tower"] is True  # as in the warm-up; applied by hook K
     assert cfg["trainer"]["test_freq"] == 5 and cfg["trainer"]["n_gpus_per_node"] == 1
     assert cfg["data"]["custom_cls"]["name"] == "AQADataset"
     # 4 optimizer steps a rollout batch (verl counts the mini-batch in prompts)
@@ -264,7 +265,7 @@ def test_run_sh_eval_before_looks_for_the_warmed_model_in_the_shared_prep_folder
     assert proc.returncode == 2 and "(prep | warm | before | grpo" in proc.stderr
 
 
-def test_run_sh_warm_listens_to_the_training_tasks_and_keeps_every_task_for_evaluation(tmp_path):
+def test_run_sh_warm_shows_code_words_of_the_training_tasks_and_keeps_every_task_elsewhere(tmp_path):
     # every python call replaced by a stub that logs its arguments and writes what the phase checks for
     stub = tmp_path / "py"
     stub.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n[ "$1" = -c ] && exit 0\n'
@@ -281,10 +282,11 @@ def test_run_sh_warm_listens_to_the_training_tasks_and_keeps_every_task_for_eval
     calls = (tmp_path / "calls").read_text().splitlines()
     builds = {c.split("--split ")[1].split()[0] + ("-listen" if "listen.parquet" in c else ""): c.split("--tasks ")[1].split()[0]
               for c in calls if " data build " in c}
-    assert builds == {"train": "sound,music", "val": "sound,music", "test": "sound,music",
-                      "train-listen": "beep_count,instrument"}
+    # every task everywhere (the real-option rows keep each task's format); code words for the trained tasks only
+    assert builds == {"train": "sound,music", "val": "sound,music", "test": "sound,music", "train-listen": "sound,music"}
     listen = next(c for c in calls if "listen.parquet" in c and "warmup.py" in c)
     assert "--steps 1500" in listen and "--listen-share 0.5" in listen and "small-fmt" in listen
+    assert "--code-tasks beep_count,instrument" in listen
 
 
 def test_linear_probe_labels_order_tasks_by_the_audio_and_fits_separable_data():
@@ -357,6 +359,28 @@ def test_rehearsal_shared_prompt_forward_equals_the_full_model(tiny_model_dir, t
     np.testing.assert_allclose(logp[4, : len(row)].numpy(), full.numpy(), atol=1e-4)
 
 
+def test_rehearsal_trained_tower_computes_the_cached_rows_and_gets_gradients(tiny_model_dir, tmp_path):
+    import torch
+
+    reh = _rehearsal()
+    _, syn = _sound_parquet(tmp_path, 2, 5)
+    items = reh.load_rows(str(syn))
+    frozen, trained = reh.Policy(str(tiny_model_dir), "cpu"), reh.Policy(str(tiny_model_dir), "cpu", train_tower=True)
+    assert not any(p.requires_grad for p in frozen.tower.parameters())
+    tower_ids = {id(p) for p in trained.tower.parameters()}
+    assert tower_ids <= {id(p) for p in trained.parameters()}
+    toks, _ = frozen.sample(items, 2, 5, 1.0, torch.Generator().manual_seed(0))
+    # the rows the tower computes now are the rows the model's own forward fed its projector (captured, cached)
+    for live, cached in zip(trained.audio_rows(items), frozen.audio_rows(items)):
+        np.testing.assert_allclose(live.detach().numpy(), cached.numpy(), atol=1e-5)
+    with torch.no_grad():
+        want, mask = frozen.logprobs(items, 2, toks)
+    got, _ = trained.logprobs(items, 2, toks)
+    np.testing.assert_allclose(got.detach()[mask].numpy(), want[mask].numpy(), atol=1e-4)
+    got[mask].sum().backward()
+    assert all(p.grad is not None for p in trained.tower.parameters() if p.dim() > 1)
+
+
 def test_rehearsal_one_step_logs_the_update(tiny_model_dir, tmp_path):
     _, syn = _sound_parquet(tmp_path, 4, 6)
     out = tmp_path / "reh.jsonl"
@@ -371,6 +395,10 @@ def test_rehearsal_one_step_logs_the_update(tiny_model_dir, tmp_path):
     assert all(np.isfinite(step[k]) for k in ("reward", "ppo_kl", "clipfrac", "grad_norm", "kl_loss"))
     assert any(k.startswith("val/") for k in step) and 0 <= step["names_a_choice"] <= 1
     assert step["samples"] and set(step["samples"][0]) == {"choices", "answer", "output"}
+    assert _rehearsal().main(["--model", str(tiny_model_dir), "--data", str(syn), "--out", str(tmp_path / "t.jsonl"),
+                              "--lr", "1e-4", "--steps", "1", "--prompts", "2", "--n", "2", "--mini", "2",
+                              "--max-new-tokens", "4", "--kl-coef", "0.04", "--train-tower", "--device", "cpu"]) == 0
+    assert np.isfinite(json.loads((tmp_path / "t.jsonl").read_text().splitlines()[-1])["grad_norm"])
     assert _rehearsal().main(["plot", str(out), "--out", str(tmp_path / "reh.png")]) == 0
     assert (tmp_path / "reh.png").stat().st_size > 10_000
     with pytest.raises(SystemExit):
@@ -403,6 +431,19 @@ def test_code_words_rename_every_option_one_to_one_and_keep_the_rest(tiny_model_
         cw.encode_row(["banjo", "piano"], "piano", codes, "x.parquet row 3")
 
 
+def test_warmup_batches_draw_code_rows_from_the_code_tasks_and_names_from_every_row():
+    warmup = _example("warmup")
+    tasks = ["beep_count", "pitch_order", "instrument", "chord_quality"] * 6
+    pool = [i for i, t in enumerate(tasks) if t in {"beep_count", "instrument"}]
+    batches = warmup.draw_batches(pool, len(tasks), 3, 5, np.random.default_rng(0))
+    drawn = [next(batches) for _ in range(24)]
+    assert all(len(c) == 3 and len(n) == 5 for c, n in drawn)
+    assert {tasks[i] for c, _ in drawn for i in c} == {"beep_count", "instrument"}
+    # each stream goes through all its rows before repeating one: 12 pool rows in 4 batches, 24 rows in ~5
+    assert sorted(i for c, _ in drawn[:4] for i in c) == pool
+    assert sorted(i for _, n in drawn[:24] for i in n) == sorted(list(range(24)) * 5)
+
+
 def test_warmup_listen_share_trains_code_rows_on_the_correct_code(tiny_model_dir, tmp_path):
     _, syn = _sound_parquet(tmp_path, 4, 3)
     warmup = _example("warmup")
@@ -421,3 +462,6 @@ def test_warmup_listen_share_trains_code_rows_on_the_correct_code(tiny_model_dir
                for r in log)
     with pytest.raises(SystemExit):
         warmup.main([*args, "--listen-share", "1.5"])
+    assert warmup.main([*args, "--listen-share", "0.5", "--code-tasks", "beep_count"]) == 0
+    with pytest.raises(SystemExit):  # no row of that task: a clear error, not an empty stream
+        warmup.main([*args, "--listen-share", "0.5", "--code-tasks", "instrument"])

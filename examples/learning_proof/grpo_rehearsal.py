@@ -14,9 +14,10 @@ or any GPU, in minutes:
 - AdamW betas (0.9, 0.999), eps 1e-8 (`--adam-eps`), no weight decay, gradient clipping 1.0, lr constant after a linear warm-up
   over the first steps (verl's scheduler steps once per training step).
 
-What differs from verl, on purpose (speed): the Whisper audio tower is frozen and its output cached per clip (verl
-trains it), and each prompt's 8 samples share one prompt forward (its KV cache expanded, gradients summed), which
-is the same function. fp32 on the CPU.
+What differs from verl, on purpose (speed): the Whisper audio tower is frozen and its output cached per clip (as
+the learning-proof recipe's `actor.freeze_vision_tower`; `--train-tower` trains it, as verl does without that flag),
+and each prompt's 8 samples share one prompt forward (its KV cache expanded, gradients summed), which is the same
+function. fp32 on the CPU.
 
     python examples/learning_proof/grpo_rehearsal.py --model small-warm --data train.parquet \
         --val val.parquet --lr 1e-4 --steps 20 --out rehearsal-1e-4.jsonl
@@ -43,7 +44,7 @@ class Policy:
     """The checkpoint split into frozen cached audio tower + trainable projector and LM (HF modules, fp32)."""
 
     def __init__(self, model_dir: str, device: str, freeze: tuple[str, ...] = (),
-                 tower_cache: dict[str, tuple[list[int], Any]] | None = None) -> None:
+                 tower_cache: dict[str, tuple[list[int], Any]] | None = None, train_tower: bool = False) -> None:
         import torch
         from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
@@ -53,7 +54,8 @@ class Policy:
         inner = self.model.model
         self.tower, self.projector, self.lm = inner.audio_tower, inner.multi_modal_projector, inner.language_model
         self.embed, self.head = inner.get_input_embeddings(), self.model.lm_head
-        self.tower.requires_grad_(False)
+        self.train_tower = train_tower
+        self.tower.requires_grad_(train_tower)
         for name in freeze:
             module = {"lm_head": self.head, "embed_tokens": self.embed, "projector": self.projector}.get(name)
             if module is None:
@@ -64,15 +66,53 @@ class Policy:
         self.im_end = self.tok.convert_tokens_to_ids("<|im_end|>")
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.im_end
         # Prompt ids and frozen-tower rows per clip; a reference model of the same checkpoint shares its policy's.
+        # With a trained tower, the clip's features instead (the tower runs in every forward).
         self._cache: dict[str, tuple[list[int], Any]] = {} if tower_cache is None else tower_cache
+        self._features: dict[str, tuple[list[int], Any, Any]] = {}
 
     def parameters(self) -> list[Any]:
-        """What the optimizer trains: everything but the audio tower."""
+        """What the optimizer trains: everything but the audio tower (unless ``train_tower``)."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def encode(self, item: dict[str, Any]) -> tuple[list[int], Any]:
-        """Prompt ids (audio placeholder expanded) and the frozen tower's output rows for its audio tokens, cached."""
+    def tower_rows(self, features: Any, feature_mask: Any, n_audio: list[int]) -> list[Any]:
+        """The tower's output rows for each clip's audio tokens, computed as the model computes them (its padding
+        mask, its tower), with grad when the tower trains."""
+        from transformers.masking_utils import create_bidirectional_mask
+
         torch = self.torch
+        feat_len, _ = self.tower._get_feat_extract_output_lengths(feature_mask.sum(-1))
+        rows, _, frames = features.shape
+        width = (frames - 2) // 2 + 1
+        mask_2d = (torch.arange(width, device=features.device)[None, :] < feat_len[:, None]).long()
+        mask = create_bidirectional_mask(config=self.tower.config, attention_mask=mask_2d,
+                                         inputs_embeds=torch.zeros((rows, width, 1), device=features.device))
+        out = self.tower(features, attention_mask=mask).last_hidden_state
+        return [out[i, :n] for i, n in enumerate(n_audio)]
+
+    def audio_rows(self, items: list[dict[str, Any]]) -> list[Any]:
+        """Each item's projector input: cached frozen-tower rows, or the trained tower run on the clips now."""
+        if not self.train_tower:
+            return [self.encode(it)[1] for it in items]
+        for it in items:
+            self.encode(it)  # fills the feature cache
+        feats = [self._features[it["id"]] for it in items]
+        torch = self.torch
+        return self.tower_rows(torch.cat([f for _, f, _ in feats]).to(self.device),
+                               torch.cat([m for _, _, m in feats]).to(self.device),
+                               [ids.count(self.audio_id) for ids, _, _ in feats])
+
+    def encode(self, item: dict[str, Any]) -> tuple[list[int], Any]:
+        """Prompt ids (audio placeholder expanded) and the frozen tower's output rows for its audio tokens, cached
+        (with a trained tower: the ids and, for ``audio_rows``, the clip's features; the rows part is None)."""
+        torch = self.torch
+        if self.train_tower:
+            hit_f = self._features.get(item["id"])
+            if hit_f is None:
+                text = prompt_text(self.processor, item["question"], item["choices"])
+                enc = self.processor(text=[text], audio=[item["audio"]], sampling_rate=16000, return_tensors="pt")
+                ids = enc["input_ids"][0].tolist()
+                hit_f = self._features[item["id"]] = (ids, enc["input_features"], enc["feature_attention_mask"])
+            return hit_f[0], None
         hit = self._cache.get(item["id"])
         if hit is None:
             text = prompt_text(self.processor, item["question"], item["choices"])
@@ -96,6 +136,7 @@ class Policy:
         """Left-padded prompt batch through the LM: last-position logits, KV cache and mask, each repeated."""
         torch = self.torch
         enc = [self.encode(it) for it in items]
+        rows = self.audio_rows(items)
         width = max(len(ids) for ids, _ in enc)
         ids = torch.full((len(enc), width), self.pad, dtype=torch.long)
         mask = torch.zeros((len(enc), width), dtype=torch.long)
@@ -104,7 +145,7 @@ class Policy:
             mask[i, width - len(row):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         embeds = self.embed(ids)
-        audio_rows = torch.cat([self.projector(out) for _, out in enc])
+        audio_rows = torch.cat([self.projector(out) for out in rows])
         embeds = embeds.masked_scatter((ids == self.audio_id).unsqueeze(-1), audio_rows.to(embeds.dtype))
         out = self.lm(inputs_embeds=embeds, attention_mask=mask, use_cache=True)
         cache = out.past_key_values
@@ -306,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kl-coef", type=float, default=0.0,
                         help="k3 KL loss to the starting model (actor.use_kl_loss + kl_loss_coef; 0 = off, the recipe)")
     parser.add_argument("--freeze", default="", help="comma list of lm_head, embed_tokens, projector to freeze too")
+    parser.add_argument("--train-tower", action="store_true",
+                        help="train the audio tower too, as verl does unless actor.freeze_vision_tower (slower: the "
+                             "tower runs in every forward instead of once per clip)")
     parser.add_argument("--adam-eps", type=float, default=1e-8,
                         help="AdamW eps (default 1e-8, the recipe's; as optim.override_optimizer_config.eps)")
     parser.add_argument("--seed", type=int, default=7)
@@ -320,15 +364,18 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    policy = Policy(args.model, device, tuple(x for x in args.freeze.split(",") if x))
+    policy = Policy(args.model, device, tuple(x for x in args.freeze.split(",") if x), train_tower=args.train_tower)
     params = policy.parameters()
     # the frozen start model, as verl's reference; same checkpoint and frozen tower, so the same cached tower rows
-    reference = Policy(args.model, device, tower_cache=policy._cache) if args.kl_coef > 0 else None
+    # (its own cache when the policy's tower trains)
+    reference = (Policy(args.model, device, tower_cache=None if args.train_tower else policy._cache)
+                 if args.kl_coef > 0 else None)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=args.adam_eps, weight_decay=0.0)
     train = load_rows(args.data)
     val = load_rows(args.val, args.val_rows) if args.val and args.val_rows > 0 else []
     print(f"[rehearsal] {len(train)} train rows, {len(val)} val rows, lr {args.lr} (warm-up {args.warmup_steps}), "
-          f"Adam eps {args.adam_eps:g}, frozen: audio tower{',' if args.freeze else ''}{args.freeze}, "
+          f"Adam eps {args.adam_eps:g}, frozen: {'' if args.train_tower else 'audio tower'}"
+          f"{',' if args.freeze and not args.train_tower else ''}{args.freeze or ('nothing' if args.train_tower else '')}, "
           f"{args.steps} steps x {args.prompts} prompts x {args.n}, mini-batches of {args.mini}, device {device}",
           flush=True)
     order = batch_order(len(train), args.steps, args.prompts, rng)

@@ -18,9 +18,9 @@
 #   TRAIN_TASKS=beep_count,instrument (GRPO's training tasks: the two the listening warm-up teaches the model to
 #   hear; validation and tests keep every task of TASKS, so the tasks an arm does not train on are its control)
 #   SEED=0 WARMUP_STEPS=300 WARMUP_BS=16 WARMUP_LR=3e-4 STEPS=80 GRPO_TIMEOUT=0 (seconds; 0 = no limit)
-#   LISTEN_STEPS=1500 LISTEN_SIZE=8192 LISTEN_BS=32 LISTEN_LR=1e-3 LISTEN_SHARE=0.5 LISTEN_TASKS=$TRAIN_TASKS (the
-#   listening warm-up after the format warm-up: code-word rows with correct codes, docs/learning.md; LISTEN_STEPS=0
-#   skips it)
+#   LISTEN_STEPS=1500 LISTEN_SIZE=12288 LISTEN_BS=32 LISTEN_LR=1e-3 LISTEN_SHARE=0.5 LISTEN_TASKS=$TRAIN_TASKS (the
+#   listening warm-up after the format warm-up: rows of every task of TASKS, a share LISTEN_SHARE of each batch in
+#   code words with correct codes, drawn from LISTEN_TASKS only; docs/learning.md; LISTEN_STEPS=0 skips it)
 #   PROBE_SIZE=16384 PROBE_STEPS=1000 PROBE_LR=1e-3 (the probe phase)
 #   EVAL_GPU_MEM=0.3 (vLLM's memory fraction in the evaluations) EVAL_KV_GIB= (a fixed KV cache instead of vLLM's
 #   start-up memory profile: set it when another process shares the GPU)
@@ -39,7 +39,7 @@ TASKS=${TASKS:-sound,music}; TRAIN_TASKS=${TRAIN_TASKS:-beep_count,instrument}; 
 TRAIN_SIZE=${TRAIN_SIZE:-2048}; VAL_SIZE=${VAL_SIZE:-240}; TEST_SIZE=${TEST_SIZE:-480}
 WARMUP_STEPS=${WARMUP_STEPS:-300}; WARMUP_BS=${WARMUP_BS:-16}; WARMUP_LR=${WARMUP_LR:-3e-4}
 STEPS=${STEPS:-80}; GRPO_TIMEOUT=${GRPO_TIMEOUT:-0}
-LISTEN_STEPS=${LISTEN_STEPS:-1500}; LISTEN_SIZE=${LISTEN_SIZE:-8192}; LISTEN_BS=${LISTEN_BS:-32}
+LISTEN_STEPS=${LISTEN_STEPS:-1500}; LISTEN_SIZE=${LISTEN_SIZE:-12288}; LISTEN_BS=${LISTEN_BS:-32}
 LISTEN_LR=${LISTEN_LR:-1e-3}; LISTEN_SHARE=${LISTEN_SHARE:-0.5}; LISTEN_TASKS=${LISTEN_TASKS:-$TRAIN_TASKS}
 PROBE_SIZE=${PROBE_SIZE:-16384}; PROBE_STEPS=${PROBE_STEPS:-1000}; PROBE_LR=${PROBE_LR:-1e-3}
 MACHINE=()
@@ -80,13 +80,16 @@ warm() {
   $PY "$HERE/per_task_source.py" "$P/val.parquet" "$P/val-per-task.parquet" || return 1
   [ "$LISTEN_STEPS" -gt 0 ] || { fmt_warmup "$P/small-warm" || return 1; return 0; }
   fmt_warmup "$P/small-fmt" || return 1
-  # listening: its own rows (seed +505) of LISTEN_TASKS, half of each batch in code words with the correct code, half
-  # real options with random targets (the format kept, no real option tied to the audio)
-  [ -f "$P/listen.parquet" ] || timed data_listen build_data "$LISTEN_TASKS" --size "$LISTEN_SIZE" --seed $((SEED + 505)) \
+  # listening: its own rows (seed +505) of every task; half of each batch in code words with the correct code (rows
+  # of LISTEN_TASKS only), half real options with random targets from every task (each task keeps its answer format;
+  # no real option tied to the audio). Real-option rows of the listened tasks alone made the model answer the other
+  # tasks' questions with those tasks' words (fourth GPU run).
+  [ -f "$P/listen.parquet" ] || timed data_listen build_data "$TASKS" --size "$LISTEN_SIZE" --seed $((SEED + 505)) \
     --split train --out "$P/listen.parquet" || return 1
   [ -f "$P/small-warm/model.safetensors" ] || timed listen $PY "$HERE/warmup.py" --model "$P/small-fmt" \
     --data "$P/listen.parquet" --out "$P/small-warm" --steps "$LISTEN_STEPS" --batch-size "$LISTEN_BS" \
-    --lr "$LISTEN_LR" --warmup-steps 20 --listen-share "$LISTEN_SHARE" --seed $((SEED + 1)) --log-every 100 || return 1
+    --lr "$LISTEN_LR" --warmup-steps 20 --listen-share "$LISTEN_SHARE" --code-tasks "$LISTEN_TASKS" \
+    --seed $((SEED + 1)) --log-every 100 || return 1
   cp "$P/small-warm_warmup_log.jsonl" "$LOGS/listen_warmup_log.jsonl" 2>/dev/null || true   # a copy for the logs
 }
 

@@ -30,6 +30,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -121,6 +122,21 @@ def code_rows(rows: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
     return out
 
 
+def draw_batches(code_pool: list[int], n_rows: int, n_code: int, n_name: int,
+                 rng: Any) -> Iterator[tuple[list[int], list[int]]]:
+    """Endless batches: ``n_code`` row indices from ``code_pool`` (shown in code words) and ``n_name`` from all
+    ``n_rows`` (shown with their real options), each stream going through its rows in fresh shuffles."""
+    code_order: list[int] = []
+    name_order: list[int] = []
+    while True:
+        while len(code_order) < n_code:
+            code_order += [code_pool[j] for j in rng.permutation(len(code_pool))]
+        while len(name_order) < n_name:
+            name_order += rng.permutation(n_rows).tolist()
+        yield code_order[:n_code], name_order[:n_name]
+        code_order, name_order = code_order[n_code:], name_order[n_name:]
+
+
 def pick_targets(rows: list[dict[str, Any]], mode: str, rng: Any) -> list[str]:
     """Each row's target: a fresh uniform choice ("random", the warm-up) or its answer ("correct", the probe)."""
     if mode == "correct":
@@ -191,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen-share", type=float, default=0.0,
                         help="share of each batch shown as code-word rows (code_words.py) with the CORRECT code "
                              "as target: teaches listening without tying any real option to the audio")
+    parser.add_argument("--code-tasks", default="",
+                        help="comma list of tasks whose rows may be shown in code words (default: every task); the "
+                             "real-option rows still come from every task, so each task keeps its answer format")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--log-every", type=int, default=10)
     args = parser.parse_args(argv)
@@ -216,22 +235,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--listen-share must be within [0, 1], got {args.listen_share}")
     n_code = round(args.listen_share * args.batch_size)
     coded = code_rows(rows, args.data) if n_code else []
+    code_tasks = {t for t in args.code_tasks.split(",") if t}
+    code_pool = [i for i, r in enumerate(rows) if not code_tasks or r["task"] in code_tasks]
+    if n_code and not code_pool:
+        parser.error(f"--code-tasks {args.code_tasks}: no row of {args.data} has one of these tasks "
+                     f"(its tasks: {', '.join(sorted({r['task'] for r in rows}))})")
     rng = np.random.default_rng(args.seed)
     print(f"[warmup] {len(rows)} rows, {n_train / 1e6:.1f}M trainable parameters, device {device}, "
-          f"{args.steps} steps x {args.batch_size} ({n_code} code-word rows with correct codes), lr {args.lr}, "
+          f"{args.steps} steps x {args.batch_size} ({n_code} code-word rows with correct codes"
+          f"{' of ' + args.code_tasks if code_tasks else ''}), lr {args.lr}, "
           f"{args.targets} targets", flush=True)
 
     log = (out.parent / (out.name + "_warmup_log.jsonl"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    order: list[int] = []
+    batches = draw_batches(code_pool, len(rows), n_code, args.batch_size - n_code, rng)
     start = time.perf_counter()
     with open(log, "w", encoding="utf-8") as f:
         for step in range(args.steps):
-            if len(order) < args.batch_size:
-                order += rng.permutation(len(rows)).tolist()
-            idx, order = order[: args.batch_size], order[args.batch_size :]
-            # the first n_code rows of the batch are shown in code words (their own clips, not the name rows')
-            batch_rows = [coded[i] for i in idx[:n_code]] + [rows[i] for i in idx[n_code:]]
+            code_idx, name_idx = next(batches)
+            batch_rows = [coded[i] for i in code_idx] + [rows[i] for i in name_idx]
             targets = (pick_targets(batch_rows[:n_code], "correct", rng)
                        + pick_targets(batch_rows[n_code:], args.targets, rng))
             batch = {k: v.to(device) for k, v in encode_batch(processor, batch_rows, targets, args.prompt).items()}

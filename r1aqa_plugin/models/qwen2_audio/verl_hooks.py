@@ -12,12 +12,14 @@ changed. Every wrapper is a no-op for models other than Qwen2-Audio.
 Hooks (see docs/adapter.md): A processor accepted, B processor callable after rollout, C prompt builder is
 multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, F an auto class for the actor,
 I the audio encoder runs once per distinct clip of a batch (transformers' Qwen2AudioEncoder), J a prompt's samples
-stay adjacent on their data-parallel rank (so I finds its copies), W every vLLM worker runs the name-mapping model
-class. (G, the dataset, and H, the recipes' settings, are not patches.)
+stay adjacent on their data-parallel rank (so I finds its copies), K ``actor.freeze_vision_tower`` freezes the audio
+encoder (verl 0.9.1's FSDP engine ignores the flag), W every vLLM worker runs the name-mapping model class. (G, the dataset, and H, the recipes' settings, are not patches.)
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import importlib.abc
 import importlib.machinery
 import importlib.metadata
@@ -217,6 +219,49 @@ def _make_encoder_dedup(original: Callable[..., Any]) -> Callable[..., Any]:
     return make_encoder_forward(original)
 
 
+# Hook K: set while ActorRolloutRefWorker.init_model builds this worker's engines (one process, synchronous calls)
+_freeze_audio_tower: contextvars.ContextVar[bool] = contextvars.ContextVar("r1aqa_freeze_audio_tower", default=False)
+
+
+def _make_freeze_request(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook K: verl 0.9.1 reads ``actor.freeze_vision_tower`` into ActorConfig and then ignores it in the FSDP
+    engine; pass it on to the engine's module build for the duration of ``init_model``."""
+
+    @functools.wraps(original)  # keeps verl's @register dispatch attributes, which the worker group binds by
+    def init_model(self: Any, *args: Any, **kwargs: Any) -> Any:
+        from omegaconf import OmegaConf
+
+        requested = bool(OmegaConf.select(self.config, "actor.freeze_vision_tower", default=False))
+        token = _freeze_audio_tower.set(requested)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _freeze_audio_tower.reset(token)
+
+    return init_model
+
+
+def _make_tower_freezer(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook K: freeze Qwen2-Audio's audio encoder in the actor (not the forward-only reference) when
+    ``actor.freeze_vision_tower`` is set, before FSDP wraps the module and the optimizer is built."""
+
+    def _build_module(self: Any, *args: Any, **kwargs: Any) -> Any:
+        module = original(self, *args, **kwargs)
+        if (_freeze_audio_tower.get() and not self.engine_config.forward_only
+                and getattr(getattr(module, "config", None), "model_type", None) == MODEL_TYPE):
+            from r1aqa_plugin.models.qwen2_audio.whisper_init import audio_tower_of
+
+            tower = audio_tower_of(module)
+            tower.requires_grad_(False)
+            n_frozen = sum(p.numel() for p in tower.parameters())
+            n_trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
+            logger.info("hook K: audio tower frozen (%.1fM parameters); %.1fM trained", n_frozen / 1e6, n_trained / 1e6)
+            _trace("audio tower", f"frozen: {n_frozen / 1e6:.1f}M parameters; {n_trained / 1e6:.1f}M trained")
+        return module
+
+    return _build_module
+
+
 GROUP_ENV = "R1AQA_GROUP_BY_PROMPT"
 
 
@@ -289,6 +334,10 @@ def _build_patches() -> list[Patch]:
               _make_encoder_dedup, "audio encoder runs once per distinct clip of a batch"),
         Patch("J", "verl.trainer.ppo.v1.trainer_base", "PPOTrainer._balance_batch", _make_group_by_prompt,
               "a prompt's samples stay adjacent on their rank (v1 trainer)"),
+        Patch("K", "verl.workers.engine_workers", "ActorRolloutRefWorker.init_model", _make_freeze_request,
+              "actor.freeze_vision_tower reaches the FSDP engine"),
+        Patch("K", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_module", _make_tower_freezer,
+              "actor.freeze_vision_tower freezes the Qwen2-Audio audio encoder"),
         Patch("W", "verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension.monkey_patch_model",
               _make_worker_check, "each vLLM worker checks it runs the name-mapping model"),
     ]
