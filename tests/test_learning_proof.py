@@ -202,6 +202,33 @@ def test_recipe_composes(tmp_path):
     assert cfg["actor_rollout_ref"]["rollout"]["calculate_log_probs"] is True
 
 
+def test_recipe_prompt_length_holds_every_task_prompt(tiny_model_dir):
+    """verl pads prompts to max_prompt_length here (no remove-padding without flash-attn): keep it tight, not short."""
+    import yaml
+
+    from transformers import AutoProcessor
+
+    from r1aqa_plugin.audio import load_audio
+    from r1aqa_plugin.data.records import BuildReport
+    from r1aqa_plugin.data.synthetic import build_synthetic
+    from r1aqa_plugin.data.synthetic.music import unavailable_reason
+
+    limit = yaml.safe_load((REPO / "recipes" / "r1aqa_learning_proof.yaml").read_text())["data"]["max_prompt_length"]
+    warmup = _example("warmup")
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    tasks = "sound" if unavailable_reason() else "sound,music"
+    rows = list(build_synthetic(BuildReport("synthetic-aqa"), size=24, seed=9, tasks=tasks))
+    lengths = {}
+    for row in rows:
+        text = warmup.prompt_text(processor, row["question"], [str(c) for c in row["choices"]])
+        audio = load_audio(row["audios"][0])  # the default clip length, which run.sh builds
+        n = processor(text=[text], audio=[audio], sampling_rate=16000, return_tensors="pt")["input_ids"].shape[1]
+        task = row["extra_info"]["sub_category"]
+        lengths[task] = max(lengths.get(task, 0), n)
+    assert max(lengths.values()) <= limit, lengths
+    assert max(lengths.values()) > 0.8 * limit, lengths  # and not padded far past the longest prompt
+
+
 # -------------------------------------------------------------------------------------------------- warm-up
 def test_warmup_two_steps_saves_original_names(tiny_model_dir, tmp_path):
     rows, syn = _sound_parquet(tmp_path, 4, 3)
