@@ -373,9 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=args.adam_eps, weight_decay=0.0)
     train = load_rows(args.data)
     val = load_rows(args.val, args.val_rows) if args.val and args.val_rows > 0 else []
+    frozen = ([] if args.train_tower else ["audio tower"]) + [x for x in args.freeze.split(",") if x]
     print(f"[rehearsal] {len(train)} train rows, {len(val)} val rows, lr {args.lr} (warm-up {args.warmup_steps}), "
-          f"Adam eps {args.adam_eps:g}, frozen: {'' if args.train_tower else 'audio tower'}"
-          f"{',' if args.freeze and not args.train_tower else ''}{args.freeze or ('nothing' if args.train_tower else '')}, "
+          f"Adam eps {args.adam_eps:g}, frozen: {', '.join(frozen) or 'nothing'}, "
           f"{args.steps} steps x {args.prompts} prompts x {args.n}, mini-batches of {args.mini}, device {device}",
           flush=True)
     order = batch_order(len(train), args.steps, args.prompts, rng)

@@ -13,7 +13,8 @@ Hooks (see docs/adapter.md): A processor accepted, B processor callable after ro
 multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, F an auto class for the actor,
 I the audio encoder runs once per distinct clip of a batch (transformers' Qwen2AudioEncoder), J a prompt's samples
 stay adjacent on their data-parallel rank (so I finds its copies), K ``actor.freeze_vision_tower`` freezes the audio
-encoder (verl 0.9.1's FSDP engine ignores the flag), W every vLLM worker runs the name-mapping model class. (G, the dataset, and H, the recipes' settings, are not patches.)
+encoder (verl 0.9.1's FSDP engine ignores the flag), W every vLLM worker runs the name-mapping model class. (G, the
+dataset, and H, the recipes' settings, are not patches.)
 """
 
 from __future__ import annotations
@@ -227,7 +228,7 @@ def _make_freeze_request(original: Callable[..., Any]) -> Callable[..., Any]:
     """Hook K: verl 0.9.1 reads ``actor.freeze_vision_tower`` into ActorConfig and then ignores it in the FSDP
     engine; pass it on to the engine's module build for the duration of ``init_model``."""
 
-    @functools.wraps(original)  # keeps verl's @register dispatch attributes, which the worker group binds by
+    @functools.wraps(original)  # keeps verl's @register dispatch attributes: the worker group binds methods by them
     def init_model(self: Any, *args: Any, **kwargs: Any) -> Any:
         from omegaconf import OmegaConf
 
