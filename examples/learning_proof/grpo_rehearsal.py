@@ -55,7 +55,8 @@ class Policy:
         self.tower, self.projector, self.lm = inner.audio_tower, inner.multi_modal_projector, inner.language_model
         self.embed, self.head = inner.get_input_embeddings(), self.model.lm_head
         self.train_tower = train_tower
-        self.tower.requires_grad_(train_tower)
+        if not train_tower:  # trained: the flags as loaded, which verl leaves as they are
+            self.tower.requires_grad_(False)
         for name in freeze:
             module = {"lm_head": self.head, "embed_tokens": self.embed, "projector": self.projector}.get(name)
             if module is None:
