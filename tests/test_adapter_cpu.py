@@ -381,8 +381,8 @@ def test_engine_build_freezes_the_audio_tower_of_the_actor_only(tiny_model_dir, 
         dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
     try:
         engine = FSDPEngine.__new__(FSDPEngine)  # only what _build_module reads
-        engine.model_config = HFModelConfig(path=str(tiny_model_dir), override_config={
-            "attn_implementation": "sdpa", "tie_word_embeddings": False})
+        # no tie_word_embeddings override: hook L fills it (verl's _build_module reads it)
+        engine.model_config = HFModelConfig(path=str(tiny_model_dir), override_config={"attn_implementation": "sdpa"})
         engine.device_mesh, engine.use_remove_padding, engine.ulysses_sequence_parallel_size = None, False, 1
         trainable = {}
         for flag, forward_only in ((True, False), (False, False), (True, True)):
@@ -399,3 +399,19 @@ def test_engine_build_freezes_the_audio_tower_of_the_actor_only(tiny_model_dir, 
         if started:
             dist.destroy_process_group()
     assert trainable == {(True, False): (False, True), (False, False): (True, True), (True, True): (True, True)}
+
+
+# ------------------------------------------------------------------------- hook L: tie_word_embeddings at the top
+def test_model_config_gets_tie_word_embeddings_from_text_config(tiny_model_dir):
+    from transformers import AutoConfig
+    from verl.workers.config import HFModelConfig
+
+    verl_hooks.install()
+    raw = AutoConfig.from_pretrained(tiny_model_dir)
+    assert not hasattr(raw, "tie_word_embeddings") and raw.text_config.tie_word_embeddings is False  # transformers 5
+    config = HFModelConfig(path=str(tiny_model_dir), override_config={"attn_implementation": "sdpa"})
+    assert config.hf_config.tie_word_embeddings is False and config.share_embeddings_and_output_weights is False
+    # the user's override wins
+    forced = HFModelConfig(path=str(tiny_model_dir), override_config={"attn_implementation": "sdpa",
+                                                                       "tie_word_embeddings": True})
+    assert forced.hf_config.tie_word_embeddings is True

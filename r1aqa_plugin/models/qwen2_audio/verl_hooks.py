@@ -13,8 +13,8 @@ Hooks (see docs/adapter.md): A processor accepted, B processor callable after ro
 multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, F an auto class for the actor,
 I the audio encoder runs once per distinct clip of a batch (transformers' Qwen2AudioEncoder), J a prompt's samples
 stay adjacent on their data-parallel rank (so I finds its copies), K ``actor.freeze_vision_tower`` freezes the audio
-encoder (verl 0.9.1's FSDP engine ignores the flag), W every vLLM worker runs the name-mapping model class. (G, the
-dataset, and H, the recipes' settings, are not patches.)
+encoder (verl 0.9.1's FSDP engine ignores the flag), L ``tie_word_embeddings`` where verl reads it, W every vLLM
+worker runs the name-mapping model class. (G, the dataset, and H, the recipes' settings, are not patches.)
 """
 
 from __future__ import annotations
@@ -263,6 +263,21 @@ def _make_tower_freezer(original: Callable[..., Any]) -> Callable[..., Any]:
     return _build_module
 
 
+def _make_model_config_init(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook L: transformers 5 keeps Qwen2-Audio's ``tie_word_embeddings`` only in ``text_config`` (5.10.4, 5.17), and
+    verl's FSDP engine reads it at the top of the config; copy it up unless the user's override_config set it."""
+
+    def __post_init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        config = getattr(self, "hf_config", None)
+        if getattr(config, "model_type", None) == MODEL_TYPE and not hasattr(config, "tie_word_embeddings"):
+            tied = bool(getattr(getattr(config, "text_config", None), "tie_word_embeddings", False))
+            config.tie_word_embeddings = tied
+            _trace("model config", f"tie_word_embeddings={tied} copied from text_config to the top level")
+
+    return __post_init__
+
+
 GROUP_ENV = "R1AQA_GROUP_BY_PROMPT"
 
 
@@ -339,6 +354,8 @@ def _build_patches() -> list[Patch]:
               "actor.freeze_vision_tower reaches the FSDP engine"),
         Patch("K", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_module", _make_tower_freezer,
               "actor.freeze_vision_tower freezes the Qwen2-Audio audio encoder"),
+        Patch("L", "verl.workers.config.model", "HFModelConfig.__post_init__", _make_model_config_init,
+              "Qwen2-Audio's tie_word_embeddings at the top of the model config"),
         Patch("W", "verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension.monkey_patch_model",
               _make_worker_check, "each vLLM worker checks it runs the name-mapping model"),
     ]
