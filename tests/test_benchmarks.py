@@ -140,22 +140,29 @@ def test_parallel_session_runs_queues_detached_and_packs_logs(tmp_path: Path) ->
     assert "| grpo-x-2gpu | 2 | 1 |" in (tmp_path / "out" / "grpo-table.md").read_text()  # the 7B table, packed
 
 
-@pytest.mark.parametrize("sweep", [None, "", "a:small-warm:1e-4 b:small-fmt:3e-4:--kl-coef,0.04,--freeze,lm_head"])
-def test_lps_queue_runs_the_verl_arm_before_eval_and_each_rehearsal(tmp_path: Path, sweep: str | None) -> None:
-    # the learning-proof phases and the rehearsal itself replaced by stubs that record their arguments
-    stubs = tmp_path / "stubs.sh"
-    stubs.write_text('lp() { echo "lp $LP_ARM $* extra=${LP_EXTRA:+set}" >> "$S/calls"; }\n'
-                     'rehearse() { echo "rehearse $*" >> "$S/calls"; }\n')
+def _queue_calls(tmp_path: Path, queue: str, stubs: str, env_extra: dict[str, str]) -> list[str]:
+    """Run one queue of parallel_session.sh with the phases replaced by ``stubs`` (bash functions that append their
+    arguments to $S/calls) to the end; the calls, sorted (the queue runs its jobs side by side)."""
+    (tmp_path / "stubs.sh").write_text(stubs)
     env = {**os.environ, "SESSION_DIR": str(tmp_path / "s"), "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "w"),
-           "QUEUE_FILE": str(stubs), "QUEUES": "lps", "STAGGER": "0", "LP_STAGGER": "0", "R1AQA_SITE_READY": "1",
-           "PYTHONPATH": ""}
-    if sweep is not None:
-        env["REH_SWEEP"] = sweep
+           "QUEUE_FILE": str(tmp_path / "stubs.sh"), "QUEUES": queue, "STAGGER": "0", "LP_STAGGER": "0",
+           "R1AQA_SITE_READY": "1", "PYTHONPATH": ""}
+    for var in ("TRAIN_TASKS", "LISTEN_TASKS", "REH_SWEEP", "LP_ARMS"):  # the queue's defaults, not the caller's
+        env.pop(var, None)
+    env.update(env_extra)
     script = str(BENCH / "gpu" / "parallel_session.sh")
     assert subprocess.run(["bash", script, "start", "3"], env=env, capture_output=True, timeout=60).returncode == 0
     done = subprocess.run(["bash", script, "wait", "60"], env=env, capture_output=True, text=True, timeout=90)
     assert "ALL DONE" in done.stdout, done.stdout + done.stderr
-    calls = sorted((tmp_path / "s" / "calls").read_text().splitlines())
+    return sorted((tmp_path / "s" / "calls").read_text().splitlines())
+
+
+@pytest.mark.parametrize("sweep", [None, "", "a:small-warm:1e-4 b:small-fmt:3e-4:--kl-coef,0.04,--freeze,lm_head"])
+def test_lps_queue_runs_the_verl_arm_before_eval_and_each_rehearsal(tmp_path: Path, sweep: str | None) -> None:
+    # the learning-proof phases and the rehearsal itself replaced by stubs that record their arguments
+    stubs = ('lp() { echo "lp $LP_ARM $* extra=${LP_EXTRA:+set}" >> "$S/calls"; }\n'
+             'rehearse() { echo "rehearse $*" >> "$S/calls"; }\n')
+    calls = _queue_calls(tmp_path, "lps", stubs, {} if sweep is None else {"REH_SWEEP": sweep})
     if sweep is None:  # the default: the recipe's setting and one variant
         expected = ["rehearse lr5e-4-kl small-warm 5e-4 --kl-coef 0.04", "rehearse recipe small-warm 3e-4 --kl-coef 0.04"]
     elif sweep == "":  # none
@@ -169,19 +176,8 @@ def test_lps_queue_runs_the_verl_arm_before_eval_and_each_rehearsal(tmp_path: Pa
 
 @pytest.mark.parametrize("arms", [None, "x:instrument y:beep_count:a.b=1;+c.d=2"])
 def test_lp2_queue_runs_each_verl_arm_with_its_tasks_and_overrides(tmp_path: Path, arms: str | None) -> None:
-    stubs = tmp_path / "stubs.sh"
-    stubs.write_text('lp() { echo "lp $LP_ARM $* tasks=${TRAIN_TASKS:-} extra=${LP_EXTRA:+${LP_EXTRA#"$LP_SHARE"}}" >> "$S/calls"; }\n')
-    env = {**os.environ, "SESSION_DIR": str(tmp_path / "s"), "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "w"),
-           "QUEUE_FILE": str(stubs), "QUEUES": "lp2", "STAGGER": "0", "LP_STAGGER": "0", "R1AQA_SITE_READY": "1",
-           "PYTHONPATH": ""}
-    env.pop("TRAIN_TASKS", None)
-    if arms is not None:
-        env["LP_ARMS"] = arms
-    script = str(BENCH / "gpu" / "parallel_session.sh")
-    assert subprocess.run(["bash", script, "start", "3"], env=env, capture_output=True, timeout=60).returncode == 0
-    done = subprocess.run(["bash", script, "wait", "60"], env=env, capture_output=True, text=True, timeout=90)
-    assert "ALL DONE" in done.stdout, done.stdout + done.stderr
-    calls = sorted((tmp_path / "s" / "calls").read_text().splitlines())
+    stubs = 'lp() { echo "lp $LP_ARM $* tasks=${TRAIN_TASKS:-} extra=${LP_EXTRA:+${LP_EXTRA#"$LP_SHARE"}}" >> "$S/calls"; }\n'
+    calls = _queue_calls(tmp_path, "lp2", stubs, {} if arms is None else {"LP_ARMS": arms})
     if arms is None:  # the recipe, and the recipe at lr 5e-4, both on the two tasks the listening warm-up teaches
         two = "tasks=beep_count,instrument"
         arm_calls = [f"lp lp-a {p} {two} extra=" for p in ("grpo", "after")] + [
