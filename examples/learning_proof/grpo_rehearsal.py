@@ -102,6 +102,11 @@ class Policy:
                                torch.cat([m for _, _, m in feats]).to(self.device),
                                [ids.count(self.audio_id) for ids, _, _ in feats])
 
+    def _processed(self, item: dict[str, Any]) -> dict[str, Any]:
+        """The processor's output for the item's prompt (as AQADataset renders it) and clip."""
+        text = prompt_text(self.processor, item["question"], item["choices"])
+        return self.processor(text=[text], audio=[item["audio"]], sampling_rate=16000, return_tensors="pt")
+
     def encode(self, item: dict[str, Any]) -> tuple[list[int], Any]:
         """Prompt ids (audio placeholder expanded) and the frozen tower's output rows for its audio tokens, cached
         (with a trained tower: the ids and, for ``audio_rows``, the clip's features; the rows part is None)."""
@@ -109,15 +114,13 @@ class Policy:
         if self.train_tower:
             hit_f = self._features.get(item["id"])
             if hit_f is None:
-                text = prompt_text(self.processor, item["question"], item["choices"])
-                enc = self.processor(text=[text], audio=[item["audio"]], sampling_rate=16000, return_tensors="pt")
-                ids = enc["input_ids"][0].tolist()
-                hit_f = self._features[item["id"]] = (ids, enc["input_features"], enc["feature_attention_mask"])
+                enc = self._processed(item)
+                hit_f = self._features[item["id"]] = (enc["input_ids"][0].tolist(), enc["input_features"],
+                                                      enc["feature_attention_mask"])
             return hit_f[0], None
         hit = self._cache.get(item["id"])
         if hit is None:
-            text = prompt_text(self.processor, item["question"], item["choices"])
-            enc = self.processor(text=[text], audio=[item["audio"]], sampling_rate=16000, return_tensors="pt")
+            enc = self._processed(item)
             ids = enc["input_ids"][0].tolist()
             n_audio = ids.count(self.audio_id)
             # What the model itself feeds its projector (the tower under its padding mask), captured from one
