@@ -415,3 +415,34 @@ def test_model_config_gets_tie_word_embeddings_from_text_config(tiny_model_dir):
     forced = HFModelConfig(path=str(tiny_model_dir), override_config={"attn_implementation": "sdpa",
                                                                        "tie_word_embeddings": True})
     assert forced.hf_config.tie_word_embeddings is True
+
+
+def test_token_logprobs_replace_verls_per_row_loop_only_where_verl_would_loop(monkeypatch):
+    import torch
+    import verl.utils.torch_functional as tf
+    import verl.workers.engine.fsdp.transformer_impl as engine
+
+    verl_hooks.install()
+    wrapper = engine.logprobs_from_logits
+    assert getattr(wrapper, "__r1aqa_patched__", False) and tf.logprobs_from_logits is wrapper
+    logits = (3 * torch.randn(40, 300, generator=torch.Generator().manual_seed(0))).bfloat16()
+    labels = torch.randint(0, 300, (40,))
+    loop = tf.logprobs_from_logits_v2(logits, labels)  # verl's fallback: bf16 out, one log-softmax per row
+    assert not tf.FLAH_ATTN_CROSS_ENTROPY_LOSS_AVAILABLE  # no flash-attn here: verl itself would loop
+    ours = wrapper(logits, labels)
+    assert ours.dtype == torch.float32 and loop.dtype == torch.bfloat16
+    torch.testing.assert_close(ours, loop.float(), rtol=2**-7, atol=1e-3)  # verl rounds its output to bf16
+    monkeypatch.setenv("R1AQA_CHUNKED_LOGPROBS", "0")  # off: verl's own function
+    assert wrapper(logits, labels).dtype == torch.bfloat16
+    monkeypatch.delenv("R1AQA_CHUNKED_LOGPROBS")
+    monkeypatch.setattr(tf, "NPU_CROSS_ENTROPY_LOSS_AVAILABLE", True)  # verl has a kernel: left to verl
+    monkeypatch.setattr(tf, "logprobs_from_logits_torch_npu", lambda lg, lb: "npu kernel")
+    assert wrapper(logits, labels) == "npu kernel"
+
+
+def test_token_logprobs_hook_fails_loudly_when_verl_drops_its_kernel_flags(monkeypatch):
+    import verl.utils.torch_functional as tf
+
+    monkeypatch.delattr(tf, "FLAH_ATTN_CROSS_ENTROPY_LOSS_AVAILABLE")
+    with pytest.raises(verl_hooks.AdapterError, match="hook M: verl.utils.torch_functional.FLAH_ATTN"):
+        verl_hooks._make_token_logprobs(lambda *a, **k: None)

@@ -176,7 +176,8 @@ def test_lps_queue_runs_the_verl_arm_before_eval_and_each_rehearsal(tmp_path: Pa
 
 @pytest.mark.parametrize("arms", [None, "x:instrument y:beep_count:a.b=1;+c.d=2"])
 def test_lp2_queue_runs_each_verl_arm_with_its_tasks_and_overrides(tmp_path: Path, arms: str | None) -> None:
-    stubs = 'lp() { echo "lp $LP_ARM $* tasks=${TRAIN_TASKS:-} extra=${LP_EXTRA:+${LP_EXTRA#"$LP_SHARE"}}" >> "$S/calls"; }\n'
+    stubs = ('lp() { echo "lp $LP_ARM $* tasks=${TRAIN_TASKS:-} extra=${LP_EXTRA:+${LP_EXTRA#"$LP_SHARE"}}" >> "$S/calls"; }\n'
+             'logprob_bench() { echo "logprob-bench gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n')
     calls = _queue_calls(tmp_path, "lp2", stubs, {} if arms is None else {"LP_ARMS": arms})
     if arms is None:  # the recipe, and the recipe at lr 5e-4, both on the two tasks the listening warm-up teaches
         two = "tasks=beep_count,instrument"
@@ -185,7 +186,8 @@ def test_lp2_queue_runs_each_verl_arm_with_its_tasks_and_overrides(tmp_path: Pat
     else:  # ";" separates an arm's overrides; each arm trains on its own tasks
         arm_calls = [f"lp x {p} tasks=instrument extra=" for p in ("grpo", "after")] + [
             f"lp y {p} tasks=beep_count extra= a.b=1 +c.d=2" for p in ("grpo", "after")]
-    assert calls == sorted(["lp lp-prep warm tasks= extra=", "lp lp-prep before tasks= extra=", *arm_calls])
+    assert calls == sorted(["logprob-bench gpu=0", "lp lp-prep warm tasks= extra=", "lp lp-prep before tasks= extra=",
+                            *arm_calls])
 
 
 def test_merge_overrides_later_wins_and_keeps_plus() -> None:
@@ -272,3 +274,66 @@ def test_audio_dependence_sees_wrong_audio_far_above_bf16_noise(tiny_model_dir: 
     assert out.returncode == 0, out.stderr[-3000:]
     ratio = float(out.stdout.split("ratio ")[1].split("x")[0])
     assert ratio > 3, out.stdout  # another clip moves the random tiny model's log-probs well beyond bf16 rounding
+
+
+# ------------------------------------------------------------------------------------------------- stack sampler
+SAMPLED = """
+import threading, time
+def spin(seconds):
+    end = time.time() + seconds
+    while time.time() < end:
+        pass
+threading.Thread(target=threading.Event().wait, args=(2,), name="waiter", daemon=True).start()
+spin(1.5)
+"""
+
+
+def test_stack_sampler_attributes_busy_time_and_skips_waits(tmp_path: Path) -> None:
+    import stack_report
+
+    env = {**os.environ, "R1AQA_STACKS_DIR": str(tmp_path / "st"), "R1AQA_STACKS_INTERVAL": "0.01",
+           "PYTHONPATH": f"{BENCH / 'stack_sampler'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    (tmp_path / "job.py").write_text(SAMPLED)
+    subprocess.run([sys.executable, str(tmp_path / "job.py")], env=env, check=True, timeout=60)
+    gs = stack_report.groups(stack_report.load(tmp_path / "st"))
+    main = [g for g in gs if g["thread"] == "MainThread"]
+    assert len(main) == 1 and 0.9 < main[0]["busy_s"] < 2.5, [(g["thread"], g["busy_s"]) for g in gs]
+    spin = [s for f, s in main[0]["incl"].items() if f.startswith("spin ") and "job.py" in f]
+    assert spin and spin[0] > 0.8 * main[0]["busy_s"] - 0.3
+    assert not [g for g in gs if g["thread"] == "waiter"]  # Event.wait is a wait, not work
+    out = subprocess.run([sys.executable, str(BENCH / "stack_report.py"), str(tmp_path / "st")], capture_output=True,
+                         text=True, check=True).stdout
+    assert "[MainThread]" in out and "`spin " in out
+
+
+def test_stack_sampler_off_without_its_variable(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(BENCH / "stack_sampler")}
+    env.pop("R1AQA_STACKS_DIR", None)
+    code = "import threading; print(sorted(t.name for t in threading.enumerate()))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['MainThread']"
+
+
+def test_lp2_queue_samples_stacks_of_the_verl_arm_only_and_packs_a_table(tmp_path: Path) -> None:
+    # the stub GRPO phase is a real Python process, so the sampler's folder and PYTHONPATH are what verl would get
+    stubs = ('lp() { echo "lp $LP_ARM $1 stacks=${R1AQA_STACKS_DIR:-}" >> "$S/calls"\n'
+             f'  [ "$1" = grpo ] && {sys.executable} -c "import time; t = time.time()\n'
+             'while time.time() - t < 0.5: pass"; return 0; }\n')
+    calls = _queue_calls(tmp_path, "lp2", stubs, {"LP_ARMS": "x:instrument", "STACKS": "1", "LOGPROB_BENCH": "0"})
+    s = tmp_path / "s"
+    assert calls == sorted(["lp lp-prep warm stacks=", "lp lp-prep before stacks=", f"lp x grpo stacks={s}/x/stacks",
+                            "lp x after stacks="])
+    assert list((s / "x" / "stacks").glob("stacks-*.json"))
+    assert "[MainThread]" in (s / "x" / "stacks.md").read_text()
+    assert (tmp_path / "out" / "1-stacks.tgz").stat().st_size
+
+
+def test_logprob_bench_toy_compares_verls_loop_with_hook_m(tmp_path: Path) -> None:
+    import logprob_bench
+
+    assert logprob_bench.main(["--cases", "toy", "--repeats", "1", "--json", str(tmp_path / "lp.json")]) == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "lp.json").read_text())}
+    assert set(rows) == {"verl-loop", "chunked", "torch"}
+    assert rows["chunked"]["max_abs_diff"] < 1e-4  # fp32 result of the bf16 logits
+    assert rows["verl-loop"]["max_abs_diff"] < 0.1  # verl's loop rounds to bf16
+    assert rows["verl-loop"]["speedup_vs_loop"] == 1.0

@@ -39,9 +39,15 @@ CMD=${1:?start, wait or stop}
 HERE=$(cd "$(dirname "$0")" && pwd)
 S=${SESSION_DIR:-/tmp/r1aqa-session}
 
-pack() {  # everything under $S into one archive in $OUT, plus the job list and the 7B table beside it
-  local out=${OUT:-$PWD/gpu-logs}; mkdir -p "$out"
-  tar -czf "$out/0-logs.tgz" -C "$S" --exclude "*.parquet" . 2>/dev/null
+pack() {  # everything under $S into one archive in $OUT, plus the job list and the 7B table beside it; stack samples
+          # (STACKS=1) as a table in the archive and raw in 1-stacks.tgz (one file back may hold 16 MiB)
+  local out=${OUT:-$PWD/gpu-logs} d; mkdir -p "$out"
+  for d in "$S"/*/stacks; do
+    [ -d "$d" ] && python3 "$HERE/../stack_report.py" "$d" --groups 12 > "$d/../stacks.md" 2>&1
+  done
+  tar -czf "$out/0-logs.tgz" -C "$S" --exclude "*.parquet" --exclude "stacks-*.json" . 2>/dev/null
+  ls "$S"/*/stacks/stacks-*.json > /dev/null 2>&1 && tar -czf "$out/1-stacks.tgz" -C "$S" \
+    $(cd "$S" && ls -d */stacks) 2>/dev/null
   cp "$S/jobs.tsv" "$out/jobs.tsv" 2>/dev/null
   ls "$S"/grpo-*gpu.log > /dev/null 2>&1 && PYTHONPATH="$(cd "$HERE/../.." && pwd)${PYTHONPATH:+:$PYTHONPATH}" \
     python3 "$HERE/../grpo_step_bench.py" table "$S"/grpo-*gpu.log | tee "$out/grpo-table.md"
@@ -115,7 +121,12 @@ lp() {  # lp PHASE: learning proof phase (examples/learning_proof/run.sh) of arm
   OUT=$S/$arm WORK=$W/$arm NO_FLASH_ATTN=1 EXTRA_OVERRIDES="${LP_EXTRA:-}" timeout -k 10 "$(left 5)" \
     bash "$REPO/examples/learning_proof/run.sh" "$@"
 }
-lp_grpo() { GRPO_TIMEOUT=$(left 200) lp grpo; }  # leaves ~3 min for export + eval after + plots
+lp_grpo() {  # leaves ~3 min for export + eval after + plots; STACKS=1 samples every process's stacks (stack_report)
+  ( if [ "${STACKS:-0}" = 1 ]; then
+      export R1AQA_STACKS_DIR=$S/${LP_ARM:-lp}/stacks PYTHONPATH=$REPO/benchmarks/stack_sampler:$PYTHONPATH
+    fi
+    GRPO_TIMEOUT=$(left 200) lp grpo )
+}
 
 contrast() {  # contrast NAME: tests/test_gpu_grpo.py, same audio vs another sample's audio for the actor
   cd "$REPO" && timeout -k 10 "$(left 5)" python3 -m pytest -m gpu tests/test_gpu_grpo.py -v -p no:cacheprovider \
@@ -189,8 +200,13 @@ QUEUE_lps() {  # learning proof on one GPU: warm-up (format + listening), the ve
 # LP_ARMS: the verl arms of queue lp2, "name:train_tasks[:override;override...]" entries, space-separated (";" in the
 # overrides become spaces). The default: the recipe as shipped, and the same at lr 5e-4 (the rehearsals never tried it).
 LP_ARMS=${LP_ARMS-"lp-a:beep_count,instrument lp-b:beep_count,instrument:actor_rollout_ref.actor.optim.lr=5e-4"}
+logprob_bench() {  # hook M side by side with verl's per-row loop (a minute at most)
+  timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/logprob_bench.py" --json "$S/logprob.json"
+}
 QUEUE_lp2() {  # learning proof on one GPU: warm-up (format + listening), then the verl arms LP_ARMS and the eval
-               # before side by side, then each arm's eval after (GPU $LP_GPU, default 0); no rehearsals
+               # before side by side, then each arm's eval after (GPU $LP_GPU, default 0); no rehearsals. The
+               # token log-prob bench (LOGPROB_BENCH=0 skips it) runs beside the warm-up's CPU-bound start
+  [ "${LOGPROB_BENCH:-1}" = 0 ] || ( CUDA_VISIBLE_DEVICES=${LP_GPU:-0} step logprob-bench logprob_bench ) &
   lp_shared_prep || return 1
   local entry name tasks extra first=1
   for entry in $LP_ARMS; do

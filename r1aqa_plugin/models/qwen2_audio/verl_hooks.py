@@ -7,14 +7,16 @@ FSDP workers, agent-loop workers, the vLLM server actor and vLLM's own worker pr
 Each patch names its target module and attribute. Installing never imports a target: a patch is applied when its
 module is imported (at once if it already is), so the driver does not pay for vLLM's import. Applying checks the
 attribute exists, wraps it once (idempotent), logs what it patched, and raises ``AdapterError`` when verl has
-changed. Every wrapper is a no-op for models other than Qwen2-Audio.
+changed. Every wrapper but M's is a no-op for models other than Qwen2-Audio.
 
 Hooks (see docs/adapter.md): A processor accepted, B processor callable after rollout, C prompt builder is
 multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, F an auto class for the actor,
 I the audio encoder runs once per distinct clip of a batch (transformers' Qwen2AudioEncoder), J a prompt's samples
 stay adjacent on their data-parallel rank (so I finds its copies), K ``actor.freeze_vision_tower`` freezes the audio
-encoder (verl 0.9.1's FSDP engine ignores the flag), L ``tie_word_embeddings`` where verl reads it, W every vLLM
-worker runs the name-mapping model class. (G, the dataset, and H, the recipes' settings, are not patches.)
+encoder (verl 0.9.1's FSDP engine ignores the flag), L ``tie_word_embeddings`` where verl reads it, M token
+log-probs in chunked kernels where verl would loop over tokens in Python (no flash-attn), W every vLLM worker runs
+the name-mapping model class. (G, the dataset, and H, the recipes' settings, are not patches.) M is the one hook
+that is not Qwen2-Audio-specific: it computes the same values as the code it replaces, for any model.
 """
 
 from __future__ import annotations
@@ -278,6 +280,29 @@ def _make_model_config_init(original: Callable[..., Any]) -> Callable[..., Any]:
     return __post_init__
 
 
+def _make_token_logprobs(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook M: where verl 0.9.1 would compute token log-probs in its per-row Python loop (no flash-attn
+    cross-entropy, no NPU kernel), compute them in chunked kernels instead (same values; fp32)."""
+    from verl.utils import torch_functional as tf
+
+    for flag in ("FLAH_ATTN_CROSS_ENTROPY_LOSS_AVAILABLE", "NPU_CROSS_ENTROPY_LOSS_AVAILABLE"):
+        if not hasattr(tf, flag):  # how verl picks its kernel: without these the hook cannot tell when it loops
+            raise AdapterError(f"r1aqa hook M: verl.utils.torch_functional.{flag} does not exist in verl "
+                               f"{_version('verl')}; the adapter supports verl " + ", ".join(TESTED_VERL))
+
+    @functools.wraps(original)
+    def logprobs_from_logits(logits: Any, labels: Any, inplace_backward: bool = True) -> Any:
+        from r1aqa_plugin.models.qwen2_audio.token_logprobs import chunked_enabled, token_logprobs
+
+        flash = tf.FLAH_ATTN_CROSS_ENTROPY_LOSS_AVAILABLE and os.environ.get("VERL_DISABLE_FLASH_ATTN_CE", "0") != "1"
+        if flash or tf.NPU_CROSS_ENTROPY_LOSS_AVAILABLE or not chunked_enabled():
+            return original(logits, labels, inplace_backward=inplace_backward)
+        _trace("token log-probs", f"{tuple(logits.shape)} logits in chunked kernels, not verl's per-row loop")
+        return token_logprobs(logits, labels)
+
+    return logprobs_from_logits
+
+
 GROUP_ENV = "R1AQA_GROUP_BY_PROMPT"
 
 
@@ -320,6 +345,7 @@ def _make_group_by_prompt(original: Callable[..., Any]) -> Callable[..., Any]:
 _HF_PROCESSOR_SITES = ("verl.utils.tokenizer.tokenizer", "verl.utils.tokenizer", "verl.utils",
                        "verl.workers.config.model", "verl.model_merger.base_model_merger")
 _VLLM_SERVER = "verl.workers.rollout.vllm_rollout.vllm_async_server"
+_TOKEN_LOGPROB_SITES = ("verl.utils.torch_functional", "verl.workers.engine.fsdp.transformer_impl")
 
 
 def _build_patches() -> list[Patch]:
@@ -331,8 +357,19 @@ def _build_patches() -> list[Patch]:
             hf_processor_wrapper["fn"] = _make_hf_processor(original)
         return hf_processor_wrapper["fn"]
 
+    token_logprobs_wrapper: dict[str, Any] = {}
+
+    def shared_token_logprobs(original: Callable[..., Any]) -> Callable[..., Any]:
+        # verl's own module and the FSDP engine, which imported the function by name: one wrapper of the real one
+        if "fn" not in token_logprobs_wrapper:
+            token_logprobs_wrapper["fn"] = _make_token_logprobs(original)
+        return token_logprobs_wrapper["fn"]
+
     patches = [Patch("A", m, "hf_processor", shared_hf_processor, "accept Qwen2AudioProcessor")
                for m in _HF_PROCESSOR_SITES]
+    patches += [Patch("M", m, "logprobs_from_logits", shared_token_logprobs,
+                      "token log-probs in chunked kernels where verl would loop per row (no flash-attn)")
+                for m in _TOKEN_LOGPROB_SITES]
     patches += [
         Patch("C", "verl.utils.tokenizer.continuous_token_wiring", "_is_multimodal_processor",
               _make_is_multimodal_processor, "audio processor counts as multimodal"),
