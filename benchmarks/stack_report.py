@@ -23,7 +23,11 @@ IDLE_LEAVES = {
     "wait", "_wait_for_tstate_lock", "select", "poll", "sleep", "get", "accept", "recv", "recv_into", "_recv",
     "main_loop", "_worker", "run_forever", "_run_once", "epoll", "readinto", "_wait_once", "_next", "join",
     "wait_for_futures", "_poll", "_wait", "acquire", "_shutdown",
+    "get_objects", "print_logs", "listen_error_messages",  # Ray's ray.get and its log / error threads
 }
+# leaf frames that wait in C (no Python frame below them): a thread's run() calling a C target, Ray's monitors
+IDLE_FRAMES = ("run threading.py:", "ray/_private/process_watcher.py", "ray/_private/log_monitor.py",
+               "ray/autoscaler/")
 
 
 def load(folder: Path) -> list[dict[str, Any]]:
@@ -52,7 +56,7 @@ def _func(frame: str) -> str:
 
 def is_busy(stack: list[str]) -> bool:
     """False when the innermost Python frame is a known wait."""
-    return bool(stack) and _func(stack[-1]) not in IDLE_LEAVES
+    return bool(stack) and _func(stack[-1]) not in IDLE_LEAVES and not any(f in stack[-1] for f in IDLE_FRAMES)
 
 
 def groups(rows: list[dict[str, Any]], match: str | None = None) -> list[dict[str, Any]]:
