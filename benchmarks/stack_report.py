@@ -5,7 +5,8 @@
 
 Samples are grouped by process title (Ray names a worker after the task it runs, e.g.
 ``ray::WorkerDict.actor_rollout_update_actor``) and thread. A sample is busy unless the thread sits in a known wait
-(lock, selector, queue, sleep, Ray's idle loop). For each of the busiest groups the table lists busy seconds, the
+(lock, selector, queue, sleep, Ray's idle loop) or in the one stack that holds 90% of its thread's samples (a
+thread parked in a C call all its life). For each of the busiest groups the table lists busy seconds, the
 functions with the most inclusive time below the group's common trunk, and the innermost Python lines (self time;
 a CUDA-bound step shows up in the line that synchronises, e.g. ``.item()`` or ``.tolist()``).
 """
@@ -59,11 +60,25 @@ def is_busy(stack: list[str]) -> bool:
     return bool(stack) and _func(stack[-1]) not in IDLE_LEAVES and not any(f in stack[-1] for f in IDLE_FRAMES)
 
 
+def parked(rows: list[dict[str, Any]], share: float = 0.9) -> set[tuple[int, str, tuple[str, ...]]]:
+    """(pid, thread, stack) that hold ``share`` or more of their thread's samples: a thread that sat in one C call
+    (a socket, an event loop, a condition) for nearly its whole life, which no leaf-name list can know about."""
+    per_thread: collections.Counter = collections.Counter()
+    per_stack: collections.Counter = collections.Counter()
+    for r in rows:
+        per_thread[(r["pid"], r["thread"])] += r["count"]
+        per_stack[(r["pid"], r["thread"], tuple(r["stack"]))] += r["count"]
+    return {k for k, n in per_stack.items() if n >= share * per_thread[k[:2]] and per_thread[k[:2]] >= 20}
+
+
 def groups(rows: list[dict[str, Any]], match: str | None = None) -> list[dict[str, Any]]:
     """Busy samples per (title, thread), busiest first, each with inclusive and self seconds per frame."""
     by: dict[tuple[str, str], dict[str, Any]] = {}
+    idle = parked(rows)
     for r in rows:
         if not is_busy(r["stack"]) or (match and match not in r["title"]):
+            continue
+        if (r["pid"], r["thread"], tuple(r["stack"])) in idle:
             continue
         g = by.setdefault((r["title"], r["thread"]), {
             "title": r["title"], "thread": r["thread"], "pids": set(), "busy_s": 0.0,

@@ -6,12 +6,15 @@ Decoding is libsndfile (via soundfile: wav, flac, ogg/vorbis/opus, mp3) and resa
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+
+from r1aqa_plugin.once_cache import OnceCache
 
 SAMPLE_RATE = 16_000
 WHISPER_MAX_SECONDS = 30.0
@@ -135,6 +138,36 @@ def load_audio_with_info(
 def load_audio(source: Any, **kwargs: Any) -> np.ndarray:
     """Decode one audio item (path, bytes, or a ``{path|bytes}`` dict) to float32 mono at 16 kHz."""
     return load_audio_with_info(source, **kwargs)[0]
+
+
+# The last distinct clips decoded in this process (a 30 s clip is 1.9 MB): verl's agent loop decodes a prompt's
+# audio once per sample, the n samples of a GRPO group in parallel threads.
+DECODE_CACHE_CLIPS = 64
+_decoded: OnceCache[np.ndarray] = OnceCache(DECODE_CACHE_CLIPS)
+
+
+def _source_key(source: Any) -> tuple | None:
+    """What identifies an item's content: a digest of its bytes, or a path with its size and mtime."""
+    if isinstance(source, dict):
+        data = source.get("bytes")
+        source = data if data is not None else source.get("path")
+    if isinstance(source, (bytes, bytearray)):
+        return ("bytes", hashlib.blake2b(source, digest_size=16).digest())
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            st = os.stat(source)
+        except OSError:
+            return None  # load_audio names the missing file
+        return ("path", os.path.abspath(source), st.st_size, st.st_mtime_ns)
+    return None
+
+
+def load_audio_cached(source: Any, **kwargs: Any) -> np.ndarray:
+    """``load_audio`` through a per-process cache of recent clips (a fresh copy each call; errors are not cached)."""
+    key = _source_key(source)
+    if key is None:
+        return load_audio(source, **kwargs)
+    return _decoded.get((key, tuple(sorted(kwargs.items()))), lambda: load_audio(source, **kwargs)).copy()
 
 
 def encode_wav(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:

@@ -120,8 +120,7 @@ def test_post_rollout_features_are_computed_once_per_distinct_clip(processor, mo
     """A GRPO group's samples share their clip: only the first of them runs the feature extractor."""
     from r1aqa_plugin.models.qwen2_audio import processor as proc
 
-    monkeypatch.setattr(proc, "_feature_cache", proc.OrderedDict())
-    monkeypatch.setattr(proc, "FEATURE_CACHE_CLIPS", 2)
+    monkeypatch.setattr(proc, "_feature_cache", proc.OnceCache(2))
     calls = []
     extractor = type(processor.feature_extractor)
     original = extractor.__call__
@@ -174,7 +173,7 @@ def test_prompt_call_with_cached_features_equals_the_stock_processor(processor, 
 def test_prompt_calls_extract_features_once_per_distinct_clip(processor, monkeypatch):
     from r1aqa_plugin.models.qwen2_audio import processor as proc
 
-    monkeypatch.setattr(proc, "_feature_cache", proc.OrderedDict())
+    monkeypatch.setattr(proc, "_feature_cache", proc.OnceCache(proc.FEATURE_CACHE_CLIPS))
     calls = []
     extractor = type(processor.feature_extractor)
     original = extractor.__call__
@@ -446,3 +445,55 @@ def test_token_logprobs_hook_fails_loudly_when_verl_drops_its_kernel_flags(monke
     monkeypatch.delattr(tf, "FLAH_ATTN_CROSS_ENTROPY_LOSS_AVAILABLE")
     with pytest.raises(verl_hooks.AdapterError, match="hook M: verl.utils.torch_functional.FLAH_ATTN"):
         verl_hooks._make_token_logprobs(lambda *a, **k: None)
+
+
+def test_a_groups_concurrent_processor_calls_extract_features_once(processor, monkeypatch):
+    """verl's agent loop calls the processor for a GRPO group's n samples in parallel threads."""
+    import threading
+    import time
+
+    from r1aqa_plugin.models.qwen2_audio import processor as proc
+
+    monkeypatch.setattr(proc, "_feature_cache", proc.OnceCache(proc.FEATURE_CACHE_CLIPS))
+    calls = []
+    extractor = type(processor.feature_extractor)
+    original = extractor.__call__
+
+    def slow(self, *a, **k):  # long enough that all eight threads miss together
+        calls.append(1)
+        time.sleep(0.2)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(extractor, "__call__", slow)
+    text = processor.apply_chat_template(_messages(), add_generation_prompt=True, tokenize=False)
+    wave = _tone(4.0)
+    barrier, outs = threading.Barrier(8), []
+
+    def sample() -> None:
+        barrier.wait()
+        outs.append(processor(text=[text], audio=[wave], sampling_rate=16000, return_tensors="np"))
+
+    threads = [threading.Thread(target=sample) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(outs) == 8
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out["input_features"], outs[0]["input_features"])
+
+
+@pytest.mark.parametrize("env, given, expected", [(None, None, 0.2), ("0.05", None, 0.05), (None, 1.5, 1.5)])
+def test_replay_buffer_polls_every_fifth_of_a_second_unless_told(monkeypatch, env, given, expected):
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+
+    verl_hooks.install()
+    if env is None:
+        monkeypatch.delenv(verl_hooks.POLL_ENV, raising=False)
+    else:
+        monkeypatch.setenv(verl_hooks.POLL_ENV, env)
+    kwargs = {} if given is None else {"poll_interval": given}
+    buffer = ReplayBuffer(trainer_mode="sync", trainer_config=OmegaConf.create({}), max_off_policy_threshold=None,
+                          max_off_policy_strategy="drop", sampler_kwargs=OmegaConf.create({}), **kwargs)
+    assert buffer.poll_interval == expected

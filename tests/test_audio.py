@@ -146,3 +146,31 @@ def test_encode_wav_round_trips_through_load_audio():
     wave = sine(500, 0.5, SAMPLE_RATE)
     back = load_audio(encode_wav(wave))
     assert np.abs(back - wave).max() < 1e-4
+
+
+def test_cached_load_decodes_each_distinct_clip_once_and_hands_out_copies(tmp_path, monkeypatch):
+    from r1aqa_plugin import audio
+    from r1aqa_plugin.once_cache import OnceCache
+
+    monkeypatch.setattr(audio, "_decoded", OnceCache(8))
+    calls = []
+    real = audio.load_audio
+    monkeypatch.setattr(audio, "load_audio", lambda s, **k: calls.append(1) or real(s, **k))
+    t = np.arange(16000) / 16000
+    data = audio.encode_wav((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32))
+    first = audio.load_audio_cached({"bytes": data, "path": None}, channels="mean")
+    first[:] = 0  # a caller's in-place change must not reach the next caller
+    again = audio.load_audio_cached(data, channels="mean")  # the same content, as raw bytes
+    assert len(calls) == 1 and np.abs(again).max() > 0.2
+    np.testing.assert_array_equal(again, real(data, channels="mean"))
+    audio.load_audio_cached(data, channels="first")  # other options: another entry
+    assert len(calls) == 2
+    path = tmp_path / "a.wav"
+    path.write_bytes(data)
+    audio.load_audio_cached(str(path))
+    audio.load_audio_cached(str(path))
+    assert len(calls) == 3
+    path.write_bytes(audio.encode_wav(np.zeros(8000, dtype=np.float32)))  # rewritten: size/mtime change
+    assert audio.load_audio_cached(str(path)).shape == (8000,) and len(calls) == 4
+    with pytest.raises(audio.AudioError, match="missing.wav"):
+        audio.load_audio_cached(str(tmp_path / "missing.wav"))

@@ -30,7 +30,7 @@ from r1aqa_plugin.audio import (
     AudioError,
     audio_seconds,
     describe_source,
-    load_audio,
+    load_audio_cached,
 )
 from r1aqa_plugin.models.qwen2_audio.names import audio_token_count
 from r1aqa_plugin.prompts import render_prompt
@@ -87,7 +87,8 @@ class AQADataset(RLHFDataset):
         sources = cls._extract_audio_info(messages)
         if sources is None:
             return None, None, None
-        audios = [load_audio(s, channels=opts["channels"], long_audio=opts["long_audio"]) for s in sources]
+        # per sample, the n of a GRPO group at once: decoded once per distinct clip
+        audios = [load_audio_cached(s, channels=opts["channels"], long_audio=opts["long_audio"]) for s in sources]
         return None, None, audios
 
     # ------------------------------------------------------------------------------------- the length filter

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 from transformers import BatchFeature, Qwen2AudioProcessor
+
+from r1aqa_plugin.once_cache import OnceCache
 
 
 # Diagnostic only: R1AQA_DIAG_ACTOR_AUDIO makes the actor hear other audio than vLLM did, so the rollout-vs-actor
@@ -30,9 +30,10 @@ from transformers import BatchFeature, Qwen2AudioProcessor
 DIAG_ENV = "R1AQA_DIAG_ACTOR_AUDIO"
 DIAG_MODES = ("other", "reverse")
 # Features of the last distinct clips (a 30 s window of 128 mel bins is 1.5 MB; 64 clips cover 4 steps' prompts).
+# verl runs processor calls in executor threads, a GRPO group's n samples at the same moment: OnceCache makes
+# their concurrent misses one extraction (the seventh GPU session's stack samples: 8 for 8 with a plain cache).
 FEATURE_CACHE_CLIPS = 64
-_feature_cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-_feature_lock = threading.Lock()  # verl runs processor calls in executor threads
+_feature_cache: OnceCache[tuple[np.ndarray, np.ndarray]] = OnceCache(FEATURE_CACHE_CLIPS)
 _recent_clips: list[np.ndarray] = []  # the last two distinct clips this process saw, newest first
 
 
@@ -142,18 +143,12 @@ class VerlQwen2AudioProcessor(Qwen2AudioProcessor):
         fe = self.feature_extractor
         key = (hashlib.blake2b(np.ascontiguousarray(clip).view(np.uint8), digest_size=16).digest(), clip.dtype.str,
                clip.shape, rate, fe.feature_size, fe.n_samples, fe.hop_length)
-        with _feature_lock:
-            hit = _feature_cache.get(key)
-            if hit is not None:
-                _feature_cache.move_to_end(key)
-                return hit
-        feats = fe([clip], sampling_rate=rate, return_attention_mask=True, padding="max_length")
-        value = (np.asarray(feats["input_features"][0]), np.asarray(feats["attention_mask"][0]))
-        with _feature_lock:
-            _feature_cache[key] = value
-            while len(_feature_cache) > FEATURE_CACHE_CLIPS:
-                _feature_cache.popitem(last=False)
-        return value
+
+        def extract() -> tuple[np.ndarray, np.ndarray]:
+            feats = fe([clip], sampling_rate=rate, return_attention_mask=True, padding="max_length")
+            return np.asarray(feats["input_features"][0]), np.asarray(feats["attention_mask"][0])
+
+        return _feature_cache.get(key, extract)
 
 
 # Saved configs name the processor class by ``__class__.__name__`` (processor_config.json, tokenizer_config.json);

@@ -7,7 +7,7 @@ FSDP workers, agent-loop workers, the vLLM server actor and vLLM's own worker pr
 Each patch names its target module and attribute. Installing never imports a target: a patch is applied when its
 module is imported (at once if it already is), so the driver does not pay for vLLM's import. Applying checks the
 attribute exists, wraps it once (idempotent), logs what it patched, and raises ``AdapterError`` when verl has
-changed. Every wrapper but M's is a no-op for models other than Qwen2-Audio.
+changed. Every wrapper but M's and N's is a no-op for models other than Qwen2-Audio.
 
 Hooks (see docs/adapter.md): A processor accepted, B processor callable after rollout, C prompt builder is
 multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, F an auto class for the actor,
@@ -15,8 +15,9 @@ I the audio encoder runs once per distinct clip of a batch (transformers' Qwen2A
 stay adjacent on their data-parallel rank (so I finds its copies), K ``actor.freeze_vision_tower`` freezes the audio
 encoder (verl 0.9.1's FSDP engine ignores the flag), L ``tie_word_embeddings`` where verl reads it, M token
 log-probs in chunked kernels where verl would loop over tokens in Python (no flash-attn), W every vLLM worker runs
-the name-mapping model class. (G, the dataset, and H, the recipes' settings, are not patches.) M is the one hook
-that is not Qwen2-Audio-specific: it computes the same values as the code it replaces, for any model.
+the name-mapping model class, N the v1 replay buffer polls for finished rollouts every 0.2 s, not 2 s. (G, the
+dataset, and H, the recipes' settings, are not patches.) M and N are not Qwen2-Audio-specific: M computes the same
+values as the code it replaces, N only shortens a wait, for any model.
 """
 
 from __future__ import annotations
@@ -303,6 +304,25 @@ def _make_token_logprobs(original: Callable[..., Any]) -> Callable[..., Any]:
     return logprobs_from_logits
 
 
+POLL_ENV = "R1AQA_REPLAY_POLL_S"
+REPLAY_POLL_S = 0.2
+
+
+def _make_replay_poll(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook N: verl 0.9.1's v1 replay buffer looks for finished rollouts every 2 s (a constructor default that no
+    config reaches), so generation is timed, and waited for, in steps of 2 s (the seventh GPU session: 6.06 or
+    8.09 s, nothing between); poll every ``R1AQA_REPLAY_POLL_S`` (default 0.2 s) unless the caller chose a value."""
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if "poll_interval" not in kwargs and len(args) < 6:  # verl's own construction: keyword arguments only
+            self.poll_interval = float(os.environ.get(POLL_ENV, REPLAY_POLL_S))
+            _trace("replay buffer", f"polls every {self.poll_interval:g} s (verl's default: 2 s)")
+
+    return __init__
+
+
 GROUP_ENV = "R1AQA_GROUP_BY_PROMPT"
 
 
@@ -393,6 +413,8 @@ def _build_patches() -> list[Patch]:
               "actor.freeze_vision_tower freezes the Qwen2-Audio audio encoder"),
         Patch("L", "verl.workers.config.model", "HFModelConfig.__post_init__", _make_model_config_init,
               "Qwen2-Audio's tie_word_embeddings at the top of the model config"),
+        Patch("N", "verl.trainer.ppo.v1.replay_buffer", "ReplayBuffer.__init__", _make_replay_poll,
+              "the v1 replay buffer polls for finished rollouts every 0.2 s, not 2 s"),
         Patch("W", "verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension.monkey_patch_model",
               _make_worker_check, "each vLLM worker checks it runs the name-mapping model"),
     ]
