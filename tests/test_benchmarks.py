@@ -278,12 +278,20 @@ def test_audio_dependence_sees_wrong_audio_far_above_bf16_noise(tiny_model_dir: 
 
 # ------------------------------------------------------------------------------------------------- stack sampler
 SAMPLED = """
-import threading, time
+import math, threading, time
+def square_roots():
+    return sum(math.sqrt(i) for i in range(2000))
+def sines():
+    return sum(math.sin(i) for i in range(2000))
 def spin(seconds):
     end = time.time() + seconds
     while time.time() < end:
-        pass
+        square_roots()
+        sines()
+def parked():
+    time.sleep(5)  # a C call for the thread's whole life: no leaf-name rule knows it, the one-stack rule does
 threading.Thread(target=threading.Event().wait, args=(2,), name="waiter", daemon=True).start()
+threading.Thread(target=parked, name="parked", daemon=True).start()
 spin(1.5)
 """
 
@@ -300,7 +308,7 @@ def test_stack_sampler_attributes_busy_time_and_skips_waits(tmp_path: Path) -> N
     assert len(main) == 1 and 0.9 < main[0]["busy_s"] < 2.5, [(g["thread"], g["busy_s"]) for g in gs]
     spin = [s for f, s in main[0]["incl"].items() if f.startswith("spin ") and "job.py" in f]
     assert spin and spin[0] > 0.8 * main[0]["busy_s"] - 0.3
-    assert not [g for g in gs if g["thread"] == "waiter"]  # Event.wait is a wait, not work
+    assert not [g for g in gs if g["thread"] in ("waiter", "parked")]  # Event.wait and a lifelong sleep: waits
     out = subprocess.run([sys.executable, str(BENCH / "stack_report.py"), str(tmp_path / "st")], capture_output=True,
                          text=True, check=True).stdout
     assert "[MainThread]" in out and "`spin " in out
