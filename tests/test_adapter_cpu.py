@@ -385,7 +385,7 @@ def test_engine_build_freezes_the_audio_tower_of_the_actor_only(tiny_model_dir, 
         engine.device_mesh, engine.use_remove_padding, engine.ulysses_sequence_parallel_size = None, False, 1
         trainable = {}
         for flag, forward_only in ((True, False), (False, False), (True, True)):
-            engine.engine_config = FSDPEngineConfig(forward_only=forward_only)
+            engine.engine_config = FSDPEngineConfig(forward_only=forward_only, use_orig_params=True)
             token = verl_hooks._freeze_audio_tower.set(flag)
             try:
                 module = engine._build_module()
@@ -394,6 +394,18 @@ def test_engine_build_freezes_the_audio_tower_of_the_actor_only(tiny_model_dir, 
             tower = {id(p) for p in audio_tower_of(module).parameters()}
             trainable[flag, forward_only] = (any(p.requires_grad for p in audio_tower_of(module).parameters()),
                                              all(p.requires_grad for p in module.parameters() if id(p) not in tower))
+        # FSDP1 without use_orig_params cannot wrap frozen and trained parameters together: say so before it fails
+        for strategy, orig, fails in (("fsdp", False, True), ("fsdp2", False, False)):
+            engine.engine_config = FSDPEngineConfig(strategy=strategy, use_orig_params=orig)
+            token = verl_hooks._freeze_audio_tower.set(True)
+            try:
+                if fails:
+                    with pytest.raises(verl_hooks.AdapterError, match="fsdp_config.use_orig_params=true"):
+                        engine._build_module()
+                else:
+                    engine._build_module()
+            finally:
+                verl_hooks._freeze_audio_tower.reset(token)
     finally:
         if started:
             dist.destroy_process_group()

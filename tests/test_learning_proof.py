@@ -194,6 +194,7 @@ def test_recipe_composes(tmp_path):
     actor = cfg["actor_rollout_ref"]["actor"]
     assert actor["use_kl_loss"] is True and actor["kl_loss_coef"] == 0.04 and actor["kl_loss_type"] == "k3"
     assert actor["freeze_vision_tower"] is True  # as in the warm-up; applied by hook K
+    assert actor["fsdp_config"]["use_orig_params"] is True  # FSDP1 with a frozen tower (hook K raises without it)
     assert cfg["trainer"]["test_freq"] == 5 and cfg["trainer"]["n_gpus_per_node"] == 1
     assert cfg["data"]["custom_cls"]["name"] == "AQADataset"
     # 4 optimizer steps a rollout batch (verl counts the mini-batch in prompts)

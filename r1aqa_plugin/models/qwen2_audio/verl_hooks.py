@@ -255,6 +255,12 @@ def _make_tower_freezer(original: Callable[..., Any]) -> Callable[..., Any]:
                 and getattr(getattr(module, "config", None), "model_type", None) == MODEL_TYPE):
             from r1aqa_plugin.models.qwen2_audio.whisper_init import audio_tower_of
 
+            if self.engine_config.strategy == "fsdp" and not self.engine_config.use_orig_params:
+                # FSDP1 flattens each wrapped unit's parameters into one tensor that must share requires_grad; it
+                # raises at wrap time with no hint of the flag (the seventh GPU session's first run)
+                raise AdapterError("hook K: actor.freeze_vision_tower=true under strategy fsdp needs "
+                                   "actor_rollout_ref.actor.fsdp_config.use_orig_params=true (FSDP1 cannot flatten "
+                                   "frozen and trained parameters together otherwise), or strategy fsdp2")
             tower = audio_tower_of(module)
             tower.requires_grad_(False)
             n_frozen = sum(p.numel() for p in tower.parameters())
