@@ -30,8 +30,9 @@ from r1aqa_plugin.once_cache import OnceCache
 DIAG_ENV = "R1AQA_DIAG_ACTOR_AUDIO"
 DIAG_MODES = ("other", "reverse")
 # Features of the last distinct clips (a 30 s window of 128 mel bins is 1.5 MB; 64 clips cover 4 steps' prompts).
-# verl runs processor calls in executor threads, a GRPO group's n samples at the same moment: OnceCache makes
-# their concurrent misses one extraction (the seventh GPU session's stack samples: 8 for 8 with a plain cache).
+# verl runs processor calls in executor threads, a GRPO group's n samples at the same moment, so a plain cache
+# misses n times at once (the seventh GPU session's stack samples: the agent loop's threads busy extracting
+# features); OnceCache makes those concurrent misses one extraction.
 FEATURE_CACHE_CLIPS = 64
 _feature_cache: OnceCache[tuple[np.ndarray, np.ndarray]] = OnceCache(FEATURE_CACHE_CLIPS)
 _recent_clips: list[np.ndarray] = []  # the last two distinct clips this process saw, newest first

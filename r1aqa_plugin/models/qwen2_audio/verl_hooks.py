@@ -14,8 +14,8 @@ multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, 
 I the audio encoder runs once per distinct clip of a batch (transformers' Qwen2AudioEncoder), J a prompt's samples
 stay adjacent on their data-parallel rank (so I finds its copies), K ``actor.freeze_vision_tower`` freezes the audio
 encoder (verl 0.9.1's FSDP engine ignores the flag), L ``tie_word_embeddings`` where verl reads it, M token
-log-probs in chunked kernels where verl would loop over tokens in Python (no flash-attn), W every vLLM worker runs
-the name-mapping model class, N the v1 replay buffer polls for finished rollouts every 0.2 s, not 2 s. (G, the
+log-probs in chunked kernels where verl would loop over tokens in Python (no flash-attn), N the v1 replay buffer
+polls for finished rollouts every 0.2 s, not 2 s, W every vLLM worker runs the name-mapping model class. (G, the
 dataset, and H, the recipes' settings, are not patches.) M and N are not Qwen2-Audio-specific: M computes the same
 values as the code it replaces, N only shortens a wait, for any model.
 """
