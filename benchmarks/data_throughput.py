@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=24, help="clips per configuration")
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
     parser.add_argument("--synthetic-rows", type=int, default=48, help="rows per synthetic family (0: skip)")
+    parser.add_argument("--threads", type=int, default=20,
+                        help="executor threads for the concurrent-group step (verl's agent-loop worker had 20)")
     args = parser.parse_args()
 
     from transformers import WhisperFeatureExtractor
@@ -101,6 +103,7 @@ def main() -> None:
           f"= {min(totals) / worst:.1f}x the worst-case need.")  # fmt: skip
 
     post_rollout_features(args.seconds)
+    concurrent_groups(args.seconds, args.threads)
 
     if args.synthetic_rows:
         from r1aqa_plugin.data import BuildReport, get_dataset
@@ -157,6 +160,84 @@ def post_rollout_features(seconds: float) -> None:
         print(f"{label}, one step ({len(samples)} samples of {len(clips)} {seconds:g} s clips, one process): "
               f"{plain:.2f} s computed per sample, {cached:.2f} s with the adapter's per-clip cache "
               f"({plain / cached:.1f}x).")  # fmt: skip
+
+
+
+class PlainCache:
+    """The per-clip cache as it was before OnceCache: a locked LRU whose concurrent misses all compute."""
+
+    def __init__(self, capacity: int) -> None:
+        from collections import OrderedDict
+        from threading import Lock
+
+        self.capacity, self.misses, self.hits = capacity, 0, 0
+        self._values: OrderedDict = OrderedDict()
+        self._lock = Lock()
+
+    def get(self, key, compute):
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                self.hits += 1
+                return self._values[key]
+            self.misses += 1
+        value = compute()
+        with self._lock:
+            self._values[key] = value
+            while len(self._values) > self.capacity:
+                self._values.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+
+
+def concurrent_groups(seconds: float, threads: int) -> None:
+    """One step's audio work as verl's agent loop does it, side by side: every sample of a GRPO group submitted to a
+    thread pool at once, each decoding its clip (bytes, as the parquet holds them) and making the prompt call; the
+    caches as they were (concurrent misses all compute) vs OnceCache (they compute once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from r1aqa_plugin import audio
+    from r1aqa_plugin.models.qwen2_audio import processor as proc
+    from r1aqa_plugin.models.qwen2_audio.builder import build_processor
+    from r1aqa_plugin.once_cache import OnceCache
+
+    wrapped = proc.VerlQwen2AudioProcessor.wrap(build_processor())
+    clips = make_clips(PROMPTS_PER_STEP, seconds, SAMPLE_RATE, "WAV")
+    messages = [{"role": "user", "content": [{"type": "audio", "audio_url": "a.wav"}, {"type": "text", "text": "?"}]}]
+    prompt = wrapped.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def sample(clip: bytes) -> None:
+        wave = audio.load_audio_cached(clip)
+        wrapped(text=[prompt], audio=[wave], sampling_rate=SAMPLE_RATE, return_tensors="pt")
+
+    def one_step(cache_cls) -> tuple[float, int, int]:
+        audio._decoded, proc._feature_cache = cache_cls(64), cache_cls(64)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(sample, [c for c in clips for _ in range(SAMPLES_PER_PROMPT)]))
+        return time.perf_counter() - start, audio._decoded.misses, proc._feature_cache.misses
+
+    saved = audio._decoded, proc._feature_cache
+    try:
+        one_step(OnceCache)  # warm-up
+        rows = {}
+        for name, cls in (("plain cache (before)", PlainCache), ("OnceCache", OnceCache)):
+            runs = [one_step(cls) for _ in range(3)]
+            rows[name] = (statistics.median(r[0] for r in runs), runs[-1][1], runs[-1][2])
+    finally:
+        audio._decoded, proc._feature_cache = saved
+    print()
+    print(f"Concurrent groups: one step ({PROMPTS_PER_STEP} clips of {seconds:g} s x {SAMPLES_PER_PROMPT} samples, "
+          f"{threads} threads, one process; median of 3)")  # fmt: skip
+    print("| caches | step s | decodes | feature extractions |")
+    print("|---|---:|---:|---:|")
+    for name, (secs, decodes, extractions) in rows.items():
+        print(f"| {name} | {secs:.2f} | {decodes} | {extractions} |")
+    before, after = rows["plain cache (before)"][0], rows["OnceCache"][0]
+    print(f"OnceCache: {before / after:.1f}x")
 
 
 if __name__ == "__main__":

@@ -345,3 +345,13 @@ def test_logprob_bench_toy_compares_verls_loop_with_hook_m(tmp_path: Path) -> No
     assert rows["chunked"]["max_abs_diff"] < 1e-4  # fp32 result of the bf16 logits
     assert rows["verl-loop"]["max_abs_diff"] < 0.1  # verl's loop rounds to bf16
     assert rows["verl-loop"]["speedup_vs_loop"] == 1.0
+
+
+def test_concurrent_groups_decode_and_extract_once_per_clip_with_once_cache(capsys: pytest.CaptureFixture[str]) -> None:
+    import data_throughput
+
+    data_throughput.concurrent_groups(0.5, 4)
+    rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and "caches" not in line}
+    assert [int(x) for x in rows["OnceCache"][1:]] == [16, 16]  # 16 clips x 8 samples: each clip once
+    assert int(rows["plain cache (before)"][2]) >= 16
