@@ -179,10 +179,8 @@ def test_lp2_queue_runs_each_verl_arm_with_its_tasks_and_overrides(tmp_path: Pat
     stubs = ('lp() { echo "lp $LP_ARM $* tasks=${TRAIN_TASKS:-} extra=${LP_EXTRA:+${LP_EXTRA#"$LP_SHARE"}}" >> "$S/calls"; }\n'
              'logprob_bench() { echo "logprob-bench gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n')
     calls = _queue_calls(tmp_path, "lp2", stubs, {} if arms is None else {"LP_ARMS": arms})
-    if arms is None:  # the recipe, and the recipe at lr 5e-4, both on the two tasks the listening warm-up teaches
-        two = "tasks=beep_count,instrument"
-        arm_calls = [f"lp lp-a {p} {two} extra=" for p in ("grpo", "after")] + [
-            f"lp lp-b {p} {two} extra= actor_rollout_ref.actor.optim.lr=5e-4" for p in ("grpo", "after")]
+    if arms is None:  # the recipe alone, on the two tasks the listening warm-up teaches
+        arm_calls = [f"lp lp-a {p} tasks=beep_count,instrument extra=" for p in ("grpo", "after")]
     else:  # ";" separates an arm's overrides; each arm trains on its own tasks
         arm_calls = [f"lp x {p} tasks=instrument extra=" for p in ("grpo", "after")] + [
             f"lp y {p} tasks=beep_count extra= a.b=1 +c.d=2" for p in ("grpo", "after")]
