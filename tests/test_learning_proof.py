@@ -493,3 +493,20 @@ def test_warmup_listen_share_trains_code_rows_on_the_correct_code(tiny_model_dir
     assert warmup.main([*args, "--listen-share", "0.5", "--code-tasks", "beep_count"]) == 0
     with pytest.raises(SystemExit):  # no row of that task: a clear error, not an empty stream
         warmup.main([*args, "--listen-share", "0.5", "--code-tasks", "instrument"])
+
+
+def test_run_sh_plots_keeps_each_evals_per_item_answers_beside_its_report(tmp_path):
+    # the per-item answers travel back with the logs (which labels the model gets right before and after)
+    stub = tmp_path / "py"
+    stub.write_text("#!/usr/bin/env bash\nexit 0\n")
+    stub.chmod(0o755)
+    for d in (tmp_path / "w" / "prep" / "eval-before", tmp_path / "w" / "eval-after"):
+        d.mkdir(parents=True)
+        (d / "report.md").write_text(f"# {d.name}\n")
+        (d / "predictions.json").write_text(f'[{{"id": "{d.name}"}}]')
+    env = {**os.environ, "WORK": str(tmp_path / "w"), "PREP": str(tmp_path / "w" / "prep"), "OUT": str(tmp_path / "o"),
+           "PY": str(stub)}
+    subprocess.run(["bash", str(EXAMPLE / "run.sh"), "plots"], capture_output=True, text=True, env=env)
+    for e in ("before", "after"):
+        assert (tmp_path / "o" / f"eval-{e}-report.md").read_text() == f"# eval-{e}\n"
+        assert json.loads((tmp_path / "o" / f"eval-{e}-predictions.json").read_text()) == [{"id": f"eval-{e}"}]

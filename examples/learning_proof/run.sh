@@ -148,6 +148,8 @@ plots() {
   local evals=() e d; for e in before after; do
     d=$W/eval-$e; [ "$e" = before ] && d=$P/eval-before
     [ -d "$d" ] && evals+=(--eval "$e=$d") && cp "$d/report.md" "$LOGS/eval-$e-report.md" 2>/dev/null
+    # per-item answers too (which labels a model gets right: docs/learning.md "Next", the start above chance)
+    [ -f "$d/predictions.json" ] && cp "$d/predictions.json" "$LOGS/eval-$e-predictions.json"
   done
   $PY "$HERE/plot.py" "${logs[@]}" "${evals[@]}" --out "$LOGS"
   cat "$LOGS/timings.tsv"
