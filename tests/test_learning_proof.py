@@ -314,6 +314,8 @@ def test_run_sh_warm_shows_code_words_of_the_training_tasks_and_keeps_every_task
     listen = next(c for c in calls if "listen.parquet" in c and "warmup.py" in c)
     assert "--steps 1500" in listen and "--listen-share 0.5" in listen and "small-fmt" in listen
     assert "--code-tasks beep_count,instrument" in listen
+    # random targets among choices drawn apart from the answer (warmup.py's default), in both warm-ups
+    assert not [c for c in calls if "warmup.py" in c and "--own-choices" in c]
 
 
 def test_linear_probe_labels_order_tasks_by_the_audio_and_fits_separable_data():
@@ -510,3 +512,31 @@ def test_run_sh_plots_keeps_each_evals_per_item_answers_beside_its_report(tmp_pa
     for e in ("before", "after"):
         assert (tmp_path / "o" / f"eval-{e}-report.md").read_text() == f"# eval-{e}\n"
         assert json.loads((tmp_path / "o" / f"eval-{e}-predictions.json").read_text()) == [{"id": f"eval-{e}"}]
+
+
+def test_warmup_decoupled_choices_make_a_random_target_independent_of_the_answer():
+    # beep count: 5 options, 4 listed. A question's own list always holds the answer, so a random target among it
+    # is the answer 1/4 of the time and each other count 3/16: the audio predicts the target. Decoupled: 1/5 each.
+    warmup = _example("warmup")
+    rng = np.random.default_rng(0)
+    counts = ("one", "two", "three", "four", "five")
+    rows = []
+    for i in range(2000):
+        answer = counts[i % 5]
+        others = [c for c in counts if c != answer]
+        own = [answer] + [others[j] for j in rng.permutation(4)[:3]]
+        rows.append({"task": "beep_count", "choices": own, "answer": answer})
+    rows.append({"task": "mmau-sound", "choices": ["a dog", "a cat"], "answer": "a dog"})  # no option set: kept
+    decoupled, kept = warmup.decouple_choices(rows, np.random.default_rng(1))
+    assert kept == {"mmau-sound": 1} and decoupled[-1] is rows[-1]
+    assert all(len(r["choices"]) == 4 and len(set(r["choices"])) == 4 and set(r["choices"]) <= set(counts)
+               for r in decoupled[:-1])
+    assert rows[0]["answer"] in rows[0]["choices"]  # the originals are left as they were
+
+    def answer_is_target(rs):
+        targets = warmup.pick_targets(rs, "random", np.random.default_rng(2))
+        return np.mean([t == f"<answer>{r['answer']}</answer>" for t, r in zip(targets, rs)])
+
+    listed = np.mean([r["answer"] in r["choices"] for r in decoupled[:-1]])
+    assert abs(listed - 0.8) < 0.03  # 4 of 5 options listed, whatever the answer
+    assert abs(answer_is_target(rows[:-1]) - 0.25) < 0.03 and abs(answer_is_target(decoupled[:-1]) - 0.2) < 0.03

@@ -2,9 +2,11 @@
 
 Supervised fine-tuning on synthetic-aqa prompts rendered exactly as AQADataset renders them for verl (R1-AQA's
 answer-only prompt in Qwen2-Audio's chat template, the audio item first, the assistant turn opened), with the
-target ``<answer>{a RANDOM choice}</answer><|im_end|>``: a fresh uniform draw among the question's choices at
-every step, so the model learns the tags, the choice vocabulary and to stop, while the audio carries no
-information about the target (accuracy stays at chance). Loss on the target tokens only. The audio tower is
+target ``<answer>{a RANDOM choice}</answer><|im_end|>``: a fresh uniform draw among the listed choices at every
+step, so the model learns the tags, the choice vocabulary and to stop, while the audio carries no information
+about the target (accuracy stays at chance). The listed choices are drawn from the task's options apart from the
+answer (``decouple_choices``): a question's own list always includes the answer, which makes the answer the likeliest
+random target given the audio (``--own-choices`` keeps the old way). Loss on the target tokens only. The audio tower is
 frozen by default (it is not what the warm-up is about; the real Whisper weights stay as they are).
 
 With ``--listen-share F`` (the listening warm-up, run after the format warm-up) a share F of each batch is shown in
@@ -137,6 +139,31 @@ def draw_batches(code_pool: list[int], n_rows: int, n_code: int, n_name: int,
         code_order, name_order = code_order[n_code:], name_order[n_name:]
 
 
+def decouple_choices(rows: list[dict[str, Any]], rng: Any) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Copies of the rows whose listed choices are a uniform draw from their task's options, independent of the
+    answer (which may then be missing); and how many rows of each task kept their own list (no known option set).
+
+    Why: with a random target among a question's OWN choices, which always include the answer, the answer is the
+    most likely target given the audio (beep count: 1/4 against 3/16 for each other count; instrument: 1/4
+    against 3/20). A model that listens can learn that lean, and did: after the listening warm-up the real options
+    started at 35-41% where chance is 25% (docs/learning.md, fifth GPU run). Drawn this way, every option is the
+    target 1/K of the time whatever the audio, and the listed choices say nothing about the answer either.
+    """
+    import r1aqa_plugin.data.synthetic  # noqa: F401  (registers the tasks)
+    from r1aqa_plugin.data.synthetic.tasks import TASKS
+
+    out, kept = [], {}
+    for r in rows:
+        task = TASKS.get(r["task"])
+        if task is None or not set(r["choices"]) <= set(task.options):
+            kept[r["task"]] = kept.get(r["task"], 0) + 1
+            out.append(r)
+            continue
+        picked = [task.options[j] for j in rng.permutation(len(task.options))[: len(r["choices"])]]
+        out.append({**r, "choices": picked, "_encoded": None})
+    return out, kept
+
+
 def pick_targets(rows: list[dict[str, Any]], mode: str, rng: Any) -> list[str]:
     """Each row's target: a fresh uniform choice ("random", the warm-up) or its answer ("correct", the probe)."""
     if mode == "correct":
@@ -210,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code-tasks", default="",
                         help="comma list of tasks whose rows may be shown in code words (default: every task); the "
                              "real-option rows still come from every task, so each task keeps its answer format")
+    parser.add_argument("--own-choices", action="store_true",
+                        help="random targets among each question's own choices (which always list the answer; "
+                             "the runs up to 2026-11-29). Default: the listed choices are drawn from the task's "
+                             "options independently of the answer, so a random target says nothing about the audio")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--log-every", type=int, default=10)
     args = parser.parse_args(argv)
@@ -241,10 +272,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--code-tasks {args.code_tasks}: no row of {args.data} has one of these tasks "
                      f"(its tasks: {', '.join(sorted({r['task'] for r in rows}))})")
     rng = np.random.default_rng(args.seed)
+    named = rows
+    if args.targets == "random" and not args.own_choices:
+        named, kept = decouple_choices(rows, np.random.default_rng([args.seed, 1]))
+        if kept:
+            print(f"[warmup] choices kept as listed (no synthetic option set) for {sum(kept.values())} rows: "
+                  + ", ".join(f"{t} {n}" for t, n in sorted(kept.items())), flush=True)
     print(f"[warmup] {len(rows)} rows, {n_train / 1e6:.1f}M trainable parameters, device {device}, "
           f"{args.steps} steps x {args.batch_size} ({n_code} code-word rows with correct codes"
           f"{' of ' + args.code_tasks if code_tasks else ''}), lr {args.lr}, "
-          f"{args.targets} targets", flush=True)
+          f"{args.targets} targets"
+          f"{' among choices drawn apart from the answer' if named is not rows else ''}", flush=True)
 
     log = (out.parent / (out.name + "_warmup_log.jsonl"))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -253,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(log, "w", encoding="utf-8") as f:
         for step in range(args.steps):
             code_idx, name_idx = next(batches)
-            batch_rows = [coded[i] for i in code_idx] + [rows[i] for i in name_idx]
+            batch_rows = [coded[i] for i in code_idx] + [named[i] for i in name_idx]
             targets = (pick_targets(batch_rows[:n_code], "correct", rng)
                        + pick_targets(batch_rows[n_code:], args.targets, rng))
             batch = {k: v.to(device) for k, v in encode_batch(processor, batch_rows, targets, args.prompt).items()}
