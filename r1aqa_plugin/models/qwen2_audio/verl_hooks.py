@@ -374,26 +374,24 @@ _VLLM_SERVER = "verl.workers.rollout.vllm_rollout.vllm_async_server"
 _TOKEN_LOGPROB_SITES = ("verl.utils.torch_functional", "verl.workers.engine.fsdp.transformer_impl")
 
 
+def _one_wrapper(make: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """For a function several modules imported by name: every site gets the same wrapper, made from the real
+    function the first site holds (a later site may already hold that wrapper)."""
+    made: dict[str, Any] = {}
+
+    def shared(original: Callable[..., Any]) -> Callable[..., Any]:
+        if "fn" not in made:
+            made["fn"] = make(original)
+        return made["fn"]
+
+    return shared
+
+
 def _build_patches() -> list[Patch]:
-    hf_processor_wrapper: dict[str, Any] = {}
-
-    def shared_hf_processor(original: Callable[..., Any]) -> Callable[..., Any]:
-        # one wrapper for every module that imported hf_processor by name, wrapping the real function
-        if "fn" not in hf_processor_wrapper:
-            hf_processor_wrapper["fn"] = _make_hf_processor(original)
-        return hf_processor_wrapper["fn"]
-
-    token_logprobs_wrapper: dict[str, Any] = {}
-
-    def shared_token_logprobs(original: Callable[..., Any]) -> Callable[..., Any]:
-        # verl's own module and the FSDP engine, which imported the function by name: one wrapper of the real one
-        if "fn" not in token_logprobs_wrapper:
-            token_logprobs_wrapper["fn"] = _make_token_logprobs(original)
-        return token_logprobs_wrapper["fn"]
-
-    patches = [Patch("A", m, "hf_processor", shared_hf_processor, "accept Qwen2AudioProcessor")
-               for m in _HF_PROCESSOR_SITES]
-    patches += [Patch("M", m, "logprobs_from_logits", shared_token_logprobs,
+    hf_processor = _one_wrapper(_make_hf_processor)
+    token_logprobs = _one_wrapper(_make_token_logprobs)
+    patches = [Patch("A", m, "hf_processor", hf_processor, "accept Qwen2AudioProcessor") for m in _HF_PROCESSOR_SITES]
+    patches += [Patch("M", m, "logprobs_from_logits", token_logprobs,
                       "token log-probs in chunked kernels where verl would loop per row (no flash-attn)")
                 for m in _TOKEN_LOGPROB_SITES]
     patches += [
