@@ -155,10 +155,34 @@ def test_music_and_speech_report_why_they_cannot_run(monkeypatch, tmp_path):
     ({"tasks": "sound,whistle"}, "unknown synthetic task 'whistle'"),
     ({"size": 0}, "--size must be between 1 and 50000"),
     ({"clip_seconds": 1.0}, "--clip-seconds must be at least 2.0"),
+    ({"choices": "1"}, "--choices must be 'task', 'all' or a number >= 2, got '1'"),
+    ({"choices": "most"}, "--choices must be 'task', 'all' or a number >= 2, got 'most'"),
 ])  # fmt: skip
 def test_bad_options_are_refused_with_the_option_named(options, message):
     with pytest.raises(BuildError, match=message):
         generate(**options)
+
+
+def test_choices_all_lists_every_option_with_answer_and_position_balanced():
+    rows = generate(size=120, seed=4, tasks="beep_count,pitch_order", choices="all")
+    by_task = defaultdict(list)
+    for row in rows:
+        by_task[row["extra_info"]["sub_category"]].append(row)
+    for task, task_rows in by_task.items():
+        options = TASKS[task].options
+        assert all(sorted(r["choices"]) == sorted(options) for r in task_rows), task
+        positions = Counter(r["choices"].index(r["answer"]) for r in task_rows)
+        answers = Counter(r["answer"] for r in task_rows)
+        assert len(positions) == len(answers) == len(options), (task, positions, answers)
+        assert max(positions.values()) - min(positions.values()) <= 1, (task, positions)
+        assert max(answers.values()) - min(answers.values()) <= 1, (task, answers)
+
+
+def test_a_choice_count_is_capped_at_each_tasks_options_and_the_default_is_the_tasks_own():
+    rows = generate(size=8, seed=4, tasks="beep_count,pitch_order", choices=3)
+    assert {len(r["choices"]) for r in rows if r["extra_info"]["sub_category"] == "beep_count"} == {3}
+    assert {len(r["choices"]) for r in rows if r["extra_info"]["sub_category"] == "pitch_order"} == {2}
+    assert generate(size=8, seed=4, tasks="sound", choices="task") == generate(size=8, seed=4, tasks="sound")
 
 
 def test_a_built_parquet_holds_wav_bytes_and_the_generator_parameters(tmp_path):

@@ -15,8 +15,12 @@
 # them: same held machine). Logs, timings, plots and summary.md go to $OUT (default ./learning-logs).
 # Env knobs (defaults): WORK=/tmp/r1aqa-lp TASKS=sound,music TRAIN_SIZE=2048 VAL_SIZE=240 TEST_SIZE=480
 #   PREP=$WORK (the folder of prep's model, data, warm-up and eval before: arms of one experiment share it)
-#   TRAIN_TASKS=beep_count,instrument (GRPO's training tasks: the two the listening warm-up teaches the model to
-#   hear; validation and tests keep every task of TASKS, so the tasks an arm does not train on are its control)
+#   TRAIN_TASKS=beep_count,instrument,chord_quality (GRPO's training tasks, the ones the listening warm-up teaches
+#   the model to hear; validation and tests keep every task of TASKS, so the tasks an arm does not train on are its
+#   control)
+#   CHOICES=all (synthetic-aqa --choices: every option listed in every question, so any answer given without
+#   hearing scores chance on the balanced labels, and a random target among the listed choices cannot lean to the
+#   answer; CHOICES=task lists 4 of beep count's 5 counts and 4 of the 6 instruments, as up to 2026-11-29)
 #   SEED=0 WARMUP_STEPS=300 WARMUP_BS=16 WARMUP_LR=3e-4 STEPS=80 GRPO_TIMEOUT=0 (seconds; 0 = no limit)
 #   LISTEN_STEPS=1500 LISTEN_SIZE=12288 LISTEN_BS=32 LISTEN_LR=1e-3 LISTEN_SHARE=0.5 LISTEN_TASKS=$TRAIN_TASKS (the
 #   listening warm-up after the format warm-up: rows of every task of TASKS, a share LISTEN_SHARE of each batch in
@@ -37,7 +41,8 @@ W=${WORK:-/tmp/r1aqa-lp}; mkdir -p "$W"
 P=${PREP:-$W}; mkdir -p "$P"
 PY=${PY:-python3}
 R1AQA="$PY -m r1aqa_plugin.cli"
-TASKS=${TASKS:-sound,music}; TRAIN_TASKS=${TRAIN_TASKS:-beep_count,instrument}; SEED=${SEED:-0}
+TASKS=${TASKS:-sound,music}; TRAIN_TASKS=${TRAIN_TASKS:-beep_count,instrument,chord_quality}; SEED=${SEED:-0}
+CHOICES=${CHOICES:-all}
 TRAIN_SIZE=${TRAIN_SIZE:-2048}; VAL_SIZE=${VAL_SIZE:-240}; TEST_SIZE=${TEST_SIZE:-480}
 WARMUP_STEPS=${WARMUP_STEPS:-300}; WARMUP_BS=${WARMUP_BS:-16}; WARMUP_LR=${WARMUP_LR:-3e-4}
 STEPS=${STEPS:-80}; GRPO_TIMEOUT=${GRPO_TIMEOUT:-0}
@@ -67,7 +72,7 @@ timed() {  # timed NAME cmd...: run, log to $LOGS/NAME.log, append "NAME seconds
 
 build_data() {  # build_data TASKS ARGS...: synthetic-aqa rows of those tasks (size, seed, split, out in ARGS)
   local tasks=$1; shift
-  $R1AQA data build synthetic-aqa --tasks "$tasks" --no-progress --workers 8 "$@"
+  $R1AQA data build synthetic-aqa --tasks "$tasks" --choices "$CHOICES" --no-progress --workers 8 "$@"
 }
 
 warm() {

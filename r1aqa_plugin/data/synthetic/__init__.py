@@ -53,6 +53,21 @@ def select_tasks(spec: str | Sequence[str]) -> list[Task]:
     return [t for t in ordered_tasks() if t.name in chosen]
 
 
+def parse_choices(value: str | int | None) -> int | None:
+    """``--choices``: 'task' or None -> each task's own count; 'all' -> every option; a number >= 2 -> that many."""
+    if value is None or value == "task":
+        return None
+    if value == "all":
+        return MAX_SIZE  # capped at each task's option count by Plan.n_choices
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise BuildError(f"--choices must be 'task', 'all' or a number >= 2, got {value!r}") from None
+    if n < 2:
+        raise BuildError(f"--choices must be 'task', 'all' or a number >= 2, got {value!r}")
+    return n
+
+
 def _block_pick(seed: int, task_index: int, purpose: int, k: int, n: int) -> int:
     """Entry ``k % n`` of the shuffle of range(n) for block ``k // n``: balanced to within one, deterministic."""
     perm = np.random.default_rng([seed, task_index, purpose, k // n]).permutation(n)
@@ -67,10 +82,15 @@ class Plan:
     task_names: tuple[str, ...]
     clip_seconds: float
     split: str
+    choices: int | None = None  # choices listed per row: None = each task's own n_choices, else capped at its options
 
     def task_of(self, i: int) -> Task:
         """The task row ``i`` asks."""
         return TASKS[self.task_names[i % len(self.task_names)]]
+
+    def n_choices(self, task: Task) -> int:
+        """How many choices this plan lists for ``task``."""
+        return task.n_choices if self.choices is None else min(self.choices, len(task.options))
 
 
 def make_row(plan: Plan, i: int) -> dict[str, Any]:
@@ -80,7 +100,8 @@ def make_row(plan: Plan, i: int) -> dict[str, Any]:
     t = [x.name for x in ordered_tasks()].index(task.name)
     k = i // len(plan.task_names)
     label = _block_pick(plan.seed, t, 0, k, len(task.options))
-    position = _block_pick(plan.seed, t, 1, k, task.n_choices)
+    n_choices = plan.n_choices(task)
+    position = _block_pick(plan.seed, t, 1, k, n_choices)
     rng = np.random.default_rng([plan.seed, i])
     try:
         rendered = task.render(rng, label, plan.clip_seconds)
@@ -88,7 +109,7 @@ def make_row(plan: Plan, i: int) -> dict[str, Any]:
         raise BuildError(f"synthetic-aqa row {i} ({task.family}/{task.name}): {type(exc).__name__}: {exc}") from exc
     answer = task.options[label]
     others = [o for o in task.options if o != answer]
-    distractors = [others[j] for j in rng.permutation(len(others))[: task.n_choices - 1]]
+    distractors = [others[j] for j in rng.permutation(len(others))[: n_choices - 1]]
     choices = distractors[:position] + [answer] + distractors[position:]
     return make_record(
         data_source=f"synthetic-aqa/{task.family}",
@@ -130,6 +151,8 @@ TASK_HELP = "; ".join(f"{t.family}/{t.name}: {t.description}" for t in ordered_t
         arg("--clip-seconds", type=float, help=f"seconds per clip (at least {MIN_CLIP_SECONDS}; R1-AQA-shaped: 10)"),
         arg("--split", help="split name stored in extra_info"),
         arg("--workers", type=int, help="processes rendering rows (output is identical for any value)"),
+        arg("--choices", help="choices listed per question: 'task' (each task's own: 4 or 2), 'all' (every option "
+            "of the task, so any answer chosen without hearing scores exactly chance) or a number (capped per task)"),
     ),
 )
 def build_synthetic(
@@ -141,6 +164,7 @@ def build_synthetic(
     clip_seconds: float = 4.0,
     split: str = "train",
     workers: int = 1,
+    choices: str | int = "task",
 ) -> Iterator[dict[str, Any]]:
     """Yield ``size`` synthetic rows, minus those of families that cannot be rendered here (counted as skipped)."""
     if not 1 <= size <= MAX_SIZE:
@@ -148,7 +172,7 @@ def build_synthetic(
     if clip_seconds < MIN_CLIP_SECONDS:
         raise BuildError(f"--clip-seconds must be at least {MIN_CLIP_SECONDS}, got {clip_seconds}")
     selected = select_tasks(tasks)
-    plan = Plan(seed, tuple(t.name for t in selected), float(clip_seconds), split)
+    plan = Plan(seed, tuple(t.name for t in selected), float(clip_seconds), split, parse_choices(choices))
     reasons = {family: UNAVAILABLE[family]() for family in {t.family for t in selected}}
     for family, reason in sorted(reasons.items()):
         if reason:
