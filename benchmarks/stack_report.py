@@ -2,6 +2,7 @@
 
     R1AQA_STACKS_DIR=stacks PYTHONPATH=benchmarks/stack_sampler:$PYTHONPATH python -m verl.trainer.main_ppo ...
     python benchmarks/stack_report.py stacks [--groups 8] [--top 14] [--match update_actor] [--json out.json]
+    python benchmarks/stack_report.py stacks --under _compute_score    # what one function's time is made of
 
 Samples are grouped by process title (Ray names a worker after the task it runs, e.g.
 ``ray::WorkerDict.actor_rollout_update_actor``) and thread. A sample is busy unless the thread sits in a known wait
@@ -71,14 +72,25 @@ def parked(rows: list[dict[str, Any]], share: float = 0.9) -> set[tuple[int, str
     return {k for k, n in per_stack.items() if n >= share * per_thread[k[:2]] and per_thread[k[:2]] >= 20}
 
 
-def groups(rows: list[dict[str, Any]], match: str | None = None) -> list[dict[str, Any]]:
-    """Busy samples per (title, thread), busiest first, each with inclusive and self seconds per frame."""
-    by: dict[tuple[str, str], dict[str, Any]] = {}
-    idle = parked(rows)
+def under(rows: list[dict[str, Any]], func: str) -> list[dict[str, Any]]:
+    """The samples that pass through a frame of function ``func``, each stack cut to start at its outermost one."""
+    out = []
     for r in rows:
+        hit = next((i for i, f in enumerate(r["stack"]) if _func(f) == func), None)
+        if hit is not None:
+            out.append({**r, "stack": r["stack"][hit:]})
+    return out
+
+
+def groups(rows: list[dict[str, Any]], match: str | None = None, below: str | None = None) -> list[dict[str, Any]]:
+    """Busy samples per (title, thread), busiest first, each with inclusive and self seconds per frame; with
+    ``below``, only the samples under a frame of that function (stacks cut there)."""
+    by: dict[tuple[str, str], dict[str, Any]] = {}
+    idle = parked(rows)  # judged on whole stacks, before any cut
+    for r in rows if below is None else under(rows, below):
         if not is_busy(r["stack"]) or (match and match not in r["title"]):
             continue
-        if (r["pid"], r["thread"], tuple(r["stack"])) in idle:
+        if below is None and (r["pid"], r["thread"], tuple(r["stack"])) in idle:
             continue
         g = by.setdefault((r["title"], r["thread"]), {
             "title": r["title"], "thread": r["thread"], "pids": set(), "busy_s": 0.0,
@@ -126,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--groups", type=int, default=8, help="how many (process title, thread) groups to show")
     p.add_argument("--top", type=int, default=14, help="frames per group")
     p.add_argument("--match", help="only process titles containing this text")
+    p.add_argument("--under", metavar="FUNCTION", help="only samples inside this function, its callees listed")
     p.add_argument("--json", type=Path, help="also write the groups (busy and inclusive seconds) here")
     a = p.parse_args(argv)
-    gs = groups(load(a.folder), a.match)
+    gs = groups(load(a.folder), a.match, a.under)
     print(render(gs, a.groups, a.top))
     if a.json:
         a.json.write_text(json.dumps([{"title": g["title"], "thread": g["thread"], "pids": g["pids"],

@@ -311,6 +311,11 @@ def test_stack_sampler_attributes_busy_time_and_skips_waits(tmp_path: Path) -> N
                          text=True, check=True).stdout
     # spin holds every busy sample, so it is trunk; the table shows what lies under it
     assert "[MainThread]" in out and "`square_roots " in out and "`sines " in out
+    # --under: only the samples inside one function, cut to start there
+    inside = [g for g in stack_report.groups(stack_report.load(tmp_path / "st"), below="sines")
+              if g["thread"] == "MainThread"]
+    assert len(inside) == 1 and 0 < inside[0]["busy_s"] < main[0]["busy_s"]
+    assert {f.split()[0] for f in inside[0]["incl"] if "job.py" in f} == {"sines", "<genexpr>"}, inside[0]["incl"]
 
 
 def test_stack_sampler_off_without_its_variable(tmp_path: Path) -> None:

@@ -190,7 +190,7 @@ def test_recipe_composes(tmp_path):
     import yaml
 
     cfg = yaml.safe_load(res.stdout)
-    assert cfg["data"]["train_batch_size"] == 96 and cfg["actor_rollout_ref"]["rollout"]["n"] == 8
+    assert cfg["data"]["train_batch_size"] == 64 and cfg["actor_rollout_ref"]["rollout"]["n"] == 8
     actor = cfg["actor_rollout_ref"]["actor"]
     assert actor["use_kl_loss"] is True and actor["kl_loss_coef"] == 0.04 and actor["kl_loss_type"] == "k3"
     assert actor["freeze_vision_tower"] is True  # as in the warm-up; applied by hook K
@@ -201,6 +201,8 @@ def test_recipe_composes(tmp_path):
     assert actor["optim"]["lr"] == 3e-4 and cfg["data"]["train_batch_size"] // actor["ppo_mini_batch_size"] == 4
     assert cfg["algorithm"]["rollout_correction"]["bypass_mode"] is True
     assert cfg["actor_rollout_ref"]["rollout"]["calculate_log_probs"] is True
+    # one agent-loop worker per 2 of the H200 host's 16 cores: with 2, the rollout waited on their CPU work
+    assert cfg["actor_rollout_ref"]["rollout"]["agent"]["num_workers"] == 8
 
 
 def test_recipe_prompt_length_holds_every_task_prompt(tiny_model_dir):
@@ -313,7 +315,7 @@ def test_run_sh_warm_shows_code_words_of_the_training_tasks_and_keeps_every_task
     assert builds == {"train": "sound,music", "val": "sound,music", "test": "sound,music", "train-listen": "sound,music"}
     listen = next(c for c in calls if "listen.parquet" in c and "warmup.py" in c)
     assert "--steps 1500" in listen and "--listen-share 0.5" in listen and "small-fmt" in listen
-    assert "--code-tasks beep_count,instrument,chord_quality" in listen
+    assert "--code-tasks beep_count,instrument" in listen
     # every option listed in every question (a model that does not hear scores chance, whatever it answers)
     assert all("--choices all" in c for c in calls if " data build " in c)
     # random targets among choices drawn apart from the answer (warmup.py's default), in both warm-ups

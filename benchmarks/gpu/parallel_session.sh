@@ -17,7 +17,7 @@
 #   lps:   the learning proof on one GPU: warm-up (format, then listening), the verl arm on all tasks, the eval
 #          before and a sweep of GRPO rehearsals (plain torch, settings in REH_SWEEP), all side by side
 #   lp2:   the learning proof on one GPU: warm-up (format, then listening), then the verl arms LP_ARMS (default: the
-#          recipe on beep count, instrument and chord quality) and the eval before side by side
+#          recipe on beep count + instrument) and the eval before side by side
 #   gpu0:  learning proof GRPO trained on the music tasks (the recipe's settings; validated on every task): prep
 #          (model, data, warm-up, eval before) -> GRPO -> eval after, plots
 #   gpu1:  learning proof GRPO on all tasks, same settings and phases
@@ -200,7 +200,7 @@ QUEUE_lps() {  # learning proof on one GPU: warm-up (format + listening), the ve
 # LP_ARMS: the verl arms of queue lp2, "name:train_tasks[:override;override...]" entries, space-separated (";" in the
 # overrides become spaces). The default: the recipe as shipped, alone (two arms sharing the GPU doubled each one's step,
 # sixth session; alone it learned both tasks to ~90% in 25-35 steps, seventh).
-LP_ARMS=${LP_ARMS-"lp-a:beep_count,instrument,chord_quality"}
+LP_ARMS=${LP_ARMS-"lp-a:beep_count,instrument"}
 logprob_bench() {  # hook M side by side with verl's per-row loop (a minute at most)
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/logprob_bench.py" --json "$S/logprob.json"
 }
