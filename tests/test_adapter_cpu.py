@@ -509,3 +509,62 @@ def test_replay_buffer_polls_every_fifth_of_a_second_unless_told(monkeypatch, en
     buffer = ReplayBuffer(trainer_mode="sync", trainer_config=OmegaConf.create({}), max_off_policy_threshold=None,
                           max_off_policy_strategy="drop", sampler_kwargs=OmegaConf.create({}), **kwargs)
     assert buffer.poll_interval == expected
+
+
+def _score_worker(processor, sent: list):
+    """verl's real AgentLoopWorker with only what its reward call reads (no Ray, no servers)."""
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
+    class Handle:  # a reward-loop worker handle: compute_score.remote(data) is awaited
+        class compute_score:  # noqa: N801
+            @staticmethod
+            def remote(data):
+                sent.append(data)
+                future = asyncio.get_running_loop().create_future()
+                future.set_result({"reward_score": 1.0, "reward_extra_info": {}})
+                return future
+
+    worker = object.__new__(AgentLoopWorker)
+    worker.processor, worker.tokenizer = processor, processor.tokenizer
+    worker.reward_loop_worker_handles, worker.mm_processor_kwargs = [Handle], None
+    return worker
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_reward_call_gets_position_ids_without_rerunning_the_processor(processor, monkeypatch, enabled):
+    """Hook O: verl's reward call reran the processor (features included) per sample only for position ids."""
+    from r1aqa_plugin.models.qwen2_audio.processor import VerlQwen2AudioProcessor
+    from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
+
+    verl_hooks.install()
+    monkeypatch.setenv(verl_hooks.SCORE_FEATURES_ENV, "1" if enabled else "0")
+    wave = _tone(3.0)
+    text = processor.apply_chat_template(_messages(), add_generation_prompt=True, tokenize=False)
+    prompt_ids = processor(text=[text], audio=[wave], sampling_rate=16000, return_tensors="np")["input_ids"][0].tolist()
+    response_ids = processor.tokenizer.encode("<answer>A</answer><|im_end|>", add_special_tokens=False)
+    output = AgentLoopOutput(prompt_ids=prompt_ids, response_ids=response_ids, response_mask=[1] * len(response_ids),
+                             multi_modal_data={"audios": [wave]}, num_turns=2, metrics=AgentLoopMetrics())
+    calls = []
+    original = VerlQwen2AudioProcessor.__call__
+    monkeypatch.setattr(VerlQwen2AudioProcessor, "__call__", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    sent: list = []
+    worker = _score_worker(processor, sent)
+    asyncio.run(worker._compute_score([output], kwargs={"data_source": "x"}))
+    assert output.reward_score == 1.0 and len(sent) == 1
+    n = len(prompt_ids) + len(response_ids)
+    assert sent[0].batch["position_ids"].tolist() == [list(range(n))]  # what verl computes with the features too
+    assert len(calls) == (0 if enabled else 1)
+    # outside the reward call (the actor's inputs) the processor still runs and returns the features
+    import torch
+
+    inputs = worker._compute_multi_modal_inputs(output, torch.tensor([prompt_ids + response_ids]))
+    assert inputs["input_features"].shape[0] == 1 and len(calls) == (1 if enabled else 2)
+
+
+def test_reward_call_hook_fails_loudly_when_verls_reward_call_changes(monkeypatch):
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
+    verl_hooks._check_score_source(AgentLoopWorker)  # the installed verl: as the hook expects
+    monkeypatch.setitem(verl_hooks._SCORE_SOURCE_FACTS, "_compute_position_ids", ("get_rope_index_v2(",))
+    with pytest.raises(verl_hooks.AdapterError, match=r"hook O: .*_compute_position_ids changed \('get_rope_index_v2"):
+        verl_hooks._check_score_source(AgentLoopWorker)

@@ -15,7 +15,8 @@ I the audio encoder runs once per distinct clip of a batch (transformers' Qwen2A
 stay adjacent on their data-parallel rank (so I finds its copies), K ``actor.freeze_vision_tower`` freezes the audio
 encoder (verl 0.9.1's FSDP engine ignores the flag), L ``tie_word_embeddings`` where verl reads it, M token
 log-probs in chunked kernels where verl would loop over tokens in Python (no flash-attn), N the v1 replay buffer
-polls for finished rollouts every 0.2 s, not 2 s, W every vLLM worker runs the name-mapping model class. (G, the
+polls for finished rollouts every 0.2 s, not 2 s, O the reward call's position ids without a second processor run
+(Qwen2-Audio's positions do not depend on the audio), W every vLLM worker runs the name-mapping model class. (G, the
 dataset, and H, the recipes' settings, are not patches.) M and N are not Qwen2-Audio-specific: M computes the same
 values as the code it replaces, N only shortens a wait, for any model.
 """
@@ -329,6 +330,69 @@ def _make_replay_poll(original: Callable[..., Any]) -> Callable[..., Any]:
     return __init__
 
 
+SCORE_FEATURES_ENV = "R1AQA_SCORE_WITHOUT_FEATURES"
+_scoring: contextvars.ContextVar[bool] = contextvars.ContextVar("r1aqa_scoring", default=False)
+# What hook O relies on in verl's source: the reward call builds multi-modal inputs only to compute position ids,
+# and position ids ignore them for a processor without get_rope_index (plain 1-D positions from the mask).
+_SCORE_SOURCE_FACTS = {
+    "_compute_score": ("self._compute_multi_modal_inputs(output, input_ids)", "self._compute_position_ids("),
+    "_compute_position_ids": ('if self.processor is None or not hasattr(self.processor, "get_rope_index"):',
+                              "return compute_position_id_with_mask(attention_mask)"),
+}
+
+
+def _check_score_source(cls: Any) -> None:
+    """Raise unless verl's reward call still uses its multi-modal inputs only for position ids (hook O's premise)."""
+    import inspect
+    import re
+
+    for name, facts in _SCORE_SOURCE_FACTS.items():
+        try:
+            source = inspect.getsource(getattr(cls, name))
+        except (AttributeError, OSError, TypeError) as exc:
+            raise AdapterError(f"r1aqa hook O: cannot read verl's AgentLoopWorker.{name}: {exc}") from None
+        missing = [f for f in facts if f not in source]
+        if name == "_compute_score" and len(re.findall(r"\bmulti_modal_inputs\b", source)) != 2:  # set once, read once
+            missing.append("multi_modal_inputs used only for the position ids")
+        if missing:
+            raise AdapterError(f"r1aqa hook O: verl {_version('verl')}'s AgentLoopWorker.{name} changed ({missing[0]!r}"
+                               " not found); the adapter supports verl " + ", ".join(TESTED_VERL))
+
+
+def _make_scoring_scope(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook O: mark the reward call, so the processor run inside it can be skipped (the multi-modal inputs half)."""
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
+    _check_score_source(AgentLoopWorker)
+
+    @functools.wraps(original)
+    async def _compute_score(self: Any, *args: Any, **kwargs: Any) -> Any:
+        token = _scoring.set(True)
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            _scoring.reset(token)
+
+    return _compute_score
+
+
+def _make_score_inputs(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook O: verl's reward call reruns the processor on every sample (audio features included) only to compute
+    position ids, which for Qwen2-Audio (1-D RoPE, no ``get_rope_index``) come from the attention mask alone; return
+    no multi-modal inputs there. The actor's own call, after it, still gets the processor's output."""
+
+    @functools.wraps(original)
+    def _compute_multi_modal_inputs(self: Any, output: Any, input_ids: Any) -> Any:
+        processor = getattr(self, "processor", None)
+        if (_scoring.get() and _is_qwen2_audio_processor(processor) and not hasattr(processor, "get_rope_index")
+                and os.environ.get(SCORE_FEATURES_ENV, "1") != "0"):
+            _trace("reward call", "position ids from the attention mask; the processor is not run for them")
+            return {}
+        return original(self, output, input_ids)
+
+    return _compute_multi_modal_inputs
+
+
 GROUP_ENV = "R1AQA_GROUP_BY_PROMPT"
 
 
@@ -371,6 +435,7 @@ def _make_group_by_prompt(original: Callable[..., Any]) -> Callable[..., Any]:
 _HF_PROCESSOR_SITES = ("verl.utils.tokenizer.tokenizer", "verl.utils.tokenizer", "verl.utils",
                        "verl.workers.config.model", "verl.model_merger.base_model_merger")
 _VLLM_SERVER = "verl.workers.rollout.vllm_rollout.vllm_async_server"
+_AGENT_LOOP = "verl.experimental.agent_loop.agent_loop"
 _TOKEN_LOGPROB_SITES = ("verl.utils.torch_functional", "verl.workers.engine.fsdp.transformer_impl")
 
 
@@ -419,6 +484,10 @@ def _build_patches() -> list[Patch]:
               "Qwen2-Audio's tie_word_embeddings at the top of the model config"),
         Patch("N", "verl.trainer.ppo.v1.replay_buffer", "ReplayBuffer.__init__", _make_replay_poll,
               "the v1 replay buffer polls for finished rollouts every 0.2 s, not 2 s"),
+        Patch("O", _AGENT_LOOP, "AgentLoopWorker._compute_score", _make_scoring_scope,
+              "marks verl's reward call for hook O"),
+        Patch("O", _AGENT_LOOP, "AgentLoopWorker._compute_multi_modal_inputs", _make_score_inputs,
+              "the reward call's position ids without rerunning the processor (Qwen2-Audio)"),
         Patch("W", "verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension.monkey_patch_model",
               _make_worker_check, "each vLLM worker checks it runs the name-mapping model"),
     ]
