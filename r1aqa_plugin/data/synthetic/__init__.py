@@ -152,7 +152,8 @@ TASK_HELP = "; ".join(f"{t.family}/{t.name}: {t.description}" for t in ordered_t
         arg("--split", help="split name stored in extra_info"),
         arg("--workers", type=int, help="processes rendering rows (output is identical for any value)"),
         arg("--choices", help="choices listed per question: 'task' (each task's own: 4 or 2), 'all' (every option "
-            "of the task, so any answer chosen without hearing scores exactly chance) or a number (capped per task)"),
+            "of the task, so an answer chosen without hearing scores chance on the balanced labels) or a number (capped "
+            "per task)"),
     ),
 )
 def build_synthetic(
