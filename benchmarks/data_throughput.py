@@ -5,7 +5,10 @@
 Prints samples/s for 10 s clips stored as wav or flac at 16 / 44.1 / 48 kHz (from bytes, as the parquet holds
 them), then what one R1-AQA-shaped GRPO step needs: 16 prompts x 8 samples, so 128 feature extractions in the
 worst case (features recomputed per sample) and 16 in the best (once per prompt), for a step every ~10 s.
-Also times synthetic-aqa generation per family (rows/s, one process).
+Then, side by side, the adapter's caches and hooks against what they replace: the processor calls of one step with and
+without the per-clip feature cache, a step's concurrent groups with the old caches and with OnceCache, and a step's
+reward calls through verl's real ``AgentLoopWorker._compute_score`` without and with hook O. Also times synthetic-aqa
+generation per family (rows/s, one process).
 
 BLAS/OpenMP threads are pinned to 1 (override with OMP_NUM_THREADS): on 2 cores the feature extractor's
 default thread pool oversubscribes and runs 3-5x slower and far noisier, and data workers run one per core
@@ -104,6 +107,7 @@ def main() -> None:
 
     post_rollout_features(args.seconds)
     concurrent_groups(args.seconds, args.threads)
+    reward_calls(args.seconds)
 
     if args.synthetic_rows:
         from r1aqa_plugin.data import BuildReport, get_dataset
@@ -238,6 +242,86 @@ def concurrent_groups(seconds: float, threads: int) -> None:
         print(f"| {name} | {secs:.2f} | {decodes} | {extractions} |")
     before, after = rows["plain cache (before)"][0], rows["OnceCache"][0]
     print(f"OnceCache: {before / after:.1f}x")
+
+
+def reward_calls(seconds: float) -> None:
+    """One step's reward calls (16 clips x 8 samples) through verl's real ``AgentLoopWorker._compute_score``, side by
+    side: verl's own (the processor rerun per sample for position ids) vs the adapter's hook O (not rerun). The
+    feature cache is warm, as after the prompt calls; the reward worker is a stand-in that answers at once."""
+    import asyncio
+
+    from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput, AgentLoopWorker
+
+    from r1aqa_plugin.models.qwen2_audio import processor as proc
+    from r1aqa_plugin.models.qwen2_audio import verl_hooks
+    from r1aqa_plugin.models.qwen2_audio.builder import build_processor
+
+    verl_hooks.install()
+    wrapped = proc.VerlQwen2AudioProcessor.wrap(build_processor())
+    rng = np.random.default_rng(2)
+    clips = [(0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
+             for _ in range(PROMPTS_PER_STEP)]
+    messages = [{"role": "user", "content": [{"type": "audio", "audio_url": "a.wav"}, {"type": "text", "text": "?"}]}]
+    prompt = wrapped.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    response = wrapped.tokenizer.encode("<answer>a choice</answer><|im_end|>", add_special_tokens=False)
+    outputs = []
+    for clip in clips:  # the prompt call fills the feature cache, as in verl's agent loop
+        ids = wrapped(text=[prompt], audio=[clip], sampling_rate=SAMPLE_RATE, return_tensors="np")["input_ids"][0]
+        outputs += [AgentLoopOutput(prompt_ids=ids.tolist(), response_ids=response, response_mask=[1] * len(response),
+                                    multi_modal_data={"audios": [clip]}, num_turns=2, metrics=AgentLoopMetrics())
+                    for _ in range(SAMPLES_PER_PROMPT)]
+
+    class RewardWorker:  # what verl awaits: compute_score.remote(data) -> {"reward_score", "reward_extra_info"}
+        class compute_score:  # noqa: N801
+            @staticmethod
+            async def remote(data):
+                return {"reward_score": 0.0, "reward_extra_info": {}}
+
+    worker = object.__new__(AgentLoopWorker)  # verl's class; only what its reward call reads
+    worker.processor, worker.tokenizer = wrapped, wrapped.tokenizer
+    worker.reward_loop_worker_handles, worker.mm_processor_kwargs = [RewardWorker], None
+    runs = {"calls": 0}
+    call = proc.VerlQwen2AudioProcessor.__call__
+
+    def counted(self, *a, **k):
+        runs["calls"] += 1
+        return call(self, *a, **k)
+
+    async def step() -> None:
+        for out in outputs:
+            out.reward_score = None
+            await worker._compute_score([out], kwargs={"data_source": "synthetic-aqa"})
+
+    def timed(enabled: bool) -> tuple[float, int]:
+        os.environ[verl_hooks.SCORE_FEATURES_ENV] = "1" if enabled else "0"
+        runs["calls"] = 0
+        start = time.perf_counter()
+        asyncio.run(step())
+        return time.perf_counter() - start, runs["calls"]
+
+    saved = os.environ.get(verl_hooks.SCORE_FEATURES_ENV)
+    proc.VerlQwen2AudioProcessor.__call__ = counted
+    try:
+        timed(True), timed(False)  # warm-up
+        rows = {}
+        for name, enabled in (("verl's (processor rerun per sample)", False), ("hook O", True)):
+            runs_ = [timed(enabled) for _ in range(3)]
+            rows[name] = (statistics.median(r[0] for r in runs_), runs_[-1][1])
+    finally:
+        proc.VerlQwen2AudioProcessor.__call__ = call
+        if saved is None:
+            os.environ.pop(verl_hooks.SCORE_FEATURES_ENV, None)
+        else:
+            os.environ[verl_hooks.SCORE_FEATURES_ENV] = saved
+    print()
+    print(f"Reward calls: one step ({PROMPTS_PER_STEP} clips of {seconds:g} s x {SAMPLES_PER_PROMPT} samples) through "
+          "verl's AgentLoopWorker._compute_score, one process; median of 3")  # fmt: skip
+    print("| reward call | step s | processor runs |")
+    print("|---|---:|---:|")
+    for name, (secs, calls) in rows.items():
+        print(f"| {name} | {secs:.2f} | {calls} |")
+    before, after = rows["verl's (processor rerun per sample)"][0], rows["hook O"][0]
+    print(f"hook O: {before / after:.1f}x")
 
 
 if __name__ == "__main__":

@@ -359,3 +359,18 @@ def test_concurrent_groups_decode_and_extract_once_per_clip_with_once_cache(caps
             if line.startswith("| ") and "caches" not in line}
     assert [int(x) for x in rows["OnceCache"][1:]] == [16, 16]  # 16 clips x 8 samples: each clip once
     assert int(rows["plain cache (before)"][2]) >= 16
+
+
+def test_reward_calls_bench_runs_verls_reward_call_with_and_without_hook_o(capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    import data_throughput
+
+    from r1aqa_plugin.models.qwen2_audio import verl_hooks
+
+    before = os.environ.get(verl_hooks.SCORE_FEATURES_ENV)
+    data_throughput.reward_calls(0.5)
+    assert os.environ.get(verl_hooks.SCORE_FEATURES_ENV) == before  # the bench leaves the switch as it found it
+    rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and "reward call" not in line}
+    assert int(rows["verl's (processor rerun per sample)"][1]) == 128 and int(rows["hook O"][1]) == 0
