@@ -27,6 +27,7 @@ import io  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import soundfile as sf
@@ -125,21 +126,32 @@ def main() -> None:
             print(f"| {family} | {shown} |")
 
 
+def step_processor() -> tuple[Any, str]:
+    """The adapter's wrapped Qwen2-Audio processor (128 mel bins, 30 s window) and a one-clip chat prompt for it."""
+    from r1aqa_plugin.models.qwen2_audio import processor as proc
+    from r1aqa_plugin.models.qwen2_audio.builder import build_processor
+
+    wrapped = proc.VerlQwen2AudioProcessor.wrap(build_processor())
+    messages = [{"role": "user", "content": [{"type": "audio", "audio_url": "a.wav"}, {"type": "text", "text": "?"}]}]
+    return wrapped, wrapped.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def noise_clips(seconds: float, seed: int) -> list[np.ndarray]:
+    """One step's distinct clips (PROMPTS_PER_STEP) of 16 kHz noise, already decoded."""
+    rng = np.random.default_rng(seed)
+    return [(0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32) for _ in range(PROMPTS_PER_STEP)]
+
+
 def post_rollout_features(seconds: float) -> None:
     """verl's two per-sample processor calls for one step (16 clips x 8 samples), side by side: the stock processor
     vs the adapter's per-clip feature cache (the prompt call with <|AUDIO|>, the post-rollout call without)."""
     from transformers import Qwen2AudioProcessor
 
     from r1aqa_plugin.models.qwen2_audio import processor as proc
-    from r1aqa_plugin.models.qwen2_audio.builder import build_processor
 
-    wrapped = proc.VerlQwen2AudioProcessor.wrap(build_processor())  # Qwen2-Audio's: 128 mel bins, 30 s window
-    rng = np.random.default_rng(1)
-    clips = [(0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
-             for _ in range(PROMPTS_PER_STEP)]
+    wrapped, prompt = step_processor()
+    clips = noise_clips(seconds, 1)
     samples = [c for c in clips for _ in range(SAMPLES_PER_PROMPT)]  # verl repeats each prompt n times
-    messages = [{"role": "user", "content": [{"type": "audio", "audio_url": "a.wav"}, {"type": "text", "text": "?"}]}]
-    prompt = wrapped.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def one_step(call, text: str) -> float:
         proc._feature_cache.clear()
@@ -205,13 +217,10 @@ def concurrent_groups(seconds: float, threads: int) -> None:
 
     from r1aqa_plugin import audio
     from r1aqa_plugin.models.qwen2_audio import processor as proc
-    from r1aqa_plugin.models.qwen2_audio.builder import build_processor
     from r1aqa_plugin.once_cache import OnceCache
 
-    wrapped = proc.VerlQwen2AudioProcessor.wrap(build_processor())
+    wrapped, prompt = step_processor()
     clips = make_clips(PROMPTS_PER_STEP, seconds, SAMPLE_RATE, "WAV")
-    messages = [{"role": "user", "content": [{"type": "audio", "audio_url": "a.wav"}, {"type": "text", "text": "?"}]}]
-    prompt = wrapped.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def sample(clip: bytes) -> None:
         wave = audio.load_audio_cached(clip)
@@ -254,15 +263,10 @@ def reward_calls(seconds: float) -> None:
 
     from r1aqa_plugin.models.qwen2_audio import processor as proc
     from r1aqa_plugin.models.qwen2_audio import verl_hooks
-    from r1aqa_plugin.models.qwen2_audio.builder import build_processor
 
     verl_hooks.install()
-    wrapped = proc.VerlQwen2AudioProcessor.wrap(build_processor())
-    rng = np.random.default_rng(2)
-    clips = [(0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
-             for _ in range(PROMPTS_PER_STEP)]
-    messages = [{"role": "user", "content": [{"type": "audio", "audio_url": "a.wav"}, {"type": "text", "text": "?"}]}]
-    prompt = wrapped.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    wrapped, prompt = step_processor()
+    clips = noise_clips(seconds, 2)
     response = wrapped.tokenizer.encode("<answer>a choice</answer><|im_end|>", add_special_tokens=False)
     outputs = []
     for clip in clips:  # the prompt call fills the feature cache, as in verl's agent loop
