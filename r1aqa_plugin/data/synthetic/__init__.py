@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from r1aqa_plugin.data.synthetic.tasks import FAMILIES, TASKS, Task, ordered_tas
 GENERATOR_VERSION = "1"  # bump when a renderer changes what a given seed produces
 MAX_SIZE = 50_000
 MIN_CLIP_SECONDS = 2.0
+EVERY_OPTION = sys.maxsize  # --choices all: more than any task has, so Plan.n_choices caps it at the task's options
 UNAVAILABLE = {"sound": lambda: None, "music": music.unavailable_reason, "speech": speech.unavailable_reason}
 
 
@@ -58,7 +60,7 @@ def parse_choices(value: str | int | None) -> int | None:
     if value is None or value == "task":
         return None
     if value == "all":
-        return MAX_SIZE  # capped at each task's option count by Plan.n_choices
+        return EVERY_OPTION
     try:
         n = int(value)
     except (TypeError, ValueError):
