@@ -181,6 +181,88 @@ def test_plot_parses_verl_log_and_writes_pngs_and_table(tmp_path):
     assert "| sound/pitch_order | 2 | 50.0 | 50.0 (100) | 0.0 (100) |" in summary
 
 
+# A run that peaks before its last checkpoint (the seventh GPU run's shape: validation every 5 steps, checkpoints
+# every 5, the last saved step worse than an earlier one).
+PEAK_LOG = "".join(
+    f"(TaskRunnerV1 pid=1) step:{step} - critic/score/mean:1.5 - "
+    f"val-core/synthetic-aqa/sound/beep_count/acc/mean@1:{beep} - "
+    f"val-core/synthetic-aqa/music/instrument/acc/mean@1:{inst} - "
+    f"val-core/synthetic-aqa/music/chord_quality/acc/mean@1:{chord}\n"
+    for step, beep, inst, chord in [(0, 0.2, 0.175, 0.5), (5, 0.4, 0.15, 0.5), (10, 0.95, 0.925, 0.0),
+                                    (15, 0.95, 0.925, 0.5), (20, 0.8, 0.825, 1.0)])
+
+
+def _ckpt(tmp_path: Path, steps: list[int]) -> Path:
+    for step in steps:
+        (tmp_path / "ckpt" / f"global_step_{step}" / "actor").mkdir(parents=True)
+    (tmp_path / "ckpt" / "global_step_99").mkdir()  # no actor folder: not a checkpoint to evaluate
+    return tmp_path / "ckpt"
+
+
+def test_pick_checkpoint_takes_the_best_validated_step_of_the_training_tasks(tmp_path, capsys):
+    pick = _example("pick_checkpoint")
+    ckpt = _ckpt(tmp_path, [5, 10, 15, 20])
+    assert pick.saved_steps(ckpt) == [5, 10, 15, 20]
+    val = pick.val_series(pick.merge_logs([PEAK_LOG]))
+    scores = pick.step_scores(val, ["beep_count", "instrument"])
+    assert scores[20] == pytest.approx(0.8125)
+    # 10 and 15 tie at 0.9375: the later wins; chord quality (not trained, 1.0 at step 20) does not count
+    assert pick.best_step(scores, pick.saved_steps(ckpt))[0] == 15
+    # a family name matches every task of it: music = instrument + chord quality, best at step 20 (0.9125)
+    assert pick.best_step(pick.step_scores(val, ["music"]), [5, 10, 15, 20])[0] == 20
+    # only saved steps count
+    assert pick.best_step(scores, [5, 20])[0] == 20
+    log = tmp_path / "grpo-1.log"
+    log.write_text(PEAK_LOG)
+    assert pick.main(["--ckpt", str(ckpt), "--log", str(log), "--tasks", "beep_count,instrument"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "15\n" and "step 15: mean validation accuracy 93.8% (last saved: step 20, 81.2%)" in err
+
+
+def test_pick_checkpoint_falls_back_to_the_last_saved_and_refuses_unknown_tasks(tmp_path):
+    pick = _example("pick_checkpoint")
+    step, why = pick.best_step({}, [5, 10])
+    assert step == 10 and "no saved step was validated" in why
+    with pytest.raises(ValueError, match="no saved checkpoint"):
+        pick.best_step({0: 0.5}, [])
+    val = pick.val_series(pick.merge_logs([PEAK_LOG]))
+    with pytest.raises(ValueError, match=r"no validation source matches the tasks \['pitch_order'\]"):
+        pick.step_scores(val, ["pitch_order"])
+    with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
+        pick.saved_steps(tmp_path / "missing")
+
+
+def test_run_sh_after_exports_and_evaluates_the_best_checkpoint(tmp_path):
+    # python3 is real for pick_checkpoint.py; export and eval are stubs that log their arguments
+    stub = tmp_path / "py"
+    stub.write_text(f'#!/usr/bin/env bash\ncase $1 in *pick_checkpoint.py) exec {sys.executable} "$@" ;; esac\n'
+                    'echo "$*" >> "$CALLS"\n'
+                    'out=; while [ $# -gt 0 ]; do [ "$1" = --out ] && out=$2; shift; done\n'
+                    '[ -n "$out" ] && mkdir -p "$out" && touch "$out/model.safetensors"; exit 0\n')
+    stub.chmod(0o755)
+    work, logs = tmp_path / "w", tmp_path / "o"
+    _ckpt(work, [5, 10, 15, 20])
+    (work / "ckpt" / "latest_checkpointed_iteration.txt").write_text("20")
+    logs.mkdir()
+    (logs / "grpo-1.log").write_text(PEAK_LOG)
+    env = {**os.environ, "WORK": str(work), "OUT": str(logs), "PY": str(stub), "CALLS": str(tmp_path / "calls"),
+           "TRAIN_TASKS": "beep_count,instrument"}
+    env.pop("AFTER_STEP", None)
+    proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "after"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "eval after: checkpoint of step 15" in proc.stdout
+    assert "step 15: mean validation accuracy" in (logs / "pick_checkpoint.log").read_text()
+    calls = (tmp_path / "calls").read_text()
+    assert f"--actor {work}/ckpt/global_step_15/actor" in calls and f"--model {work}/after-15 " in calls
+    # AFTER_STEP=last keeps the old behaviour; a step without a checkpoint is refused by name
+    proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "after"], capture_output=True, text=True,
+                          env={**env, "AFTER_STEP": "last"})
+    assert proc.returncode == 0 and "eval after: checkpoint of step 20" in proc.stdout
+    proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "after"], capture_output=True, text=True,
+                          env={**env, "AFTER_STEP": "99"})
+    assert proc.returncode == 1 and f"no checkpoint {work}/ckpt/global_step_99/actor" in proc.stderr
+
+
 # -------------------------------------------------------------------------------------------------- recipe
 def test_recipe_composes(tmp_path):
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", "+recipe=r1aqa_learning_proof", "data.train_files=x",

@@ -7,7 +7,8 @@
 #   bash examples/learning_proof/run.sh warm         # model + data + warm-up
 #   bash examples/learning_proof/run.sh before       # eval before (held-out test set: as is, silenced, shuffled)
 #   bash examples/learning_proof/run.sh grpo         # GRPO; resumes from the last checkpoint (rerun until done)
-#   bash examples/learning_proof/run.sh after        # export the last checkpoint, eval after, plots + summary
+#   bash examples/learning_proof/run.sh after        # export the checkpoint with the best validation on TRAIN_TASKS
+#                                                    #   (AFTER_STEP=best|last|N), eval after, plots + summary
 #   bash examples/learning_proof/run.sh probe        # after prep: can the model learn the tasks at all? (supervised
 #                                                    #   on correct answers, PROBE_STEPS x 16 fresh rows; not the proof)
 #
@@ -142,11 +143,23 @@ grpo() {
   return $rc
 }
 
-after() {
-  local last; last=$(cat "$W/ckpt/latest_checkpointed_iteration.txt" 2>/dev/null) || { echo "no GRPO checkpoint in $W/ckpt" >&2; return 1; }
-  [ -f "$W/after-$last/model.safetensors" ] || timed export $PY "$HERE/export_checkpoint.py" \
-    --actor "$W/ckpt/global_step_$last/actor" --base "$P/small-warm" --out "$W/after-$last" || return 1
-  timed eval_after $R1AQA eval --model "$W/after-$last" --data "$P/test.parquet" --backend "$BACKEND" "${EVAL_ARGS[@]}" \
+after() {  # AFTER_STEP=best (default: the saved step with the best validation on TRAIN_TASKS) | last | N
+  local step logs=() f
+  for f in "$LOGS"/grpo-*.log; do [ -f "$f" ] && logs+=(--log "$f"); done
+  case ${AFTER_STEP:-best} in
+    best) [ ${#logs[@]} -gt 0 ] || { echo "no GRPO log in $LOGS to pick a checkpoint by" >&2; return 1; }
+          step=$($PY "$HERE/pick_checkpoint.py" --ckpt "$W/ckpt" "${logs[@]}" --tasks "$TRAIN_TASKS" \
+            2> "$LOGS/pick_checkpoint.log"); local rc=$?
+          cat "$LOGS/pick_checkpoint.log" >&2; [ $rc -eq 0 ] || return 1 ;;
+    last) step=$(cat "$W/ckpt/latest_checkpointed_iteration.txt" 2>/dev/null) \
+            || { echo "no GRPO checkpoint in $W/ckpt" >&2; return 1; } ;;
+    *) step=$AFTER_STEP ;;
+  esac
+  [ -d "$W/ckpt/global_step_$step/actor" ] || { echo "no checkpoint $W/ckpt/global_step_$step/actor" >&2; return 1; }
+  echo "eval after: checkpoint of step $step"
+  [ -f "$W/after-$step/model.safetensors" ] || timed export $PY "$HERE/export_checkpoint.py" \
+    --actor "$W/ckpt/global_step_$step/actor" --base "$P/small-warm" --out "$W/after-$step" || return 1
+  timed eval_after $R1AQA eval --model "$W/after-$step" --data "$P/test.parquet" --backend "$BACKEND" "${EVAL_ARGS[@]}" \
     --out "$W/eval-after" || return 1
   plots
 }
