@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,35 @@ def validation_accuracy(metrics: Mapping[str, Any]) -> tuple[float, dict[str, fl
             "does), or unset trainer.checkpoint_callback_class."
         )
     return sum(per_source.values()) / len(per_source), per_source
+
+
+def best_saved_validation(root: str | Path, sources: Sequence[str] = ()) -> dict[str, Any] | None:
+    """The saved step with the best mean accuracy over ``sources`` in ``root``'s ``val_accuracy.jsonl``, or None.
+
+    A data source counts when one of its ``/``-separated parts is named in ``sources`` (``beep_count`` and
+    ``sound`` both name ``synthetic-aqa/sound/beep_count``); empty ``sources`` means all of them, the callback's own
+    score. As in the callback, the first of equal scores wins. Why a subset: the learning proof validates tasks it
+    does not train on as a control, and their accuracy must not pick the checkpoint of the tasks it trains on.
+    """
+    path = Path(root) / HISTORY_JSONL
+    if not path.is_file():
+        return None
+    wanted = set(sources)
+    best = None
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if not record.get("saved"):
+            continue
+        accs = [acc for source, acc in record["per_source"].items() if not wanted or wanted & set(source.split("/"))]
+        if not accs:
+            raise ValueError(f"{path}:{n}: no validation source matches {sorted(wanted)}; logged: "
+                             f"{sorted(record['per_source'])}")
+        score = sum(accs) / len(accs)
+        if best is None or score > best["score"]:
+            best = {"step": int(record["step"]), "score": score}
+    return best
 
 
 class BestMMAUCheckpoint(CheckpointCallback):

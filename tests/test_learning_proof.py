@@ -181,55 +181,57 @@ def test_plot_parses_verl_log_and_writes_pngs_and_table(tmp_path):
     assert "| sound/pitch_order | 2 | 50.0 | 50.0 (100) | 0.0 (100) |" in summary
 
 
-# A run that peaks before its last checkpoint (the seventh GPU run's shape: validation every 5 steps, checkpoints
-# every 5, the last saved step worse than an earlier one).
-PEAK_LOG = "".join(
-    f"(TaskRunnerV1 pid=1) step:{step} - critic/score/mean:1.5 - "
-    f"val-core/synthetic-aqa/sound/beep_count/acc/mean@1:{beep} - "
-    f"val-core/synthetic-aqa/music/instrument/acc/mean@1:{inst} - "
-    f"val-core/synthetic-aqa/music/chord_quality/acc/mean@1:{chord}\n"
-    for step, beep, inst, chord in [(0, 0.2, 0.175, 0.5), (5, 0.4, 0.15, 0.5), (10, 0.95, 0.925, 0.0),
-                                    (15, 0.95, 0.925, 0.5), (20, 0.8, 0.825, 1.0)])
+# A run that peaks before its last checkpoint (the seventh GPU run's shape: validation and checkpoints every 5 steps,
+# the last saved step worse than an earlier one), with an untrained control task that must not choose.
+PEAK = [(5, 0.4, 0.15, 0.5), (10, 0.95, 0.925, 0.0), (15, 0.95, 0.925, 0.5), (20, 0.8, 0.825, 1.0)]
 
 
-def _ckpt(tmp_path: Path, steps: list[int]) -> Path:
-    for step in steps:
-        (tmp_path / "ckpt" / f"global_step_{step}" / "actor").mkdir(parents=True)
-    (tmp_path / "ckpt" / "global_step_99").mkdir()  # no actor folder: not a checkpoint to evaluate
-    return tmp_path / "ckpt"
+def _ckpt(root: Path, steps: list[int]) -> Path:
+    """verl's checkpoint folder for ``steps``, with the recipe's callback's validation history of PEAK."""
+    from omegaconf import OmegaConf
+
+    from r1aqa_plugin.checkpointing import BestMMAUCheckpoint
+
+    ckpt = root / "ckpt"
+    callback = BestMMAUCheckpoint(OmegaConf.create({"trainer": {"default_local_dir": str(ckpt)}}))
+    for step, beep, inst, chord in PEAK:
+        if step in steps:
+            (ckpt / f"global_step_{step}" / "actor").mkdir(parents=True)
+            callback.saved[step] = str(ckpt / f"global_step_{step}")
+        callback.on_validation(step, {"val-core/synthetic-aqa/sound/beep_count/acc/mean@1": beep,
+                                      "val-core/synthetic-aqa/music/instrument/acc/mean@1": inst,
+                                      "val-core/synthetic-aqa/music/chord_quality/acc/mean@1": chord})
+    (ckpt / "global_step_99").mkdir()  # no actor folder: not a checkpoint to evaluate
+    return ckpt
 
 
-def test_pick_checkpoint_takes_the_best_validated_step_of_the_training_tasks(tmp_path, capsys):
+def test_pick_checkpoint_takes_the_best_saved_step_of_the_training_tasks(tmp_path, capsys):
     pick = _example("pick_checkpoint")
     ckpt = _ckpt(tmp_path, [5, 10, 15, 20])
     assert pick.saved_steps(ckpt) == [5, 10, 15, 20]
-    val = pick.val_series(pick.merge_logs([PEAK_LOG]))
-    scores = pick.step_scores(val, ["beep_count", "instrument"])
-    assert scores[20] == pytest.approx(0.8125)
-    # 10 and 15 tie at 0.9375: the later wins; chord quality (not trained, 1.0 at step 20) does not count
-    assert pick.best_step(scores, pick.saved_steps(ckpt))[0] == 15
-    # a family name matches every task of it: music = instrument + chord quality, best at step 20 (0.9125)
-    assert pick.best_step(pick.step_scores(val, ["music"]), [5, 10, 15, 20])[0] == 20
-    # only saved steps count
-    assert pick.best_step(scores, [5, 20])[0] == 20
-    log = tmp_path / "grpo-1.log"
-    log.write_text(PEAK_LOG)
-    assert pick.main(["--ckpt", str(ckpt), "--log", str(log), "--tasks", "beep_count,instrument"]) == 0
+    # 10 and 15 tie at 0.9375 (the first wins); chord quality, 1.0 at step 20 and the callback's own pick, does not count
+    assert pick.pick(ckpt, ["beep_count", "instrument"])[0] == 10
+    assert os.readlink(ckpt / "best") == "global_step_20"
+    capsys.readouterr()  # the callback's own lines
+    assert pick.main(["--ckpt", str(ckpt), "--tasks", "beep_count,instrument"]) == 0
     out, err = capsys.readouterr()
-    assert out == "15\n" and "step 15: mean validation accuracy 93.8% (last saved: step 20, 81.2%)" in err
-
-
-def test_pick_checkpoint_falls_back_to_the_last_saved_and_refuses_unknown_tasks(tmp_path):
-    pick = _example("pick_checkpoint")
-    step, why = pick.best_step({}, [5, 10])
-    assert step == 10 and "no saved step was validated" in why
-    with pytest.raises(ValueError, match="no saved checkpoint"):
-        pick.best_step({0: 0.5}, [])
-    val = pick.val_series(pick.merge_logs([PEAK_LOG]))
-    with pytest.raises(ValueError, match=r"no validation source matches the tasks \['pitch_order'\]"):
-        pick.step_scores(val, ["pitch_order"])
+    assert out == "10\n" and "step 10: mean validation accuracy 93.8% on beep_count,instrument (last saved: step 20)" in err
+    # no history: the last saved step, said so
+    (ckpt / "val_accuracy.jsonl").unlink()
+    step, why = pick.pick(ckpt, ["beep_count"])
+    assert step == 20 and "no validation of a saved step" in why
     with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
-        pick.saved_steps(tmp_path / "missing")
+        pick.pick(tmp_path / "missing", ["beep_count"])
+
+
+def test_pick_checkpoint_refuses_a_best_step_whose_checkpoint_is_gone(tmp_path):
+    pick = _example("pick_checkpoint")
+    ckpt = _ckpt(tmp_path, [5, 10, 15, 20])
+    import shutil
+
+    shutil.rmtree(ckpt / "global_step_10")
+    with pytest.raises(FileNotFoundError, match="step 10 validated best .*/global_step_10/actor is gone"):
+        pick.pick(ckpt, ["beep_count", "instrument"])
 
 
 def test_run_sh_after_exports_and_evaluates_the_best_checkpoint(tmp_path):
@@ -243,17 +245,15 @@ def test_run_sh_after_exports_and_evaluates_the_best_checkpoint(tmp_path):
     work, logs = tmp_path / "w", tmp_path / "o"
     _ckpt(work, [5, 10, 15, 20])
     (work / "ckpt" / "latest_checkpointed_iteration.txt").write_text("20")
-    logs.mkdir()
-    (logs / "grpo-1.log").write_text(PEAK_LOG)
     env = {**os.environ, "WORK": str(work), "OUT": str(logs), "PY": str(stub), "CALLS": str(tmp_path / "calls"),
            "TRAIN_TASKS": "beep_count,instrument"}
     env.pop("AFTER_STEP", None)
     proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "after"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "eval after: checkpoint of step 15" in proc.stdout
-    assert "step 15: mean validation accuracy" in (logs / "pick_checkpoint.log").read_text()
+    assert "eval after: checkpoint of step 10" in proc.stdout
+    assert "step 10: mean validation accuracy" in (logs / "pick_checkpoint.log").read_text()
     calls = (tmp_path / "calls").read_text()
-    assert f"--actor {work}/ckpt/global_step_15/actor" in calls and f"--model {work}/after-15 " in calls
+    assert f"--actor {work}/ckpt/global_step_10/actor" in calls and f"--model {work}/after-10 " in calls
     # AFTER_STEP=last keeps the old behaviour; a step without a checkpoint is refused by name
     proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "after"], capture_output=True, text=True,
                           env={**env, "AFTER_STEP": "last"})

@@ -487,6 +487,24 @@ def test_a_validation_without_a_checkpoint_of_its_step_is_logged_not_chosen(tmp_
     assert len((root / "val_accuracy.jsonl").read_text().splitlines()) == 2  # step 50 ran before any save
 
 
+def test_best_saved_validation_scores_a_subset_of_sources_from_the_callbacks_history(tmp_path):
+    from r1aqa_plugin.checkpointing import BestMMAUCheckpoint, best_saved_validation
+
+    root = tmp_path / "ckpt"
+    callback = BestMMAUCheckpoint(OmegaConf.create({"trainer": {"default_local_dir": str(root)}}))
+    # step 100: sound best; step 200: music best and the best mean of saved steps; step 250 is best but not saved
+    results = {100: val_metrics(0.9, 0.2, 0.5), 200: val_metrics(0.3, 0.8, 0.8), 250: val_metrics(0.9, 0.9, 0.9)}
+    run_fit(callback, FakeTrainer(results), root, [100, 200, 250], save_freq=100, test_freq=50)
+    sound, music = (best_saved_validation(root, [s]) for s in ("sound", "music"))
+    assert sound["step"] == 100 and sound["score"] == pytest.approx(0.9)
+    assert music["step"] == 200 and music["score"] == pytest.approx(0.8)
+    assert best_saved_validation(root)["step"] == 200  # every source: the callback's own score and link
+    assert os.readlink(root / "best") == "global_step_200"
+    with pytest.raises(ValueError, match=r"val_accuracy.jsonl:1: no validation source matches \['beep'\]"):
+        best_saved_validation(root, ["beep"])
+    assert best_saved_validation(tmp_path / "nothing") is None
+
+
 def test_validation_metrics_without_acc_are_an_error():
     from r1aqa_plugin.checkpointing import validation_accuracy
 

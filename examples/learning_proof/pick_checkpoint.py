@@ -1,15 +1,13 @@
-"""Pick the GRPO checkpoint to evaluate after training: the saved step with the best validation accuracy.
+"""Pick the GRPO checkpoint to evaluate after training: the saved step with the best validation on the trained tasks.
 
-    python examples/learning_proof/pick_checkpoint.py --ckpt WORK/ckpt --log grpo-1.log [--log ...] \
-        --tasks beep_count,instrument
+    python examples/learning_proof/pick_checkpoint.py --ckpt WORK/ckpt --tasks beep_count,instrument
 
-Prints the chosen step on stdout and why on stderr. The score of a step is its mean validation accuracy over the
-data sources of the training tasks (a source matches when one of its ``/``-separated parts is a task name, so
-``beep_count`` and ``sound`` both match ``synthetic-aqa/sound/beep_count``); ties go to the later step. Only steps
-with a ``global_step_N/actor`` folder count. The validation set picks the checkpoint and the held-out test set
-scores it, so the pick leaks nothing into the reported accuracy. Why not the last checkpoint: in the seventh GPU
-run (docs/learning.md) validation peaked at step 40 (95.0% and 92.5%) and fell to 80.0% and 82.5% at step 45, the
-last one saved before the time limit.
+Prints the step on stdout and why on stderr. The scores come from the validation history that the recipe's
+checkpoint callback (``r1aqa_plugin.checkpointing.BestMMAUCheckpoint``) writes beside the checkpoints; its own
+``best`` link averages every validated task, and here the control tasks (validated, never trained) must not
+choose. The validation set picks the checkpoint and the held-out test set scores it, so the pick leaks nothing into
+the reported accuracy. Why not the last checkpoint: in the seventh GPU run (docs/learning.md) validation peaked at
+step 40 (95.0% and 92.5%) and fell to 80.0% and 82.5% at step 45, the last step saved before the time limit.
 """
 
 from __future__ import annotations
@@ -19,8 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plot import merge_logs, val_series  # noqa: E402
+from r1aqa_plugin.checkpointing import HISTORY_JSONL, best_saved_validation
 
 STEP_DIR = re.compile(r"^global_step_(\d+)$")
 
@@ -33,43 +30,27 @@ def saved_steps(ckpt: Path) -> list[int]:
                   if (m := STEP_DIR.match(d.name)) and (d / "actor").is_dir())
 
 
-def step_scores(val: dict[str, list[tuple[int, float]]], tasks: list[str]) -> dict[int, float]:
-    """``{step: mean validation accuracy over the sources matching tasks}``, for steps where every one is logged."""
-    if not val:
-        return {}
-    sources = [s for s in val if set(s.split("/")) & set(tasks)]
-    if not sources:
-        raise ValueError(f"no validation source matches the tasks {tasks}; logged: {sorted(val)}")
-    per_step: dict[int, list[float]] = {}
-    for source in sources:
-        for step, acc in val[source]:
-            per_step.setdefault(step, []).append(acc)
-    return {step: sum(accs) / len(accs) for step, accs in per_step.items() if len(accs) == len(sources)}
-
-
-def best_step(scores: dict[int, float], saved: list[int]) -> tuple[int, str]:
-    """The saved step with the highest score (ties: the later), or the last saved one when none was validated."""
+def pick(ckpt: Path, tasks: list[str]) -> tuple[int, str]:
+    """The step to evaluate and why: the best validated saved step on ``tasks``, else the last saved one."""
+    saved = saved_steps(ckpt)
     if not saved:
-        raise ValueError("no saved checkpoint to choose from")
-    scored = [s for s in saved if s in scores]
-    if not scored:
-        return saved[-1], f"no saved step was validated; the last saved, step {saved[-1]}"
-    step = max(scored, key=lambda s: (scores[s], s))
-    return step, (f"step {step}: mean validation accuracy {100 * scores[step]:.1f}% (last saved: step {saved[-1]}, "
-                  f"{100 * scores[saved[-1]]:.1f}%)" if saved[-1] in scores else
-                  f"step {step}: mean validation accuracy {100 * scores[step]:.1f}% (last saved, step "
-                  f"{saved[-1]}, not validated)")
+        raise FileNotFoundError(f"no global_step_N/actor checkpoint in {ckpt}")
+    best = best_saved_validation(ckpt, tasks)
+    if best is None:
+        return saved[-1], f"no validation of a saved step in {ckpt / HISTORY_JSONL}; the last saved, step {saved[-1]}"
+    if best["step"] not in saved:
+        raise FileNotFoundError(f"step {best['step']} validated best on {tasks} but {ckpt}/global_step_"
+                                f"{best['step']}/actor is gone")
+    return best["step"], (f"step {best['step']}: mean validation accuracy {100 * best['score']:.1f}% on {','.join(tasks)} "
+                          f"(last saved: step {saved[-1]})")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", type=Path, required=True, help="verl's trainer.default_local_dir")
-    ap.add_argument("--log", type=Path, action="append", required=True, help="verl console log (repeatable)")
     ap.add_argument("--tasks", required=True, help="comma-separated training tasks (or task families)")
     a = ap.parse_args(argv)
-    tasks = [t for t in a.tasks.split(",") if t]
-    val = val_series(merge_logs([p.read_text(errors="replace") for p in a.log]))
-    step, why = best_step(step_scores(val, tasks), saved_steps(a.ckpt))
+    step, why = pick(a.ckpt, [t for t in a.tasks.split(",") if t])
     print(f"checkpoint: {why}", file=sys.stderr)
     print(step)
     return 0

@@ -144,13 +144,10 @@ grpo() {
 }
 
 after() {  # AFTER_STEP=best (default: the saved step with the best validation on TRAIN_TASKS) | last | N
-  local step logs=() f
-  for f in "$LOGS"/grpo-*.log; do [ -f "$f" ] && logs+=(--log "$f"); done
+  local step rc
   case ${AFTER_STEP:-best} in
-    best) [ ${#logs[@]} -gt 0 ] || { echo "no GRPO log in $LOGS to pick a checkpoint by" >&2; return 1; }
-          step=$($PY "$HERE/pick_checkpoint.py" --ckpt "$W/ckpt" "${logs[@]}" --tasks "$TRAIN_TASKS" \
-            2> "$LOGS/pick_checkpoint.log"); local rc=$?
-          cat "$LOGS/pick_checkpoint.log" >&2; [ $rc -eq 0 ] || return 1 ;;
+    best) step=$($PY "$HERE/pick_checkpoint.py" --ckpt "$W/ckpt" --tasks "$TRAIN_TASKS" 2> "$LOGS/pick_checkpoint.log")
+          rc=$?; cat "$LOGS/pick_checkpoint.log" >&2; [ $rc -eq 0 ] || return 1 ;;
     last) step=$(cat "$W/ckpt/latest_checkpointed_iteration.txt" 2>/dev/null) \
             || { echo "no GRPO checkpoint in $W/ckpt" >&2; return 1; } ;;
     *) step=$AFTER_STEP ;;
