@@ -177,15 +177,16 @@ def test_lps_queue_runs_the_verl_arm_before_eval_and_each_rehearsal(tmp_path: Pa
 @pytest.mark.parametrize("arms", [None, "x:instrument y:beep_count:a.b=1;+c.d=2"])
 def test_lp2_queue_runs_each_verl_arm_with_its_tasks_and_overrides(tmp_path: Path, arms: str | None) -> None:
     stubs = ('lp() { echo "lp $LP_ARM $* tasks=${TRAIN_TASKS:-} extra=${LP_EXTRA:+${LP_EXTRA#"$LP_SHARE"}}" >> "$S/calls"; }\n'
-             'logprob_bench() { echo "logprob-bench gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n')
+             'logprob_bench() { echo "logprob-bench gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n'
+             'dedup_small() { echo "dedup-small gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n')
     calls = _queue_calls(tmp_path, "lp2", stubs, {} if arms is None else {"LP_ARMS": arms})
     if arms is None:  # the recipe alone, on the two tasks the listening warm-up teaches
         arm_calls = [f"lp lp-a {p} tasks=beep_count,instrument extra=" for p in ("grpo", "after")]
     else:  # ";" separates an arm's overrides; each arm trains on its own tasks
         arm_calls = [f"lp x {p} tasks=instrument extra=" for p in ("grpo", "after")] + [
             f"lp y {p} tasks=beep_count extra= a.b=1 +c.d=2" for p in ("grpo", "after")]
-    assert calls == sorted(["logprob-bench gpu=0", "lp lp-prep warm tasks= extra=", "lp lp-prep before tasks= extra=",
-                            *arm_calls])
+    assert calls == sorted(["logprob-bench gpu=0", "dedup-small gpu=0", "lp lp-prep warm tasks= extra=",
+                            "lp lp-prep before tasks= extra=", *arm_calls])
 
 
 def test_merge_overrides_later_wins_and_keeps_plus() -> None:
@@ -331,7 +332,8 @@ def test_lp2_queue_samples_stacks_of_the_verl_arm_only_and_packs_a_table(tmp_pat
     stubs = ('lp() { echo "lp $LP_ARM $1 stacks=${R1AQA_STACKS_DIR:-}" >> "$S/calls"\n'
              f'  [ "$1" = grpo ] && {sys.executable} -c "import time; t = time.time()\n'
              'while time.time() - t < 0.5: pass"; return 0; }\n')
-    calls = _queue_calls(tmp_path, "lp2", stubs, {"LP_ARMS": "x:instrument", "STACKS": "1", "LOGPROB_BENCH": "0"})
+    calls = _queue_calls(tmp_path, "lp2", stubs, {"LP_ARMS": "x:instrument", "STACKS": "1", "LOGPROB_BENCH": "0",
+                                                    "DEDUP_BENCH": "0"})
     s = tmp_path / "s"
     assert calls == sorted(["lp lp-prep warm stacks=", "lp lp-prep before stacks=", f"lp x grpo stacks={s}/x/stacks",
                             "lp x after stacks="])

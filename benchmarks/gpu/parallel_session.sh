@@ -114,6 +114,11 @@ rollout() {  # each mode is limited to 200 s (RESULT lines are printed as modes 
 dedup() {  # hook I side by side on one 7B micro-batch (random weights built on the GPU)
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/encoder_dedup_bench.py" --size 7b --json "$S/dedup.json"
 }
+dedup_small() {  # hook I at the learning proof's reference micro-batch (128 rows over 16 clips of 4 s): is its
+                 # host-device sync a cost where the encoder is 8M parameters? (stack samples, docs/gpu-runs.md)
+  timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/encoder_dedup_bench.py" --size small --micro 128 \
+    --distinct 16,128 --tokens 10 --clip-seconds 4 --json "$S/dedup-small.json"
+}
 
 lp() {  # lp PHASE: learning proof phase (examples/learning_proof/run.sh) of arm $LP_ARM (default lp: the recipe
         # as shipped) with $LP_EXTRA overrides; logs in $S/$LP_ARM, work dir $W/$LP_ARM
@@ -206,8 +211,11 @@ logprob_bench() {  # hook M side by side with verl's per-row loop (a minute at m
 }
 QUEUE_lp2() {  # learning proof on one GPU: warm-up (format + listening), then the verl arms LP_ARMS and the eval
                # before side by side, then each arm's eval after (GPU $LP_GPU, default 0); no rehearsals. The
-               # token log-prob bench (LOGPROB_BENCH=0 skips it) runs beside the warm-up's CPU-bound start
-  [ "${LOGPROB_BENCH:-1}" = 0 ] || ( CUDA_VISIBLE_DEVICES=${LP_GPU:-0} step logprob-bench logprob_bench ) &
+               # token log-prob bench (LOGPROB_BENCH=0 skips it) and the small encoder-dedup bench (DEDUP_BENCH=0
+               # skips it) run one after the other beside the warm-up's CPU-bound start
+  ( export CUDA_VISIBLE_DEVICES=${LP_GPU:-0}
+    [ "${LOGPROB_BENCH:-1}" = 0 ] || step logprob-bench logprob_bench
+    [ "${DEDUP_BENCH:-1}" = 0 ] || step dedup-small dedup_small ) &
   lp_shared_prep || return 1
   local entry name tasks extra first=1
   for entry in $LP_ARMS; do
