@@ -16,10 +16,13 @@ Modes:
 - ``plugin``: the same engine driven as verl 0.9.1's ``vLLMHttpServer.generate`` drives it
   (verl/workers/rollout/vllm_rollout/vllm_async_server.py:634-666): ``AsyncLLM``, B x N concurrent requests of
   n=1, each ``TokensPrompt(prompt_token_ids=collapse_audio_runs(HF-expanded ids), multi_modal_data={'audio':
-  [wave]}, mm_processor_kwargs={'sampling_rate': 16000})``. Inside the timed region each request first runs the HF
+  [wave]}, mm_processor_kwargs={'sampling_rate': 16000})``. Inside the timed region each request first runs the
   processor on its sample (as verl's agent loop does per sample, in ``--prep-workers`` threads); after the batch,
-  the post-rollout feature extraction verl repeats per sample (agent_loop.py:868-918) is timed separately
-  (``post_features_s``; verl overlaps it across its agent-loop worker processes).
+  the post-rollout feature call verl repeats per sample (agent_loop.py:868-918) is timed separately
+  (``post_features_s``; verl overlaps it across its agent-loop worker processes). Two timed batches on one engine,
+  side by side: ``plugin`` with the processor verl's workers get once the adapter is installed (``verl.utils.
+  hf_processor``: the plugin's, features once per distinct clip) and ``plugin, stock processor`` with
+  transformers' ``Qwen2AudioProcessor`` (features per sample; the only plugin row up to 2026-11-29).
 - ``hf-r1aqa``: transformers ``generate`` as R1-AQA calls it: one prompt per call, ``num_return_sequences=N``,
   B calls (``--hf-prompts K`` times K calls and extrapolates to B: marked ``extrapolated``).
 - ``hf-batched``: all B prompts in one ``generate`` call.
@@ -148,18 +151,21 @@ def run_plugin(a: argparse.Namespace) -> None:
     from vllm.inputs import TokensPrompt
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from r1aqa_plugin.models.qwen2_audio.verl_hooks import collapse_audio_runs
+    from r1aqa_plugin.models.qwen2_audio.verl_hooks import collapse_audio_runs  # importing installs the adapter
+    from verl.utils import hf_processor
 
     path = model_dir(a)
-    proc = AutoProcessor.from_pretrained(path)
-    text = prompt_text(proc)
-    probe = hf_expanded_ids(proc, text, clip(a.clip_seconds, 0))
+    procs = {"plugin": hf_processor(str(path)), "plugin, stock processor": AutoProcessor.from_pretrained(path)}
+    if type(procs["plugin"]) is type(procs["plugin, stock processor"]):
+        raise RuntimeError("verl.utils.hf_processor gave the stock processor: the adapter's hook A is not installed")
+    text = prompt_text(procs["plugin"])
+    probe = hf_expanded_ids(procs["plugin"], text, clip(a.clip_seconds, 0))
     t0 = time.perf_counter()
     engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**_engine_kwargs(a, path, len(probe) + a.tokens + 16)))
     init_s = time.perf_counter() - t0
     pool = ThreadPoolExecutor(max_workers=a.prep_workers)
 
-    async def one(req_id: str, wave: Any) -> tuple[int, int]:
+    async def one(proc: Any, req_id: str, wave: Any) -> tuple[int, int]:
         loop = asyncio.get_running_loop()
         ids = await loop.run_in_executor(pool, hf_expanded_ids, proc, text, wave)  # the agent loop's processor call
         prompt = TokensPrompt(prompt_token_ids=collapse_audio_runs(ids), multi_modal_data={"audio": [wave]},
@@ -172,31 +178,43 @@ def run_plugin(a: argparse.Namespace) -> None:
         assert final is not None
         return len(final.outputs[0].token_ids), len(final.prompt_token_ids)
 
-    async def batch(phase: str) -> tuple[float, list[tuple[int, int]], list[Any]]:
-        waves = [clip(a.clip_seconds, s) for s in _seeds(phase, a)]
+    async def batch(phase: str, proc: Any, seed_base: int) -> tuple[float, list[tuple[int, int]], list[Any]]:
+        # fresh clips per batch: no feature-cache or vLLM prefix/encoder-cache hits across batches
+        waves = [clip(a.clip_seconds, seed_base + i) for i in range(a.batch)]
         t = time.perf_counter()
-        res = await asyncio.gather(*[one(f"{phase}-{i}-{j}", w) for i, w in enumerate(waves) for j in range(a.n)])
+        res = await asyncio.gather(*[one(proc, f"{phase}-{i}-{j}", w) for i, w in enumerate(waves)
+                                     for j in range(a.n)])
         return time.perf_counter() - t, res, waves
 
-    async def main() -> dict[str, Any]:
-        await batch("warmup")
-        dt, res, waves = await batch("timed")
-        # verl's post-rollout processor call, once per SAMPLE (B x N), Whisper features padded to 30 s
+    def post_features(mode: str, waves: list[Any]) -> float:
+        """verl's post-rollout processor call, once per SAMPLE (B x N): the decoded text has no <|AUDIO|> left."""
+        proc = procs[mode]
         t = time.perf_counter()
         for w in waves:
             for _ in range(a.n):
-                proc.feature_extractor([w], sampling_rate=SR, return_attention_mask=True, padding="max_length")
-        post = time.perf_counter() - t
-        return {"mode": "plugin", "seconds": dt, "out_tokens": sum(r[0] for r in res), "seqs": len(res),
-                "prompt_len": res[0][1], "init_s": init_s, "eager": a.eager, "post_features_s": post,
-                "prep_workers": a.prep_workers}
+                if mode == "plugin":
+                    proc(text=["answer"], audio=[w], sampling_rate=SR)
+                else:  # the stock processor refuses that call; its feature extractor is what it would run
+                    proc.feature_extractor([w], sampling_rate=SR, return_attention_mask=True, padding="max_length")
+        return time.perf_counter() - t
+
+    async def main() -> list[dict[str, Any]]:
+        await batch("warmup", procs["plugin"], 0)
+        recs = []
+        for k, mode in enumerate(procs):
+            dt, res, waves = await batch(f"timed{k}", procs[mode], 10_000 * (k + 1))
+            recs.append({"mode": mode, "seconds": dt, "out_tokens": sum(r[0] for r in res), "seqs": len(res),
+                         "prompt_len": res[0][1], "init_s": init_s, "eager": a.eager,
+                         "post_features_s": post_features(mode, waves), "prep_workers": a.prep_workers})
+        return recs
 
     try:
-        rec = asyncio.run(main())
+        recs = asyncio.run(main())
     finally:
         engine.shutdown()
         pool.shutdown()
-    result(rec)
+    for rec in recs:
+        result(rec)
 
 
 # -------------------------------------------------------------------------------------------------- HF modes
@@ -367,10 +385,12 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(mode)
             print(f"{mode} failed (exit {rc}); last output:\n" + "\n".join(out.splitlines()[-40:]), flush=True)
             continue
-        rec = recs[-1]
-        rec["wall_s"] = time.perf_counter() - t
-        rows.append(rec)
-        print(f"   {rec['seconds']:.3f} s, {rec['out_tokens']} tokens (mode wall {rec['wall_s']:.0f} s)", flush=True)
+        wall = time.perf_counter() - t
+        for rec in recs:  # the plugin child reports two rows (its processors side by side on one engine)
+            rec["wall_s"] = wall
+            rows.append(rec)
+            print(f"   {rec['mode']}: {rec['seconds']:.3f} s, {rec['out_tokens']} tokens (mode wall {wall:.0f} s)",
+                  flush=True)
     if a.grpo_log:
         row = grpo_log_row(a.grpo_log, a)
         if row:

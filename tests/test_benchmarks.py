@@ -255,10 +255,13 @@ def test_rollout_bench_hf_toy(tmp_path: Path) -> None:
 def test_rollout_bench_vllm_cpu_toy(tmp_path: Path) -> None:
     data = _rollout(tmp_path, "vllm,plugin", "--eager")
     rows = {r["mode"]: r for r in data["rows"]}
+    # one plugin child, two rows side by side: the processor verl gets with the adapter, and the stock one
+    assert set(rows) == {"vllm", "plugin", "plugin, stock processor"}
     assert rows["vllm"]["out_tokens"] == rows["plugin"]["out_tokens"] == 2 * 2 * 8
+    assert rows["plugin, stock processor"]["out_tokens"] == 2 * 2 * 8
     # the plugin path sends collapsed ids and vLLM expands them back: same prompt length as bare vLLM
-    assert rows["vllm"]["prompt_len"] == rows["plugin"]["prompt_len"]
-    assert rows["plugin"]["post_features_s"] > 0
+    assert rows["vllm"]["prompt_len"] == rows["plugin"]["prompt_len"] == rows["plugin, stock processor"]["prompt_len"]
+    assert rows["plugin"]["post_features_s"] > 0 and rows["plugin, stock processor"]["post_features_s"] > 0
 
 
 def test_audio_dependence_sees_wrong_audio_far_above_bf16_noise(tiny_model_dir: Path, tmp_path: Path) -> None:
