@@ -592,12 +592,15 @@ def test_run_sh_plots_keeps_each_evals_per_item_answers_beside_its_report(tmp_pa
         d.mkdir(parents=True)
         (d / "report.md").write_text(f"# {d.name}\n")
         (d / "predictions.json").write_text(f'[{{"id": "{d.name}"}}]')
+        (d / "predictions_silenced.json").write_text(f'[{{"id": "{d.name}-silenced"}}]')
     env = {**os.environ, "WORK": str(tmp_path / "w"), "PREP": str(tmp_path / "w" / "prep"), "OUT": str(tmp_path / "o"),
            "PY": str(stub)}
     subprocess.run(["bash", str(EXAMPLE / "run.sh"), "plots"], capture_output=True, text=True, env=env)
     for e in ("before", "after"):
         assert (tmp_path / "o" / f"eval-{e}-report.md").read_text() == f"# eval-{e}\n"
         assert json.loads((tmp_path / "o" / f"eval-{e}-predictions.json").read_text()) == [{"id": f"eval-{e}"}]
+        silenced = tmp_path / "o" / f"eval-{e}-predictions_silenced.json"
+        assert json.loads(silenced.read_text()) == [{"id": f"eval-{e}-silenced"}]
 
 
 def test_warmup_decoupled_choices_make_a_random_target_independent_of_the_answer():

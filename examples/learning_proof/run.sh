@@ -166,8 +166,9 @@ plots() {
   local evals=() e d; for e in before after; do
     d=$W/eval-$e; [ "$e" = before ] && d=$P/eval-before
     [ -d "$d" ] && evals+=(--eval "$e=$d") && cp "$d/report.md" "$LOGS/eval-$e-report.md" 2>/dev/null
-    # per-item answers too (which labels a model gets right: docs/learning.md "Next", the start above chance)
-    [ -f "$d/predictions.json" ] && cp "$d/predictions.json" "$LOGS/eval-$e-predictions.json"
+    # per-item answers too, of every mode (which labels a model gets right; what it answers with the audio
+    # silenced, which separates an answer driven by the audio from one driven by the question's words)
+    for f in "$d"/predictions*.json; do [ -f "$f" ] && cp "$f" "$LOGS/eval-$e-$(basename "$f")"; done
   done
   $PY "$HERE/plot.py" "${logs[@]}" "${evals[@]}" --out "$LOGS"
   cat "$LOGS/timings.tsv"
