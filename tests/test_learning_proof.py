@@ -209,13 +209,15 @@ def test_pick_checkpoint_takes_the_best_saved_step_of_the_training_tasks(tmp_pat
     pick = _example("pick_checkpoint")
     ckpt = _ckpt(tmp_path, [5, 10, 15, 20])
     assert pick.saved_steps(ckpt) == [5, 10, 15, 20]
-    # 10 and 15 tie at 0.9375 (the first wins); chord quality, 1.0 at step 20 and the callback's own pick, does not count
+    # 10 and 15 tie at 0.9375 (the first wins); chord quality (1.0 at step 20, where the callback's own link points)
+    # does not count
     assert pick.pick(ckpt, ["beep_count", "instrument"])[0] == 10
     assert os.readlink(ckpt / "best") == "global_step_20"
     capsys.readouterr()  # the callback's own lines
     assert pick.main(["--ckpt", str(ckpt), "--tasks", "beep_count,instrument"]) == 0
     out, err = capsys.readouterr()
-    assert out == "10\n" and "step 10: mean validation accuracy 93.8% on beep_count,instrument (last saved: step 20)" in err
+    assert out == "10\n"
+    assert "step 10: mean validation accuracy 93.8% on beep_count,instrument (last saved: step 20)" in err
     # no history: the last saved step, said so
     (ckpt / "val_accuracy.jsonl").unlink()
     step, why = pick.pick(ckpt, ["beep_count"])

@@ -41,8 +41,9 @@ def pick(ckpt: Path, tasks: list[str]) -> tuple[int, str]:
     if best["step"] not in saved:
         raise FileNotFoundError(f"step {best['step']} validated best on {tasks} but {ckpt}/global_step_"
                                 f"{best['step']}/actor is gone")
-    return best["step"], (f"step {best['step']}: mean validation accuracy {100 * best['score']:.1f}% on {','.join(tasks)} "
-                          f"(last saved: step {saved[-1]})")
+    why = (f"step {best['step']}: mean validation accuracy {100 * best['score']:.1f}% on {','.join(tasks)} "
+           f"(last saved: step {saved[-1]})")
+    return best["step"], why
 
 
 def main(argv: list[str] | None = None) -> int:
