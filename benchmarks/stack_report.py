@@ -33,7 +33,8 @@ IDLE_FRAMES = ("run threading.py:", "ray/_private/process_watcher.py", "ray/_pri
 
 
 def load(folder: Path) -> list[dict[str, Any]]:
-    """The sample rows of every ``stacks-*.json`` in folder (title, thread, stack, count, interval)."""
+    """The sample rows of every ``stacks-*.json`` in folder (title, thread, stack, count, seconds); files written
+    before the sampler measured each sample's time count ``interval`` seconds a sample."""
     files = sorted(folder.glob("stacks-*.json"))
     if not files:
         raise SystemExit(f"no stacks-*.json in {folder}: was R1AQA_STACKS_DIR set and benchmarks/stack_sampler first on "
@@ -45,9 +46,10 @@ def load(folder: Path) -> list[dict[str, Any]]:
         except (OSError, ValueError) as e:
             print(f"skipped {path.name}: {e}", file=sys.stderr)
             continue
-        for title, thread, stack, count in data["rows"]:
+        for title, thread, stack, count, *measured in data["rows"]:
+            seconds = measured[0] if measured else count * data["interval"]
             rows.append({"pid": data["pid"], "title": title, "thread": thread, "stack": stack, "count": count,
-                         "interval": data["interval"]})
+                         "seconds": seconds})
     return rows
 
 
@@ -95,7 +97,7 @@ def groups(rows: list[dict[str, Any]], match: str | None = None, below: str | No
         g = by.setdefault((r["title"], r["thread"]), {
             "title": r["title"], "thread": r["thread"], "pids": set(), "busy_s": 0.0,
             "incl": collections.Counter(), "self": collections.Counter()})
-        secs = r["count"] * r["interval"]
+        secs = r["seconds"]
         g["pids"].add(r["pid"])
         g["busy_s"] += secs
         g["self"][r["stack"][-1]] += secs

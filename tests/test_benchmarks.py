@@ -294,7 +294,7 @@ def parked():
     time.sleep(5)  # a C call for the thread's whole life: no leaf-name rule knows it, the one-stack rule does
 threading.Thread(target=threading.Event().wait, args=(2,), name="waiter", daemon=True).start()
 threading.Thread(target=parked, name="parked", daemon=True).start()
-spin(3.0)
+spin(1.5)
 """
 
 
@@ -307,9 +307,7 @@ def test_stack_sampler_attributes_busy_time_and_skips_waits(tmp_path: Path) -> N
     subprocess.run([sys.executable, str(tmp_path / "job.py")], env=env, check=True, timeout=60)
     gs = stack_report.groups(stack_report.load(tmp_path / "st"))
     main = [g for g in gs if g["thread"] == "MainThread"]
-    # 3 s of spinning; the sampler is a thread of the same process, so on a loaded host (CI beside other work) it
-    # wakes less often and sees less: 0.89 of 1.5 s once. The bounds ask for most of it and no more than all of it.
-    assert len(main) == 1 and 1.2 < main[0]["busy_s"] < 4.0, [(g["thread"], g["busy_s"]) for g in gs]
+    assert len(main) == 1 and 0.9 < main[0]["busy_s"] < 2.5, [(g["thread"], g["busy_s"]) for g in gs]
     spin = [s for f, s in main[0]["incl"].items() if f.startswith("spin ") and "job.py" in f]
     assert spin and spin[0] > 0.8 * main[0]["busy_s"] - 0.3
     assert not [g for g in gs if g["thread"] in ("waiter", "parked")]  # Event.wait and a lifelong sleep: waits
@@ -322,6 +320,20 @@ def test_stack_sampler_attributes_busy_time_and_skips_waits(tmp_path: Path) -> N
               if g["thread"] == "MainThread"]
     assert len(inside) == 1 and 0 < inside[0]["busy_s"] < main[0]["busy_s"]
     assert {f.split()[0] for f in inside[0]["incl"] if "job.py" in f} == {"sines", "<genexpr>"}, inside[0]["incl"]
+
+
+def test_stack_report_weighs_samples_by_their_measured_time_and_reads_older_files(tmp_path: Path) -> None:
+    # a sampler woken late (a loaded host) measured 0.5 s for one sample at a 0.05 s interval: the report keeps 0.5;
+    # files from before the sampler measured (four fields a row) count the interval per sample
+    import stack_report
+
+    busy = ["main x.py:1", "spin x.py:9"]
+    (tmp_path / "stacks-1.json").write_text(json.dumps({"pid": 1, "interval": 0.05,
+                                                        "rows": [["job", "MainThread", busy, 1, 0.5]]}))
+    (tmp_path / "stacks-2.json").write_text(json.dumps({"pid": 2, "interval": 0.05,
+                                                        "rows": [["old", "MainThread", busy, 4]]}))
+    gs = {g["title"]: g["busy_s"] for g in stack_report.groups(stack_report.load(tmp_path))}
+    assert gs == {"job": 0.5, "old": pytest.approx(0.2)}
 
 
 def test_stack_sampler_off_without_its_variable(tmp_path: Path) -> None:

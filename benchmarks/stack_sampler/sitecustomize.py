@@ -2,7 +2,9 @@
 
 Put this folder first on PYTHONPATH and set R1AQA_STACKS_DIR; every Python process started with that environment
 (Ray passes it on to its workers) then samples all its threads' stacks every R1AQA_STACKS_INTERVAL seconds (default
-0.05) and rewrites ``stacks-<pid>.json`` in that folder every 10 s. ``benchmarks/stack_report.py`` turns the files
+0.05) and rewrites ``stacks-<pid>.json`` in that folder every 10 s. Each sample stands for the time since the one
+before it, measured: on a busy host the sampler's thread wakes late, and counting samples at the nominal interval
+would then undercount (0.89 s for 1.5 s of spinning, once, in the tests). ``benchmarks/stack_report.py`` turns the files
 into a table of where each Ray task's time goes. Without R1AQA_STACKS_DIR importing this does nothing.
 
 Why not py-spy or torch.profiler: the lent GPU machine has no py-spy (nor gdb, strace or perf; the device notes),
@@ -38,7 +40,8 @@ def _start() -> None:
 
     interval = float(os.environ.get("R1AQA_STACKS_INTERVAL", "0.05"))
     os.makedirs(_DIR, exist_ok=True)
-    state = {"counts": collections.Counter(), "pid": os.getpid(), "title": "", "title_at": 0.0}
+    state = {"counts": collections.Counter(), "seconds": collections.Counter(), "pid": os.getpid(), "title": "",
+             "title_at": 0.0}
 
     def title() -> str:
         # Ray renames its workers per task ("ray::WorkerDict.actor_rollout_update_actor"); read it at most once a second
@@ -53,7 +56,7 @@ def _start() -> None:
         return state["title"]
 
     def dump() -> None:
-        rows = [[t, th, list(st), n] for (t, th, st), n in state["counts"].items()]
+        rows = [[t, th, list(st), n, state["seconds"][(t, th, st)]] for (t, th, st), n in state["counts"].items()]
         path = os.path.join(_DIR, f"stacks-{state['pid']}.json")
         with open(path + ".tmp", "w") as f:
             json.dump({"pid": state["pid"], "interval": interval, "rows": rows}, f)
@@ -61,9 +64,11 @@ def _start() -> None:
 
     def loop() -> None:
         me = threading.get_ident()
-        last = time.monotonic()
+        last = previous = time.monotonic()
         while True:
             time.sleep(interval)
+            now = time.monotonic()
+            elapsed, previous = now - previous, now
             names = {t.ident: t.name for t in threading.enumerate()}
             t = title()
             for ident, frame in sys._current_frames().items():
@@ -77,7 +82,9 @@ def _start() -> None:
                     stack.append(f"{code.co_name} {_short(code.co_filename)}:{line}")
                     frame, leaf = frame.f_back, False
                 stack.reverse()
-                state["counts"][(t, names.get(ident, str(ident)), tuple(stack))] += 1
+                key = (t, names.get(ident, str(ident)), tuple(stack))
+                state["counts"][key] += 1
+                state["seconds"][key] += elapsed
             if time.monotonic() - last > 10:
                 last = time.monotonic()
                 try:
@@ -87,6 +94,7 @@ def _start() -> None:
 
     def begin() -> None:
         state["counts"] = collections.Counter()
+        state["seconds"] = collections.Counter()
         state["pid"] = os.getpid()
         state["title_at"] = 0.0
         threading.Thread(target=loop, name="r1aqa-stack-sampler", daemon=True).start()
