@@ -85,8 +85,10 @@ def test_processor_rerun_on_decoded_text_returns_the_same_features(processor):
     assert "<|AUDIO|>" not in decoded
     again = processor(text=[decoded], audio=[wave], sampling_rate=16000, return_tensors="np")
     assert set(again) == {"input_features", "feature_attention_mask"}
-    np.testing.assert_array_equal(again["input_features"], full["input_features"])
-    np.testing.assert_array_equal(again["feature_attention_mask"], full["feature_attention_mask"])
+    # hook P: the same features, cut 2 frames after the clip's 300 (the model's forward pads them back)
+    assert again["input_features"].shape[-1] == 302 and full["feature_attention_mask"].sum() == 300
+    np.testing.assert_array_equal(again["input_features"], full["input_features"][..., :302])
+    np.testing.assert_array_equal(again["feature_attention_mask"], full["feature_attention_mask"][..., :302])
 
 
 def test_diagnostic_other_audio_gives_the_actor_another_samples_clip(monkeypatch):
@@ -130,11 +132,11 @@ def test_post_rollout_features_are_computed_once_per_distinct_clip(processor, mo
                       padding="max_length") for w in waves]
     for _ in range(8):
         out = processor(text=["no placeholder"], audio=[waves[0]], sampling_rate=16000, return_tensors="np")
-        np.testing.assert_array_equal(out["input_features"], fresh[0]["input_features"])
-        np.testing.assert_array_equal(out["feature_attention_mask"], fresh[0]["attention_mask"])
+        np.testing.assert_array_equal(out["input_features"], fresh[0]["input_features"][..., :302])
+        np.testing.assert_array_equal(out["feature_attention_mask"], fresh[0]["attention_mask"][..., :302])
     assert len(calls) == 1  # eight processor calls, one extraction
     both = processor(text=["x"], audio=[waves[1], waves[2]], sampling_rate=16000, return_tensors="np")
-    np.testing.assert_array_equal(both["input_features"][1], fresh[2]["input_features"][0])
+    np.testing.assert_array_equal(both["input_features"][1], fresh[2]["input_features"][0, :, :302])
     assert len(calls) == 3 and len(proc._feature_cache) == 2  # bounded: the first clip was evicted
     processor(text=["x"], audio=[waves[0]], sampling_rate=16000)
     assert len(calls) == 4

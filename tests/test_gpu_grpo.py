@@ -16,6 +16,7 @@ can move them; on the random tiny model another sample's clip moves them ~100x t
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -95,7 +96,9 @@ def test_audio_reaches_vllm_once_expanded_and_the_actor_for_every_sequence(runs)
     _, (_, log), _ = runs
     sent = [line for line in log.splitlines() if "vLLM request:" in line]
     assert sent and all("<|AUDIO|>) ->" in line for line in sent)
-    assert any("actor audio features: input_features (1, 128, 3000)" in line for line in log.splitlines())
+    # the actor's features, cut by hook P 2 frames after the clip's valid frames
+    shapes = re.findall(r"actor audio features: input_features \(1, 128, (\d+)\), (\d+) valid frames", log)
+    assert shapes and all(int(frames) == min(3000, int(valid) + 2) for frames, valid in shapes)
 
 
 def test_rollout_and_actor_agree_only_when_they_hear_the_same_audio(runs):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from transformers import BatchFeature, Qwen2AudioProcessor
 
+from r1aqa_plugin.models.qwen2_audio import feature_window
 from r1aqa_plugin.once_cache import OnceCache
 
 
@@ -117,11 +118,15 @@ class VerlQwen2AudioProcessor(Qwen2AudioProcessor):
 
     def audio_features(self, audio: Any, sampling_rate: int | None = None, return_tensors: str | None = None,
                        **_: Any) -> BatchFeature:
-        """Whisper features exactly as ``__call__`` computes them (padded to 30 s, with the frame mask)."""
+        """Whisper features as ``__call__`` computes them, with the frame mask; cut after the clips' last frames
+        (hook P, ``feature_window``: the model's forward pads them back to 30 s) unless R1AQA_TRIM_FEATURES=0."""
         audios = [audio] if isinstance(audio, np.ndarray) else list(audio)
         if os.environ.get(DIAG_ENV):
             audios = [diagnostic_audio(np.asarray(a), os.environ[DIAG_ENV]) for a in audios]
         data = self._stacked_features([np.asarray(a) for a in audios], sampling_rate)
+        if feature_window.trim_enabled():
+            data["input_features"], data["feature_attention_mask"] = feature_window.trim(
+                data["input_features"], data["feature_attention_mask"])
         from r1aqa_plugin.models.qwen2_audio.verl_hooks import _trace
 
         _trace("actor audio features", f"input_features {np.shape(data['input_features'])}, "

@@ -16,9 +16,10 @@ stay adjacent on their data-parallel rank (so I finds its copies), K ``actor.fre
 encoder (verl 0.9.1's FSDP engine ignores the flag), L ``tie_word_embeddings`` where verl reads it, M token
 log-probs in chunked kernels where verl would loop over tokens in Python (no flash-attn), N the v1 replay buffer
 polls for finished rollouts every 0.2 s, not 2 s, O the reward call's position ids without a second processor run
-(Qwen2-Audio's positions do not depend on the audio), W every vLLM worker runs the name-mapping model class. (G, the
-dataset, and H, the recipes' settings, are not patches.) M and N are not Qwen2-Audio-specific: M computes the same
-values as the code it replaces, N only shortens a wait, for any model.
+(Qwen2-Audio's positions do not depend on the audio), P the actor's audio features travel cut after each clip's
+frames and are padded back to Whisper's 30 s window in the model's forward, W every vLLM worker runs the
+name-mapping model class. (G, the dataset, and H, the recipes' settings, are not patches.) M and N are not
+Qwen2-Audio-specific: M computes the same values as the code it replaces, N only shortens a wait, for any model.
 """
 
 from __future__ import annotations
@@ -222,6 +223,13 @@ def _make_encoder_dedup(original: Callable[..., Any]) -> Callable[..., Any]:
     from r1aqa_plugin.models.qwen2_audio.encoder_dedup import make_encoder_forward
 
     return make_encoder_forward(original)
+
+
+def _make_feature_window(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook P: the actor's features arrive cut after each clip's frames; pad them back to the encoder's window."""
+    from r1aqa_plugin.models.qwen2_audio.feature_window import make_model_forward
+
+    return make_model_forward(original)
 
 
 # Hook K: set while ActorRolloutRefWorker.init_model builds this worker's engines (one process, synchronous calls)
@@ -474,6 +482,8 @@ def _build_patches() -> list[Patch]:
               _make_vision2seq_getter, "hf_model checkpoint export builds Qwen2-Audio"),
         Patch("I", "transformers.models.qwen2_audio.modeling_qwen2_audio", "Qwen2AudioEncoder.forward",
               _make_encoder_dedup, "audio encoder runs once per distinct clip of a batch"),
+        Patch("P", "transformers.models.qwen2_audio.modeling_qwen2_audio", "Qwen2AudioModel.forward",
+              _make_feature_window, "audio features cut after each clip are padded back to the encoder's window"),
         Patch("J", "verl.trainer.ppo.v1.trainer_base", "PPOTrainer._balance_batch", _make_group_by_prompt,
               "a prompt's samples stay adjacent on their rank (v1 trainer)"),
         Patch("K", "verl.workers.engine_workers", "ActorRolloutRefWorker.init_model", _make_freeze_request,
