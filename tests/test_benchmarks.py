@@ -178,14 +178,16 @@ def test_lps_queue_runs_the_verl_arm_before_eval_and_each_rehearsal(tmp_path: Pa
 def test_lp2_queue_runs_each_verl_arm_with_its_tasks_and_overrides(tmp_path: Path, arms: str | None) -> None:
     stubs = ('lp() { echo "lp $LP_ARM $* tasks=${TRAIN_TASKS:-} extra=${LP_EXTRA:+${LP_EXTRA#"$LP_SHARE"}}" >> "$S/calls"; }\n'
              'logprob_bench() { echo "logprob-bench gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n'
-             'dedup_small() { echo "dedup-small gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n')
+             'dedup_small() { echo "dedup-small gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n'
+             'feature_transfer() { echo "feature-transfer gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n')
     calls = _queue_calls(tmp_path, "lp2", stubs, {} if arms is None else {"LP_ARMS": arms})
     if arms is None:  # the recipe alone, on the two tasks the listening warm-up teaches
         arm_calls = [f"lp lp-a {p} tasks=beep_count,instrument extra=" for p in ("grpo", "after")]
     else:  # ";" separates an arm's overrides; each arm trains on its own tasks
         arm_calls = [f"lp x {p} tasks=instrument extra=" for p in ("grpo", "after")] + [
             f"lp y {p} tasks=beep_count extra= a.b=1 +c.d=2" for p in ("grpo", "after")]
-    assert calls == sorted(["logprob-bench gpu=0", "dedup-small gpu=0", "lp lp-prep warm tasks= extra=",
+    assert calls == sorted(["logprob-bench gpu=0", "dedup-small gpu=0", "feature-transfer gpu=0",
+                            "lp lp-prep warm tasks= extra=",
                             "lp lp-prep before tasks= extra=", *arm_calls])
 
 
@@ -228,6 +230,20 @@ def test_encoder_dedup_bench_toy(tmp_path: Path) -> None:
     rows = {(r["pass"], r["distinct"]): r for r in json.loads(out.read_text())["rows"]}
     assert (rows[("update", 1)]["encoded_0"], rows[("update", 1)]["encoded_1"]) == (4, 1)
     assert (rows[("log-prob", 4)]["encoded_0"], rows[("log-prob", 4)]["encoded_1"]) == (4, 4)
+
+
+def test_feature_transfer_bench_toy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import feature_transfer_bench as ftb
+
+    out = tmp_path / "ftb.json"
+    assert ftb.main(["--mels", "80", "--seconds", "4", "--samples", "8", "--micro", "4", "--repeats", "1",
+                     "--json", str(out)]) == 0
+    assert "| mels | clip s | MB/sample full -> cut |" in capsys.readouterr().out
+    (row,) = json.loads(out.read_text())["results"]
+    # 80 mels x 3,000 frames of fp32 + the int32 mask, against 402 frames (400 of a 4 s clip + hook P's margin)
+    assert row["mb_per_sample_full"] == pytest.approx(80 * 3000 * 4 / 1e6 + 3000 * 4 / 1e6)
+    assert row["mb_per_sample_cut"] == pytest.approx(80 * 402 * 4 / 1e6 + 402 * 4 / 1e6)
+    assert row["batch_s_full"] > 0 and row["pickle_s_cut"] > 0
 
 
 # --------------------------------------------------------------------------------------------- rollout bench

@@ -25,7 +25,8 @@
 #   gpu23: 7B GRPO 2 GPUs "wins" -> 7B GRPO 2 GPUs baseline (the 7B folder is built once, on a GPU, by whichever
 #          queue needs it first)
 #   one:   7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> "cpuadam" (GPU $ONE_GPU, default 0)
-#   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench (GPU $BENCH_GPU, default 1)
+#   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench -> feature-transfer bench
+#          (GPU $BENCH_GPU, default 1)
 #   contrast: same vs another sample's audio for the actor (tests/test_gpu_grpo.py; GPU2 | GPU3; issue 3, met)
 #
 # What the 2026-11-28 sessions taught (docs/gpu-runs.md): a verl run needs 4-6 min before step 1 there; vLLM's
@@ -119,6 +120,9 @@ dedup_small() {  # hook I at the learning proof's reference micro-batch (128 row
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/encoder_dedup_bench.py" --size small --micro 128 \
     --distinct 16,128 --tokens 10 --clip-seconds 4 --json "$S/dedup-small.json"
 }
+feature_transfer() {  # hook P side by side: one step's actor features as full 30 s windows or cut, incl. the GPU copy
+  timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/feature_transfer_bench.py" --json "$S/feature-transfer.json"
+}
 
 lp() {  # lp PHASE: learning proof phase (examples/learning_proof/run.sh) of arm $LP_ARM (default lp: the recipe
         # as shipped) with $LP_EXTRA overrides; logs in $S/$LP_ARM, work dir $W/$LP_ARM
@@ -211,11 +215,12 @@ logprob_bench() {  # hook M side by side with verl's per-row loop (a minute at m
 }
 QUEUE_lp2() {  # learning proof on one GPU: warm-up (format + listening), then the verl arms LP_ARMS and the eval
                # before side by side, then each arm's eval after (GPU $LP_GPU, default 0); no rehearsals. The
-               # token log-prob bench (LOGPROB_BENCH=0 skips it) and the small encoder-dedup bench (DEDUP_BENCH=0
-               # skips it) run one after the other beside the warm-up's CPU-bound start
+               # token log-prob bench (LOGPROB_BENCH=0 skips it), the small encoder-dedup bench (DEDUP_BENCH=0) and
+               # the feature-transfer bench (FEATURE_BENCH=0) run one after the other beside the warm-up's start
   ( export CUDA_VISIBLE_DEVICES=${LP_GPU:-0}
     [ "${LOGPROB_BENCH:-1}" = 0 ] || step logprob-bench logprob_bench
-    [ "${DEDUP_BENCH:-1}" = 0 ] || step dedup-small dedup_small ) &
+    [ "${DEDUP_BENCH:-1}" = 0 ] || step dedup-small dedup_small
+    [ "${FEATURE_BENCH:-1}" = 0 ] || step feature-transfer feature_transfer ) &
   lp_shared_prep || return 1
   local entry name tasks extra first=1
   for entry in $LP_ARMS; do
@@ -242,7 +247,7 @@ QUEUE_gpu23() {
 }
 QUEUE_bench() {
   export CUDA_VISIBLE_DEVICES=${BENCH_GPU:-1}
-  step rollout rollout; step dedup dedup
+  step rollout rollout; step dedup dedup; step feature-transfer feature_transfer
 }
 QUEUE_contrast() {
   export CUDA_VISIBLE_DEVICES=${CONTRAST_GPUS:-2,3}   # the test puts its two runs on one GPU each
