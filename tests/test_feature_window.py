@@ -49,9 +49,12 @@ def model_and_processor(tiny_model_dir):
 
 
 def _batch(processor, seconds: list[float], margin: int = MARGIN):
-    """The prompt call's inputs (full 30 s windows) and, per row, the actor's features as hook P cuts them,
-    batched by verl's own ``extract_multi_modal_inputs`` (which zero-pads rows to the longest)."""
+    """The prompt call's inputs (full 30 s windows) and, per row, the actor's features as hook P cuts them, through
+    verl's own data path: the agent loop's per-sample fields into a TensorDict (rows of unequal length become a
+    non-tensor stack), a micro-batch selected by index, and ``extract_multi_modal_inputs`` (which zero-pads rows to
+    the longest)."""
     from verl.utils.model import extract_multi_modal_inputs
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
     rng = np.random.default_rng(3)
     clips = [(0.2 * rng.standard_normal(int(16000 * s))).astype(np.float32) for s in seconds]
@@ -62,8 +65,11 @@ def _batch(processor, seconds: list[float], margin: int = MARGIN):
         feats = processor.feature_extractor([clip], sampling_rate=16000, return_attention_mask=True,
                                             padding="max_length")
         cut, cut_mask = trim(np.asarray(feats["input_features"]), np.asarray(feats["attention_mask"]), margin)
-        rows.append({"input_features": torch.from_numpy(cut), "feature_attention_mask": torch.from_numpy(cut_mask)})
-    return dict(full), extract_multi_modal_inputs(rows)
+        rows.append({"multi_modal_inputs": {"input_features": torch.from_numpy(cut),
+                                            "feature_attention_mask": torch.from_numpy(cut_mask)},
+                     "row": torch.tensor([len(rows)])})
+    micro_batch = list_of_dict_to_tensordict(rows)[list(range(len(rows)))]
+    return dict(full), extract_multi_modal_inputs(micro_batch.get("multi_modal_inputs"))
 
 
 def _forward_backward(model, inputs):
