@@ -13,8 +13,12 @@ clip's frames + 2), and times the hops they take to the actor, each with verl's 
   concatenation, which the reference pass and the update both run);
 - ``to GPU``: copying each micro-batch to the GPU and hook P's padding back to 3,000 frames (CUDA only).
 Median of ``--repeats``. The seconds are per step: every hop runs once per pass that reads the features (the
-reference pass and the update: twice a step in the learning proof's recipe). Toy run on CPU:
-``--mels 80 --seconds 4 --samples 32 --micro 16 --repeats 1``.
+reference pass and the update: twice a step in the learning proof's recipe).
+
+``--check-model SIZE`` (default ``small``; ``none`` skips it) also runs a random-weight Qwen2-Audio of that size
+(bf16 on a GPU, fp32 on the CPU, sdpa) on four clips of unequal length, once with full windows and once with the cut
+features batched by verl, and reports whether the logits are equal bit for bit on this device. Toy run on CPU:
+``--mels 80 --seconds 4 --samples 32 --micro 16 --repeats 1 --check-model tiny``.
 """
 
 from __future__ import annotations
@@ -24,11 +28,16 @@ import json
 import os
 import pickle
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # rollout_bench's prompt and clips
 
 SR = 16000
 WINDOW = 3000
@@ -84,6 +93,44 @@ def measure(rows: list[dict[str, Any]], micro: int, repeats: int, device: str | 
     return out
 
 
+def model_check(size: str, device: str) -> dict[str, Any]:
+    """Logits of four clips of unequal length with full windows vs cut features (hook P), on ``device``."""
+    import torch
+    from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor, WhisperFeatureExtractor
+    from verl.utils.model import extract_multi_modal_inputs
+
+    import r1aqa_plugin.models.qwen2_audio.verl_hooks  # noqa: F401  installs hook P
+    from r1aqa_plugin.models.qwen2_audio.builder import CHAT_TEMPLATE, build_config, build_tokenizer
+    from r1aqa_plugin.models.qwen2_audio.feature_window import trim
+    from rollout_bench import clip, prompt_text
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    config = build_config(size)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2AudioForConditionalGeneration._from_config(config, attn_implementation="sdpa", dtype=dtype)
+    model.eval()
+    fe = WhisperFeatureExtractor(feature_size=config.audio_config.num_mel_bins, sampling_rate=SR, chunk_length=30,
+                                 hop_length=160, n_fft=400, padding_value=0.0, return_attention_mask=True)
+    proc = Qwen2AudioProcessor(feature_extractor=fe, tokenizer=build_tokenizer(), chat_template=CHAT_TEMPLATE)
+    waves = [clip(seconds, seed) for seed, seconds in enumerate((2.006, 4.0, 3.0, 10.0))]
+    full = proc(text=[prompt_text(proc)] * len(waves), audio=waves, sampling_rate=SR, return_tensors="pt",
+                padding=True)
+    rows = []
+    for wave in waves:
+        f = fe([wave], sampling_rate=SR, return_attention_mask=True, padding="max_length")
+        cut, cut_mask = trim(np.asarray(f["input_features"]), np.asarray(f["attention_mask"]))
+        rows.append({"input_features": torch.from_numpy(cut), "feature_attention_mask": torch.from_numpy(cut_mask)})
+    full = {k: v.to(device) for k, v in full.items()}
+    cut = {k: v.to(device) for k, v in extract_multi_modal_inputs(rows).items()}
+    with torch.no_grad():
+        a = model(**full).logits.float()
+        b = model(**{**full, **cut}).logits.float()
+    return {"size": size, "device": device, "dtype": str(dtype).removeprefix("torch."),
+            "cut_frames": int(cut["input_features"].shape[-1]), "equal": bool(torch.equal(a, b)),
+            "max_abs_diff": float((a - b).abs().max())}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the side-by-side table (and write it as JSON with ``--json``)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -92,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=512, help="samples a step (learning proof 512, R1-AQA 128)")
     ap.add_argument("--micro", type=int, default=128, help="rows per micro-batch")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--check-model", default="small", help="model size for the exactness check, or none")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
@@ -121,9 +169,16 @@ def main(argv: list[str] | None = None) -> int:
             full, cut = r[f"{key}_full"], r[f"{key}_cut"]
             cells += [f"{full:.3f}", f"{cut:.3f}", f"{full / cut:.1f}" if cut > 0 else "-"]
         print("| " + " | ".join(cells) + " |")
+    check = None
+    if args.check_model != "none":
+        check = model_check(args.check_model, device or "cpu")
+        print(f"\nModel check ({check['size']}, {check['device']}, {check['dtype']}, sdpa; clips of 2.006, 4, 3 and 10 s, "
+              f"cut to {check['cut_frames']} frames): logits equal bit for bit: {check['equal']} "
+              f"(max |diff| {check['max_abs_diff']:.3g})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"when": when, "device": device, "args": vars(args), "results": results}, f, indent=1)
+            json.dump({"when": when, "device": device, "args": vars(args), "results": results, "model_check": check},
+                      f, indent=1)
     return 0
 
 

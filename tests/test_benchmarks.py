@@ -237,9 +237,12 @@ def test_feature_transfer_bench_toy(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     out = tmp_path / "ftb.json"
     assert ftb.main(["--mels", "80", "--seconds", "4", "--samples", "8", "--micro", "4", "--repeats", "1",
-                     "--json", str(out)]) == 0
+                     "--check-model", "tiny", "--json", str(out)]) == 0
     assert "| mels | clip s | MB/sample full -> cut |" in capsys.readouterr().out
-    (row,) = json.loads(out.read_text())["results"]
+    report = json.loads(out.read_text())
+    check = report["model_check"]  # the 10 s clip is the longest: 1,000 frames + hook P's 2
+    assert check["cut_frames"] == 1002 and check["equal"] and check["max_abs_diff"] == 0.0
+    (row,) = report["results"]
     # 80 mels x 3,000 frames of fp32 + the int32 mask, against 402 frames (400 of a 4 s clip + hook P's margin)
     assert row["mb_per_sample_full"] == pytest.approx(80 * 3000 * 4 / 1e6 + 3000 * 4 / 1e6)
     assert row["mb_per_sample_cut"] == pytest.approx(80 * 402 * 4 / 1e6 + 402 * 4 / 1e6)
