@@ -414,6 +414,58 @@ def test_engine_build_freezes_the_audio_tower_of_the_actor_only(tiny_model_dir, 
     assert trainable == {(True, False): (False, True), (False, False): (True, True), (True, True): (True, True)}
 
 
+@pytest.mark.parametrize("strategy", ["fsdp", "fsdp2"])
+def test_reference_keeps_its_weights_on_the_gpu_only_when_asked(tiny_model_dir, tmp_path, monkeypatch, strategy):
+    """Hook R on verl's real FSDPEngine._build_fsdp_module (FSDP's wrapping itself needs CUDA, so the wrappers it
+    calls record their offload argument instead): the forward-only engine is CPU-offloaded as verl does it unless
+    R1AQA_REF_ON_GPU=1; the actor never is, and the config reads forward_only again afterwards."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from verl.workers.config import FSDPEngineConfig, HFModelConfig
+    from verl.workers.engine.fsdp import transformer_impl
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
+
+    verl_hooks.install()
+    offload = []
+    monkeypatch.setattr(transformer_impl, "FSDP", lambda module, **kw: offload.append(kw["cpu_offload"]) or module)
+    monkeypatch.setattr(transformer_impl, "apply_fsdp2", lambda module, kw, cfg: offload.append(kw["offload_policy"]))
+    monkeypatch.setattr(transformer_impl, "fsdp2_load_full_state_dict", lambda *a, **k: None)
+    monkeypatch.setattr(transformer_impl, "get_device_id", lambda: 0)
+
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        engine = FSDPEngine.__new__(FSDPEngine)
+        engine.model_config = HFModelConfig(path=str(tiny_model_dir), override_config={"attn_implementation": "sdpa"})
+        engine.device_mesh = init_device_mesh("cpu", (1,), mesh_dim_names=("fsdp",))
+        engine.use_remove_padding, engine.ulysses_sequence_parallel_size = False, 1
+        engine.engine_config = FSDPEngineConfig(strategy=strategy)
+        module = engine._build_module()
+        seen = {}
+        for env, forward_only in ((None, True), ("1", True), ("0", True), ("1", False)):
+            if env is None:
+                monkeypatch.delenv(verl_hooks.REF_ON_GPU_ENV, raising=False)
+            else:
+                monkeypatch.setenv(verl_hooks.REF_ON_GPU_ENV, env)
+            engine.engine_config = FSDPEngineConfig(strategy=strategy, forward_only=forward_only)
+            engine._build_fsdp_module(module)
+            seen[env, forward_only] = offload.pop() is not None
+            assert engine.engine_config.forward_only is forward_only
+    finally:
+        if started:
+            dist.destroy_process_group()
+    assert seen == {(None, True): True, ("1", True): False, ("0", True): True, ("1", False): False}
+
+
+def test_reference_hook_fails_loudly_when_verl_changes_where_it_offloads():
+    def _build_fsdp_module(self, module):  # a verl that offloads the reference somewhere else
+        return module
+
+    with pytest.raises(verl_hooks.AdapterError, match="hook R: .*_build_fsdp_module changed"):
+        verl_hooks._make_resident_reference(_build_fsdp_module)
+
+
 # ------------------------------------------------------------------------- hook L: tie_word_embeddings at the top
 def test_model_config_gets_tie_word_embeddings_from_text_config(tiny_model_dir):
     from transformers import AutoConfig

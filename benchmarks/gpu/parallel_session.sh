@@ -24,7 +24,8 @@
 #   probe: learning proof, supervised on the correct answers (examples/learning_proof/run.sh probe)
 #   gpu23: 7B GRPO 2 GPUs "wins" -> 7B GRPO 2 GPUs baseline (the 7B folder is built once, on a GPU, by whichever
 #          queue needs it first)
-#   one:   7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> "cpuadam" (GPU $ONE_GPU, default 0)
+#   one:   7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> "wins1ref" (+ hook R: the reference's
+#          weights on the GPU) -> "cpuadam" (GPU $ONE_GPU, default 0)
 #   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench -> feature-transfer bench
 #          (GPU $BENCH_GPU, default 1)
 #   contrast: same vs another sample's audio for the actor (tests/test_gpu_grpo.py; GPU2 | GPU3; issue 3, met)
@@ -239,7 +240,7 @@ QUEUE_probe() {  # learnability probe: supervised on the correct answers of ever
 }
 QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning fits only with the optimizer step on the CPU)
   export CUDA_VISIBLE_DEVICES=${ONE_GPU:-0}
-  step grpo-wins1-1gpu grpo7b 1 wins1; step grpo-cpuadam-1gpu grpo7b 1 cpuadam
+  step grpo-wins1-1gpu grpo7b 1 wins1; step grpo-wins1ref-1gpu grpo7b 1 wins1ref; step grpo-cpuadam-1gpu grpo7b 1 cpuadam
 }
 QUEUE_gpu23() {
   export CUDA_VISIBLE_DEVICES=${PAIR_GPUS:-2,3}   # PAIR_GPUS=0,1 on nvidia-h200-x2

@@ -7,7 +7,7 @@ FSDP workers, agent-loop workers, the vLLM server actor and vLLM's own worker pr
 Each patch names its target module and attribute. Installing never imports a target: a patch is applied when its
 module is imported (at once if it already is), so the driver does not pay for vLLM's import. Applying checks the
 attribute exists, wraps it once (idempotent), logs what it patched, and raises ``AdapterError`` when verl has
-changed. Every wrapper but M's and N's is a no-op for models other than Qwen2-Audio.
+changed. Every wrapper but M's, N's and R's is a no-op for models other than Qwen2-Audio.
 
 Hooks (see docs/adapter.md): A processor accepted, B processor callable after rollout, C prompt builder is
 multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, F an auto class for the actor,
@@ -17,9 +17,10 @@ encoder (verl 0.9.1's FSDP engine ignores the flag), L ``tie_word_embeddings`` w
 log-probs in chunked kernels where verl would loop over tokens in Python (no flash-attn), N the v1 replay buffer
 polls for finished rollouts every 0.2 s, not 2 s, O the reward call's position ids without a second processor run
 (Qwen2-Audio's positions do not depend on the audio), P the actor's audio features travel cut after each clip's
-frames and are padded back to Whisper's 30 s window in the model's forward, W every vLLM worker runs the
-name-mapping model class. (G, the dataset, and H, the recipes' settings, are not patches.) M and N are not
-Qwen2-Audio-specific: M computes the same values as the code it replaces, N only shortens a wait, for any model.
+frames and are padded back to Whisper's 30 s window in the model's forward, R the reference policy keeps its
+weights on the GPU when asked (``R1AQA_REF_ON_GPU=1``), W every vLLM worker runs the name-mapping model class. (G,
+the dataset, and H, the recipes' settings, are not patches.) M, N and R are not Qwen2-Audio-specific: M computes the
+same values as the code it replaces, N only shortens a wait, R is off unless asked for, for any model.
 """
 
 from __future__ import annotations
@@ -338,6 +339,44 @@ def _make_replay_poll(original: Callable[..., Any]) -> Callable[..., Any]:
     return __init__
 
 
+REF_ON_GPU_ENV = "R1AQA_REF_ON_GPU"
+# What hook R relies on in verl's source: inside _build_fsdp_module, forward_only (the reference) only chooses the
+# CPU offload of FSDP1 and FSDP2.
+_REF_OFFLOAD_FACTS = ("if self.engine_config.forward_only:\n                cpu_offload = CPUOffload(offload_params=True)",
+                      "if self.engine_config.offload_policy or self.engine_config.forward_only:")
+
+
+def _make_resident_reference(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook R: verl 0.9.1 CPU-offloads every forward-only engine (the reference policy) whatever its config says,
+    so each reference micro-batch streams all of its weights from host memory (7B: 15.5 GB of bf16 per
+    micro-batch). With ``R1AQA_REF_ON_GPU=1`` the reference keeps its weights on the GPU instead; memory permitting,
+    it is the user's call. Off by default."""
+    import inspect
+
+    source = inspect.getsource(original)
+    missing = [fact for fact in _REF_OFFLOAD_FACTS if fact not in source]
+    if missing or source.count("forward_only") != 2:
+        raise AdapterError(f"r1aqa hook R: verl {_version('verl')}'s FSDPEngine._build_fsdp_module changed "
+                           f"({(missing or ['forward_only read elsewhere'])[0]!r}); the adapter supports verl "
+                           + ", ".join(TESTED_VERL))
+
+    @functools.wraps(original)
+    def _build_fsdp_module(self: Any, module: Any) -> Any:
+        config = self.engine_config
+        if not (config.forward_only and os.environ.get(REF_ON_GPU_ENV) == "1"):
+            return original(self, module)
+        # forward_only is read there only to pick the offload (checked above); verl's configs refuse plain setattr
+        object.__setattr__(config, "forward_only", False)
+        try:
+            built = original(self, module)
+        finally:
+            object.__setattr__(config, "forward_only", True)
+        logger.info("hook R: the reference keeps its weights on the GPU (%s=1)", REF_ON_GPU_ENV)
+        return built
+
+    return _build_fsdp_module
+
+
 SCORE_FEATURES_ENV = "R1AQA_SCORE_WITHOUT_FEATURES"
 _scoring: contextvars.ContextVar[bool] = contextvars.ContextVar("r1aqa_scoring", default=False)
 # What hook O relies on in verl's source: the reward call builds multi-modal inputs only to compute position ids,
@@ -490,6 +529,8 @@ def _build_patches() -> list[Patch]:
               "actor.freeze_vision_tower reaches the FSDP engine"),
         Patch("K", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_module", _make_tower_freezer,
               "actor.freeze_vision_tower freezes the Qwen2-Audio audio encoder"),
+        Patch("R", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_fsdp_module",
+              _make_resident_reference, "the reference keeps its weights on the GPU when R1AQA_REF_ON_GPU=1"),
         Patch("L", "verl.workers.config.model", "HFModelConfig.__post_init__", _make_model_config_init,
               "Qwen2-Audio's tie_word_embeddings at the top of the model config"),
         Patch("N", "verl.trainer.ppo.v1.replay_buffer", "ReplayBuffer.__init__", _make_replay_poll,
