@@ -174,6 +174,21 @@ def test_lps_queue_runs_the_verl_arm_before_eval_and_each_rehearsal(tmp_path: Pa
                             "lp lp-prep before extra=", *expected])
 
 
+@pytest.mark.parametrize("equal, expected", [("true", ""), ("false", "0"), (None, "0")])
+def test_lp2_arms_keep_hook_p_only_if_its_model_check_passed_on_the_gpu(tmp_path: Path, equal: str | None,
+                                                                        expected: str) -> None:
+    # None: the bench wrote nothing (it crashed)
+    report = '{"model_check": {"equal": %s}}' % equal
+    write = ":" if equal is None else f"echo '{report}' > \"$S/feature-transfer.json\""
+    stubs = ('lp() { echo "lp $LP_ARM $* trim=${R1AQA_TRIM_FEATURES:-}" >> "$S/calls"; }\n'
+             'logprob_bench() { :; }\ndedup_small() { :; }\n'
+             f'feature_transfer() {{ sleep 1; {write}; }}\n')
+    calls = _queue_calls(tmp_path, "lp2", stubs, {})
+    assert [c for c in calls if " grpo " in c or " after " in c] == [f"lp lp-a after trim={expected}",
+                                                                      f"lp lp-a grpo trim={expected}"]
+    assert "lp lp-prep warm trim=" in calls  # the warm-up does not wait for the check
+
+
 @pytest.mark.parametrize("arms", [None, "x:instrument y:beep_count:a.b=1;+c.d=2"])
 def test_lp2_queue_runs_each_verl_arm_with_its_tasks_and_overrides(tmp_path: Path, arms: str | None) -> None:
     stubs = ('lp() { echo "lp $LP_ARM $* tasks=${TRAIN_TASKS:-} extra=${LP_EXTRA:+${LP_EXTRA#"$LP_SHARE"}}" >> "$S/calls"; }\n'

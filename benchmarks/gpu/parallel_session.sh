@@ -214,15 +214,33 @@ LP_ARMS=${LP_ARMS-"lp-a:beep_count,instrument"}
 logprob_bench() {  # hook M side by side with verl's per-row loop (a minute at most)
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/logprob_bench.py" --json "$S/logprob.json"
 }
+trim_gate() {  # trim_gate PID: after the benches (PID; at most TRIM_GATE_WAIT s more, default 120), keep hook P for
+               # the arms only if the feature bench's model check found the cut features' logits equal on this GPU;
+               # else export R1AQA_TRIM_FEATURES=0, loudly
+  [ "${FEATURE_BENCH:-1}" = 0 ] && return 0
+  local waited=0
+  while kill -0 "$1" 2> /dev/null && [ $waited -lt "${TRIM_GATE_WAIT:-120}" ]; do sleep 1; waited=$((waited + 1)); done
+  if python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["model_check"]["equal"] else 1)' \
+      "$S/feature-transfer.json" 2> /dev/null; then
+    echo "$(date -u +%H:%M:%S) hook P checked on this GPU: logits equal; the arms cut their features"
+  else
+    export R1AQA_TRIM_FEATURES=0
+    echo "$(date -u +%H:%M:%S) hook P's model check failed or did not run ($S/feature-transfer.log): the arms run" \
+         "with R1AQA_TRIM_FEATURES=0"
+  fi
+}
 QUEUE_lp2() {  # learning proof on one GPU: warm-up (format + listening), then the verl arms LP_ARMS and the eval
                # before side by side, then each arm's eval after (GPU $LP_GPU, default 0); no rehearsals. The
                # token log-prob bench (LOGPROB_BENCH=0 skips it), the small encoder-dedup bench (DEDUP_BENCH=0) and
-               # the feature-transfer bench (FEATURE_BENCH=0) run one after the other beside the warm-up's start
+               # the feature-transfer bench (FEATURE_BENCH=0) run one after the other beside the warm-up's start;
+               # the last one decides whether the arms use hook P (trim_gate)
   ( export CUDA_VISIBLE_DEVICES=${LP_GPU:-0}
     [ "${LOGPROB_BENCH:-1}" = 0 ] || step logprob-bench logprob_bench
     [ "${DEDUP_BENCH:-1}" = 0 ] || step dedup-small dedup_small
     [ "${FEATURE_BENCH:-1}" = 0 ] || step feature-transfer feature_transfer ) &
+  local benches=$!
   lp_shared_prep || return 1
+  trim_gate "$benches"
   local entry name tasks extra first=1
   for entry in $LP_ARMS; do
     IFS=: read -r name tasks extra <<< "$entry"
