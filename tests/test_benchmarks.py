@@ -181,7 +181,7 @@ def test_lp2_arms_keep_hook_p_only_if_its_model_check_passed_on_the_gpu(tmp_path
     report = '{"model_check": {"equal": %s}}' % equal
     write = ":" if equal is None else f"echo '{report}' > \"$S/feature-transfer.json\""
     stubs = ('lp() { echo "lp $LP_ARM $* trim=${R1AQA_TRIM_FEATURES:-}" >> "$S/calls"; }\n'
-             'logprob_bench() { :; }\ndedup_small() { :; }\n'
+             'logprob_bench() { :; }\ndedup_small() { :; }\ngpu_hooks() { :; }\n'
              f'feature_transfer() {{ sleep 1; {write}; }}\n')
     calls = _queue_calls(tmp_path, "lp2", stubs, {})
     assert [c for c in calls if " grpo " in c or " after " in c] == [f"lp lp-a after trim={expected}",
@@ -194,14 +194,15 @@ def test_lp2_queue_runs_each_verl_arm_with_its_tasks_and_overrides(tmp_path: Pat
     stubs = ('lp() { echo "lp $LP_ARM $* tasks=${TRAIN_TASKS:-} extra=${LP_EXTRA:+${LP_EXTRA#"$LP_SHARE"}}" >> "$S/calls"; }\n'
              'logprob_bench() { echo "logprob-bench gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n'
              'dedup_small() { echo "dedup-small gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n'
-             'feature_transfer() { echo "feature-transfer gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n')
+             'feature_transfer() { echo "feature-transfer gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n'
+             'gpu_hooks() { echo "gpu-hooks gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n')
     calls = _queue_calls(tmp_path, "lp2", stubs, {} if arms is None else {"LP_ARMS": arms})
     if arms is None:  # the recipe alone, on the two tasks the listening warm-up teaches
         arm_calls = [f"lp lp-a {p} tasks=beep_count,instrument extra=" for p in ("grpo", "after")]
     else:  # ";" separates an arm's overrides; each arm trains on its own tasks
         arm_calls = [f"lp x {p} tasks=instrument extra=" for p in ("grpo", "after")] + [
             f"lp y {p} tasks=beep_count extra= a.b=1 +c.d=2" for p in ("grpo", "after")]
-    assert calls == sorted(["logprob-bench gpu=0", "dedup-small gpu=0", "feature-transfer gpu=0",
+    assert calls == sorted(["logprob-bench gpu=0", "dedup-small gpu=0", "feature-transfer gpu=0", "gpu-hooks gpu=0",
                             "lp lp-prep warm tasks= extra=",
                             "lp lp-prep before tasks= extra=", *arm_calls])
 

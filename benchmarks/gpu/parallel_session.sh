@@ -124,6 +124,10 @@ dedup_small() {  # hook I at the learning proof's reference micro-batch (128 row
 feature_transfer() {  # hook P side by side: one step's actor features as full 30 s windows or cut, incl. the GPU copy
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/feature_transfer_bench.py" --json "$S/feature-transfer.json"
 }
+gpu_hooks() {  # tests/test_gpu_hooks.py: hooks P and R on the GPU (bf16 logits; FSDP1's real reference wrapping)
+  ( cd "$REPO" && timeout -k 10 "$(left 5)" python3 -m pytest -m gpu tests/test_gpu_hooks.py -v -p no:cacheprovider \
+      --basetemp="$W/pt-gpu-hooks" )
+}
 
 lp() {  # lp PHASE: learning proof phase (examples/learning_proof/run.sh) of arm $LP_ARM (default lp: the recipe
         # as shipped) with $LP_EXTRA overrides; logs in $S/$LP_ARM, work dir $W/$LP_ARM
@@ -214,12 +218,15 @@ LP_ARMS=${LP_ARMS-"lp-a:beep_count,instrument"}
 logprob_bench() {  # hook M side by side with verl's per-row loop (a minute at most)
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/logprob_bench.py" --json "$S/logprob.json"
 }
+wait_for() {  # wait_for PID [MAX_S]: until PID (not a child of this shell) ends, at most MAX_S seconds (default 600)
+  local waited=0
+  while kill -0 "$1" 2> /dev/null && [ $waited -lt "${2:-600}" ]; do sleep 1; waited=$((waited + 1)); done
+}
 trim_gate() {  # trim_gate PID: after the benches (PID; at most TRIM_GATE_WAIT s more, default 120), keep hook P for
                # the arms only if the feature bench's model check found the cut features' logits equal on this GPU;
                # else export R1AQA_TRIM_FEATURES=0, loudly
   [ "${FEATURE_BENCH:-1}" = 0 ] && return 0
-  local waited=0
-  while kill -0 "$1" 2> /dev/null && [ $waited -lt "${TRIM_GATE_WAIT:-120}" ]; do sleep 1; waited=$((waited + 1)); done
+  wait_for "$1" "${TRIM_GATE_WAIT:-120}"
   if python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["model_check"]["equal"] else 1)' \
       "$S/feature-transfer.json" 2> /dev/null; then
     echo "$(date -u +%H:%M:%S) hook P checked on this GPU: logits equal; the arms cut their features"
@@ -233,12 +240,15 @@ QUEUE_lp2() {  # learning proof on one GPU: warm-up (format + listening), then t
                # before side by side, then each arm's eval after (GPU $LP_GPU, default 0); no rehearsals. The
                # token log-prob bench (LOGPROB_BENCH=0 skips it), the small encoder-dedup bench (DEDUP_BENCH=0) and
                # the feature-transfer bench (FEATURE_BENCH=0) run one after the other beside the warm-up's start;
-               # the last one decides whether the arms use hook P (trim_gate)
+               # the last one decides whether the arms use hook P (trim_gate); then the GPU tests of hooks P and R
+               # (HOOK_TESTS=0 skips them)
   ( export CUDA_VISIBLE_DEVICES=${LP_GPU:-0}
     [ "${LOGPROB_BENCH:-1}" = 0 ] || step logprob-bench logprob_bench
     [ "${DEDUP_BENCH:-1}" = 0 ] || step dedup-small dedup_small
     [ "${FEATURE_BENCH:-1}" = 0 ] || step feature-transfer feature_transfer ) &
   local benches=$!
+  ( export CUDA_VISIBLE_DEVICES=${LP_GPU:-0}; wait_for "$benches"
+    [ "${HOOK_TESTS:-1}" = 0 ] || step gpu-hooks gpu_hooks ) &
   lp_shared_prep || return 1
   trim_gate "$benches"
   local entry name tasks extra first=1
