@@ -96,11 +96,11 @@ def measure(rows: list[dict[str, Any]], micro: int, repeats: int, device: str | 
 def model_check(size: str, device: str) -> dict[str, Any]:
     """Logits of four clips of unequal length with full windows vs cut features (hook P), on ``device``."""
     import torch
-    from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor, WhisperFeatureExtractor
+    from transformers import Qwen2AudioForConditionalGeneration
     from verl.utils.model import extract_multi_modal_inputs
 
     import r1aqa_plugin.models.qwen2_audio.verl_hooks  # noqa: F401  installs hook P
-    from r1aqa_plugin.models.qwen2_audio.builder import CHAT_TEMPLATE, build_config, build_tokenizer
+    from r1aqa_plugin.models.qwen2_audio.builder import build_config, build_processor
     from r1aqa_plugin.models.qwen2_audio.feature_window import trim
     from rollout_bench import clip, prompt_text
 
@@ -110,16 +110,13 @@ def model_check(size: str, device: str) -> dict[str, Any]:
     with torch.device(device):
         model = Qwen2AudioForConditionalGeneration._from_config(config, attn_implementation="sdpa", dtype=dtype)
     model.eval()
-    fe = WhisperFeatureExtractor(feature_size=config.audio_config.num_mel_bins, sampling_rate=SR, chunk_length=30,
-                                 hop_length=160, n_fft=400, padding_value=0.0, return_attention_mask=True)
-    proc = Qwen2AudioProcessor(feature_extractor=fe, tokenizer=build_tokenizer(), chat_template=CHAT_TEMPLATE)
+    proc = build_processor(config.audio_config.num_mel_bins)
     waves = [clip(seconds, seed) for seed, seconds in enumerate((2.006, 4.0, 3.0, 10.0))]
     full = proc(text=[prompt_text(proc)] * len(waves), audio=waves, sampling_rate=SR, return_tensors="pt",
                 padding=True)
-    rows = []
-    for wave in waves:
-        f = fe([wave], sampling_rate=SR, return_attention_mask=True, padding="max_length")
-        cut, cut_mask = trim(np.asarray(f["input_features"]), np.asarray(f["attention_mask"]))
+    rows = []  # each clip's own row of the full batch, cut as the processor's features-only call cuts it
+    for i in range(len(waves)):
+        cut, cut_mask = trim(full["input_features"][i:i + 1].numpy(), full["feature_attention_mask"][i:i + 1].numpy())
         rows.append({"input_features": torch.from_numpy(cut), "feature_attention_mask": torch.from_numpy(cut_mask)})
     full = {k: v.to(device) for k, v in full.items()}
     cut = {k: v.to(device) for k, v in extract_multi_modal_inputs(rows).items()}

@@ -46,3 +46,33 @@ def mmau_dir() -> Path:
     if not (MMAU_DIR / "mmau-test-mini.json").exists():
         pytest.skip("../shared/data/mmau is not present")
     return MMAU_DIR
+
+
+@pytest.fixture
+def bare_fsdp_engine(tiny_model_dir: Path, tmp_path: Path):
+    """A factory of verl's FSDPEngine holding only what ``_build_module`` and ``_build_fsdp_module`` read, on the
+    tiny checkpoint, inside a one-rank process group (gloo for a "cpu" mesh, nccl for "cuda"; verl's init context
+    asks for the rank). The group is torn down after the test if this fixture started it."""
+    import torch.distributed as dist
+
+    started = []
+
+    def make(device: str = "cpu"):
+        from torch.distributed.device_mesh import init_device_mesh
+        from verl.workers.config import HFModelConfig
+        from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device == "cuda" else "gloo", init_method=f"file://{tmp_path}/pg",
+                                    rank=0, world_size=1)
+            started.append(device)
+        engine = FSDPEngine.__new__(FSDPEngine)
+        # no tie_word_embeddings override: hook L fills it (verl's _build_module reads it)
+        engine.model_config = HFModelConfig(path=str(tiny_model_dir), override_config={"attn_implementation": "sdpa"})
+        engine.device_mesh = init_device_mesh(device, (1,), mesh_dim_names=("fsdp",))
+        engine.use_remove_padding, engine.ulysses_sequence_parallel_size = False, 1
+        return engine
+
+    yield make
+    if started:
+        dist.destroy_process_group()

@@ -366,64 +366,49 @@ def test_freeze_request_passes_actor_freeze_vision_tower_to_the_engine_build():
     assert seen == [True, False, False] and verl_hooks._freeze_audio_tower.get() is False  # reset after the build
 
 
-def test_engine_build_freezes_the_audio_tower_of_the_actor_only(tiny_model_dir, tmp_path):
+def test_engine_build_freezes_the_audio_tower_of_the_actor_only(bare_fsdp_engine):
     """verl's real FSDPEngine._build_module (patched by hook K) on the tiny checkpoint: with the flag, the actor's
     audio encoder has no trainable parameter and everything else still trains; the reference and a run without the
     flag are untouched."""
-    import torch.distributed as dist
-    from verl.workers.config import FSDPEngineConfig, HFModelConfig
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
+    from verl.workers.config import FSDPEngineConfig
 
     from r1aqa_plugin.models.qwen2_audio.whisper_init import audio_tower_of
 
     verl_hooks.install()
-    started = not dist.is_initialized()
-    if started:  # verl's init context asks for the rank
-        dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
-    try:
-        engine = FSDPEngine.__new__(FSDPEngine)  # only what _build_module reads
-        # no tie_word_embeddings override: hook L fills it (verl's _build_module reads it)
-        engine.model_config = HFModelConfig(path=str(tiny_model_dir), override_config={"attn_implementation": "sdpa"})
-        engine.device_mesh, engine.use_remove_padding, engine.ulysses_sequence_parallel_size = None, False, 1
-        trainable = {}
-        for flag, forward_only in ((True, False), (False, False), (True, True)):
-            engine.engine_config = FSDPEngineConfig(forward_only=forward_only, use_orig_params=True)
-            token = verl_hooks._freeze_audio_tower.set(flag)
-            try:
-                module = engine._build_module()
-            finally:
-                verl_hooks._freeze_audio_tower.reset(token)
-            tower = {id(p) for p in audio_tower_of(module).parameters()}
-            trainable[flag, forward_only] = (any(p.requires_grad for p in audio_tower_of(module).parameters()),
-                                             all(p.requires_grad for p in module.parameters() if id(p) not in tower))
-        # FSDP1 without use_orig_params cannot wrap frozen and trained parameters together: say so before it fails
-        for strategy, orig, fails in (("fsdp", False, True), ("fsdp2", False, False)):
-            engine.engine_config = FSDPEngineConfig(strategy=strategy, use_orig_params=orig)
-            token = verl_hooks._freeze_audio_tower.set(True)
-            try:
-                if fails:
-                    with pytest.raises(verl_hooks.AdapterError, match="fsdp_config.use_orig_params=true"):
-                        engine._build_module()
-                else:
+    engine = bare_fsdp_engine()
+    trainable = {}
+    for flag, forward_only in ((True, False), (False, False), (True, True)):
+        engine.engine_config = FSDPEngineConfig(forward_only=forward_only, use_orig_params=True)
+        token = verl_hooks._freeze_audio_tower.set(flag)
+        try:
+            module = engine._build_module()
+        finally:
+            verl_hooks._freeze_audio_tower.reset(token)
+        tower = {id(p) for p in audio_tower_of(module).parameters()}
+        trainable[flag, forward_only] = (any(p.requires_grad for p in audio_tower_of(module).parameters()),
+                                         all(p.requires_grad for p in module.parameters() if id(p) not in tower))
+    # FSDP1 without use_orig_params cannot wrap frozen and trained parameters together: say so before it fails
+    for strategy, orig, fails in (("fsdp", False, True), ("fsdp2", False, False)):
+        engine.engine_config = FSDPEngineConfig(strategy=strategy, use_orig_params=orig)
+        token = verl_hooks._freeze_audio_tower.set(True)
+        try:
+            if fails:
+                with pytest.raises(verl_hooks.AdapterError, match="fsdp_config.use_orig_params=true"):
                     engine._build_module()
-            finally:
-                verl_hooks._freeze_audio_tower.reset(token)
-    finally:
-        if started:
-            dist.destroy_process_group()
+            else:
+                engine._build_module()
+        finally:
+            verl_hooks._freeze_audio_tower.reset(token)
     assert trainable == {(True, False): (False, True), (False, False): (True, True), (True, True): (True, True)}
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "fsdp2"])
-def test_reference_keeps_its_weights_on_the_gpu_only_when_asked(tiny_model_dir, tmp_path, monkeypatch, strategy):
+def test_reference_keeps_its_weights_on_the_gpu_only_when_asked(bare_fsdp_engine, monkeypatch, strategy):
     """Hook R on verl's real FSDPEngine._build_fsdp_module (FSDP's wrapping itself needs CUDA, so the wrappers it
     calls record their offload argument instead): the forward-only engine is CPU-offloaded as verl does it unless
     R1AQA_REF_ON_GPU=1; the actor never is, and the config reads forward_only again afterwards."""
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from verl.workers.config import FSDPEngineConfig, HFModelConfig
+    from verl.workers.config import FSDPEngineConfig
     from verl.workers.engine.fsdp import transformer_impl
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
 
     verl_hooks.install()
     offload = []
@@ -432,29 +417,19 @@ def test_reference_keeps_its_weights_on_the_gpu_only_when_asked(tiny_model_dir, 
     monkeypatch.setattr(transformer_impl, "fsdp2_load_full_state_dict", lambda *a, **k: None)
     monkeypatch.setattr(transformer_impl, "get_device_id", lambda: 0)
 
-    started = not dist.is_initialized()
-    if started:
-        dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
-    try:
-        engine = FSDPEngine.__new__(FSDPEngine)
-        engine.model_config = HFModelConfig(path=str(tiny_model_dir), override_config={"attn_implementation": "sdpa"})
-        engine.device_mesh = init_device_mesh("cpu", (1,), mesh_dim_names=("fsdp",))
-        engine.use_remove_padding, engine.ulysses_sequence_parallel_size = False, 1
-        engine.engine_config = FSDPEngineConfig(strategy=strategy)
-        module = engine._build_module()
-        seen = {}
-        for env, forward_only in ((None, True), ("1", True), ("0", True), ("1", False)):
-            if env is None:
-                monkeypatch.delenv(verl_hooks.REF_ON_GPU_ENV, raising=False)
-            else:
-                monkeypatch.setenv(verl_hooks.REF_ON_GPU_ENV, env)
-            engine.engine_config = FSDPEngineConfig(strategy=strategy, forward_only=forward_only)
-            engine._build_fsdp_module(module)
-            seen[env, forward_only] = offload.pop() is not None
-            assert engine.engine_config.forward_only is forward_only
-    finally:
-        if started:
-            dist.destroy_process_group()
+    engine = bare_fsdp_engine()
+    engine.engine_config = FSDPEngineConfig(strategy=strategy)
+    module = engine._build_module()
+    seen = {}
+    for env, forward_only in ((None, True), ("1", True), ("0", True), ("1", False)):
+        if env is None:
+            monkeypatch.delenv(verl_hooks.REF_ON_GPU_ENV, raising=False)
+        else:
+            monkeypatch.setenv(verl_hooks.REF_ON_GPU_ENV, env)
+        engine.engine_config = FSDPEngineConfig(strategy=strategy, forward_only=forward_only)
+        engine._build_fsdp_module(module)
+        seen[env, forward_only] = offload.pop() is not None
+        assert engine.engine_config.forward_only is forward_only
     assert seen == {(None, True): True, ("1", True): False, ("0", True): True, ("1", False): False}
 
 

@@ -25,13 +25,10 @@ def test_cut_features_give_the_same_bf16_logits_on_the_gpu():
 
 
 @pytest.mark.parametrize("on_gpu", [False, True])
-def test_reference_weights_stay_on_the_gpu_only_when_asked(tiny_model_dir, tmp_path, monkeypatch, on_gpu):
+def test_reference_weights_stay_on_the_gpu_only_when_asked(bare_fsdp_engine, monkeypatch, on_gpu):
     """Hook R with FSDP1's real wrapping: verl's reference engine offloads its weights to the CPU unless asked."""
     import torch
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from verl.workers.config import FSDPEngineConfig, HFModelConfig
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
+    from verl.workers.config import FSDPEngineConfig
 
     verl_hooks.install()
     if on_gpu:
@@ -39,18 +36,8 @@ def test_reference_weights_stay_on_the_gpu_only_when_asked(tiny_model_dir, tmp_p
     else:
         monkeypatch.delenv(verl_hooks.REF_ON_GPU_ENV, raising=False)
     torch.cuda.set_device(0)
-    started = not dist.is_initialized()
-    if started:
-        dist.init_process_group("nccl", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
-    try:
-        engine = FSDPEngine.__new__(FSDPEngine)
-        engine.model_config = HFModelConfig(path=str(tiny_model_dir), override_config={"attn_implementation": "sdpa"})
-        engine.device_mesh = init_device_mesh("cuda", (1,), mesh_dim_names=("fsdp",))
-        engine.use_remove_padding, engine.ulysses_sequence_parallel_size = False, 1
-        engine.engine_config = FSDPEngineConfig(strategy="fsdp", forward_only=True)
-        module = engine._build_fsdp_module(engine._build_module())
-        assert bool(module.cpu_offload.offload_params) is not on_gpu
-        assert {p.device.type for p in module.parameters()} == ({"cuda"} if on_gpu else {"cpu"})
-    finally:
-        if started:
-            dist.destroy_process_group()
+    engine = bare_fsdp_engine("cuda")
+    engine.engine_config = FSDPEngineConfig(strategy="fsdp", forward_only=True)
+    module = engine._build_fsdp_module(engine._build_module())
+    assert bool(module.cpu_offload.offload_params) is not on_gpu
+    assert {p.device.type for p in module.parameters()} == ({"cuda"} if on_gpu else {"cpu"})

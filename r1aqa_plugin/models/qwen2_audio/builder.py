@@ -92,11 +92,12 @@ def build_tokenizer() -> Any:
     return tok
 
 
-def build_processor() -> Any:
-    """Qwen2AudioProcessor = Whisper features (128 mel, 16 kHz, 30 s) + tokenizer + chat template."""
+def build_processor(num_mel_bins: int = 128) -> Any:
+    """Qwen2AudioProcessor = Whisper features (``num_mel_bins``: 128 as Qwen2-Audio-7B, 80 as Whisper tiny.en;
+    16 kHz, 30 s) + tokenizer + chat template."""
     from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
-    fe = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, chunk_length=30, hop_length=160,
+    fe = WhisperFeatureExtractor(feature_size=num_mel_bins, sampling_rate=16000, chunk_length=30, hop_length=160,
                                  n_fft=400, padding_value=0.0, return_attention_mask=True)
     return Qwen2AudioProcessor(feature_extractor=fe, tokenizer=build_tokenizer(), chat_template=CHAT_TEMPLATE)
 

@@ -180,17 +180,6 @@ def load_audio_tower(model: Any, state: dict[str, np.ndarray]) -> None:
     tower.load_state_dict(tensors, strict=True)
 
 
-def build_processor(num_mel_bins: int = NUM_MEL_BINS) -> Any:
-    """The builder's processor with a Whisper feature extractor of ``num_mel_bins`` (80 for Whisper tiny.en)."""
-    from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
-
-    from r1aqa_plugin.models.qwen2_audio.builder import CHAT_TEMPLATE, build_tokenizer
-
-    fe = WhisperFeatureExtractor(feature_size=num_mel_bins, sampling_rate=16000, chunk_length=30, hop_length=160,
-                                 n_fft=400, padding_value=0.0, return_attention_mask=True)
-    return Qwen2AudioProcessor(feature_extractor=fe, tokenizer=build_tokenizer(), chat_template=CHAT_TEMPLATE)
-
-
 def build_whisper_checkpoint(out: str | os.PathLike[str], size: str = "small", *, seed: int = 0,
                              device: str = "cpu", model_bin: str | os.PathLike[str] | None = None) -> Path:
     """Like ``builder.build_checkpoint`` but 80 mel bins and the audio tower = Whisper tiny.en's encoder.
@@ -201,7 +190,7 @@ def build_whisper_checkpoint(out: str | os.PathLike[str], size: str = "small", *
     from transformers import Qwen2AudioForConditionalGeneration
 
     from r1aqa_plugin.models.qwen2_audio.builder import (SIZES, _write_generation_config, build_config,
-                                                          save_original_weights)
+                                                          build_processor, save_original_weights)
 
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
