@@ -26,6 +26,8 @@
 #          queue needs it first)
 #   one:   7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> "wins1ref" (+ hook R: the reference's
 #          weights on the GPU) -> "cpuadam" (GPU $ONE_GPU, default 0)
+#   perf1: on `nvidia-h200-x2` beside lp2 (QUEUES=lp2,perf1): 7B GRPO 1 GPU "wins1" -> rollout bench -> "wins1ref"
+#          (GPU $ONE_GPU, default 1)
 #   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench -> feature-transfer bench
 #          (GPU $BENCH_GPU, default 1)
 #   contrast: same vs another sample's audio for the actor (tests/test_gpu_grpo.py; GPU2 | GPU3; issue 3, met)
@@ -101,10 +103,12 @@ make7b() {  # on the GPU (random init there takes seconds, on the CPU minutes); 
       --out "$W/syn10.parquet" && du -sh "$W/7b" ) 9> "$W/make7b.lock"
 }
 
-grpo7b() {  # grpo7b NGPU VARIANTS: benchmarks/grpo_step_bench.py at R1-AQA's shape (STEPS, default 3)
+grpo7b() {  # grpo7b NGPU VARIANTS: benchmarks/grpo_step_bench.py at R1-AQA's shape (STEPS, default 3); GRPO_CAP
+            # (seconds) bounds one run, so a stuck variant leaves the queue's later jobs their time
   make7b || return 1
+  local t; t=$(left 5); [ -n "${GRPO_CAP:-}" ] && [ "$GRPO_CAP" -lt "$t" ] && t=$GRPO_CAP
   python3 "$REPO/benchmarks/grpo_step_bench.py" run --model "$W/7b" --data "$W/syn10.parquet" --gpus "$1" \
-    --steps "${STEPS:-3}" --variants "$2" --logs "$S" --cwd "$W" --timeout "$(left 5)" \
+    --steps "${STEPS:-3}" --variants "$2" --logs "$S" --cwd "$W" --timeout "$t" \
     --json "$S/grpo-${2//,/+}-$1gpu.json" --extra "trainer.default_local_dir=$W/ckpt-7b-$2-$1gpu"
 }
 
@@ -269,6 +273,12 @@ QUEUE_probe() {  # learnability probe: supervised on the correct answers of ever
 QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning fits only with the optimizer step on the CPU)
   export CUDA_VISIBLE_DEVICES=${ONE_GPU:-0}
   step grpo-wins1-1gpu grpo7b 1 wins1; step grpo-wins1ref-1gpu grpo7b 1 wins1ref; step grpo-cpuadam-1gpu grpo7b 1 cpuadam
+}
+QUEUE_perf1() {  # issue 7 on the second GPU of `nvidia-h200-x2`, beside lp2 on the first (QUEUES=lp2,perf1): the 7B
+                 # step on one GPU (wins1, at most GRPO_CAP s, default 780), the rollout bench, then wins1ref (hook R)
+  export CUDA_VISIBLE_DEVICES=${ONE_GPU:-1}
+  GRPO_CAP=${GRPO_CAP:-780} step grpo-wins1-1gpu grpo7b 1 wins1; step rollout rollout
+  step grpo-wins1ref-1gpu grpo7b 1 wins1ref
 }
 QUEUE_gpu23() {
   export CUDA_VISIBLE_DEVICES=${PAIR_GPUS:-2,3}   # PAIR_GPUS=0,1 on nvidia-h200-x2
