@@ -122,7 +122,8 @@ def test_contrast_table_ratio(tmp_path: Path) -> None:
 def test_parallel_session_runs_queues_detached_and_packs_logs(tmp_path: Path) -> None:
     queues = tmp_path / "queues.sh"
     log = (REPO / "tests/fixtures/h200/grpo-baseline-2gpu.log").read_text()
-    queues.write_text("QUEUE_a() { export CUDA_VISIBLE_DEVICES=0; step a1 true; step a2 false; step a3 echo hi; }\n"
+    queues.write_text("QUEUE_a() { export CUDA_VISIBLE_DEVICES=0; step a1 true; step a2 false; step a3 echo hi; "
+                      "step a4 nproc; }\n"
                       "QUEUE_b() { export CUDA_VISIBLE_DEVICES=1; step b1 sleep 1; step grpo-x-2gpu cat \"$LOG\"; }\n")
     env = {**os.environ, "SESSION_DIR": str(tmp_path / "s"), "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "w"),
            "QUEUE_FILE": str(queues), "QUEUES": "a,b", "STAGGER": "0", "R1AQA_SITE_READY": "1",
@@ -136,6 +137,8 @@ def test_parallel_session_runs_queues_detached_and_packs_logs(tmp_path: Path) ->
     assert "a1\tgpus=0\texit=0" in jobs and "a2\tgpus=0\texit=1" in jobs and "b1\tgpus=1\texit=0" in jobs
     assert "a3\tgpus=0\texit=0" in jobs  # a failed job does not stop its queue
     assert (tmp_path / "s" / "a3.log").read_text() == "hi\n" and (tmp_path / "out" / "0-logs.tgz").stat().st_size
+    cores = len(os.sched_getaffinity(0))  # two queues: each runs on its own half of the cores
+    assert int((tmp_path / "s" / "a4.log").read_text()) == (cores // 2 if cores >= 2 else cores)
     assert (tmp_path / "s" / "grpo-x-2gpu.log").read_text() == log
     assert "| grpo-x-2gpu | 2 | 1 |" in (tmp_path / "out" / "grpo-table.md").read_text()  # the 7B table, packed
 
@@ -147,7 +150,7 @@ def _queue_calls(tmp_path: Path, queue: str, stubs: str, env_extra: dict[str, st
     env = {**os.environ, "SESSION_DIR": str(tmp_path / "s"), "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "w"),
            "QUEUE_FILE": str(tmp_path / "stubs.sh"), "QUEUES": queue, "STAGGER": "0", "LP_STAGGER": "0",
            "R1AQA_SITE_READY": "1", "PYTHONPATH": ""}
-    for var in ("TRAIN_TASKS", "LISTEN_TASKS", "REH_SWEEP", "LP_ARMS"):  # the queue's defaults, not the caller's
+    for var in ("TRAIN_TASKS", "LISTEN_TASKS", "REH_SWEEP", "LP_ARMS", "SEED"):  # the queue's defaults, not the caller's
         env.pop(var, None)
     env.update(env_extra)
     script = str(BENCH / "gpu" / "parallel_session.sh")
@@ -205,6 +208,19 @@ def test_lp2_queue_runs_each_verl_arm_with_its_tasks_and_overrides(tmp_path: Pat
     assert calls == sorted(["logprob-bench gpu=0", "dedup-small gpu=0", "feature-transfer gpu=0", "gpu-hooks gpu=0",
                             "lp lp-prep warm tasks= extra=",
                             "lp lp-prep before tasks= extra=", *arm_calls])
+
+
+def test_lp2b_is_an_independent_replicate_of_lp2_beside_it(tmp_path: Path) -> None:
+    stubs = ('lp() { echo "lp $LP_ARM $* gpu=$CUDA_VISIBLE_DEVICES seed=${SEED:-}" >> "$S/calls"; }\n'
+             'logprob_bench() { echo "logprob-bench" >> "$S/calls"; }\ndedup_small() { echo "dedup-small" >> "$S/calls"; }\n'
+             'feature_transfer() { echo "feature-transfer" >> "$S/calls"; }\ngpu_hooks() { echo "gpu-hooks" >> "$S/calls"; }\n')
+    calls = _queue_calls(tmp_path, "lp2,lp2b", stubs, {})
+    # lp2 as alone (its benches once); lp2b: seed 1 on GPU 1, every name tagged, no benches
+    assert calls == sorted(["logprob-bench", "dedup-small", "feature-transfer", "gpu-hooks",
+                            *[f"lp lp-prep {p} gpu=0 seed=" for p in ("warm", "before")],
+                            *[f"lp lp-a {p} gpu=0 seed=" for p in ("grpo", "after")],
+                            *[f"lp lp-prep-s1 {p} gpu=1 seed=1" for p in ("warm", "before")],
+                            *[f"lp lp-a-s1 {p} gpu=1 seed=1" for p in ("grpo", "after")]])
 
 
 def test_merge_overrides_later_wins_and_keeps_plus() -> None:

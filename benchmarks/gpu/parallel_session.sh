@@ -18,6 +18,8 @@
 #          before and a sweep of GRPO rehearsals (plain torch, settings in REH_SWEEP), all side by side
 #   lp2:   the learning proof on one GPU: warm-up (format, then listening), then the verl arms LP_ARMS (default: the
 #          recipe on beep count + instrument) and the eval before side by side
+#   lp2b:  an independent replicate of lp2 (SEED_B, default 1) on GPU $LP_GPU_B (default 1): QUEUES=lp2,lp2b on
+#          `nvidia-h200-x2`
 #   gpu0:  learning proof GRPO trained on the music tasks (the recipe's settings; validated on every task): prep
 #          (model, data, warm-up, eval before) -> GRPO -> eval after, plots
 #   gpu1:  learning proof GRPO on all tasks, same settings and phases
@@ -126,7 +128,7 @@ dedup_small() {  # hook I at the learning proof's reference micro-batch (128 row
     --distinct 16,128 --tokens 10 --clip-seconds 4 --json "$S/dedup-small.json"
 }
 feature_transfer() {  # hook P side by side: one step's actor features as full 30 s windows or cut, incl. the GPU copy
-  timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/feature_transfer_bench.py" --json "$S/feature-transfer.json"
+  timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/feature_transfer_bench.py" --json "$S/feature-transfer${LP_TAG:-}.json"
 }
 gpu_hooks() {  # tests/test_gpu_hooks.py: hooks P and R on the GPU (bf16 logits; FSDP1's real reference wrapping)
   ( cd "$REPO" && timeout -k 10 "$(left 5)" python3 -m pytest -m gpu tests/test_gpu_hooks.py -v -p no:cacheprovider \
@@ -166,9 +168,18 @@ QUEUE_gpu1() {  # learning proof GRPO on all tasks (the recipe as shipped)
 # Sharing one GPU: a 0.2B model's vLLM needs ~1 GB of KV cache for 256 x 404 tokens; a fixed size skips vLLM's
 # start-up memory profile, which asserts when another process on the GPU frees memory meanwhile.
 LP_SHARE="actor_rollout_ref.rollout.gpu_memory_utilization=0.1 +actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes=3221225472"
-lp_shared_prep() {  # the one-GPU learning-proof queues: shared prep on GPU $LP_GPU (default 0), its warm-up
-  export CUDA_VISIBLE_DEVICES=${LP_GPU:-0} PREP=$W/lp-prep EVAL_KV_GIB=2 EVAL_GPU_MEM=0.1
-  LP_ARM=lp-prep step lp-warm lp warm
+lp_shared_prep() {  # the one-GPU learning-proof queues: shared prep on GPU $LP_GPU (default 0), its warm-up; LP_TAG
+                    # (default none) is added to every name of lp2's (folders, logs), so that two replicates can run
+  export CUDA_VISIBLE_DEVICES=${LP_GPU:-0} PREP=$W/lp-prep${LP_TAG:-} EVAL_KV_GIB=2 EVAL_GPU_MEM=0.1
+  LP_ARM=lp-prep${LP_TAG:-} step "lp-warm${LP_TAG:-}" lp warm
+}
+start_slot() {  # start_slot CMD...: run CMD (which starts a verl run or an eval in the background) holding the host's
+                # start-up lock for LP_STAGGER s (default 30): Ray clusters and vLLM servers, of this queue or another,
+                # pick their ports one after the other
+  exec 8> "$W/start.lock"; flock 8; "$@"; sleep "${LP_STAGGER:-30}"; flock -u 8; exec 8>&-
+}
+lp_before_bg() {  # the eval before, in the background
+  ( LP_ARM=lp-prep${LP_TAG:-} step "lp-before${LP_TAG:-}" lp before ) &
 }
 lp_shared_arm() {  # lp_shared_arm ARM [TRAIN_TASKS [OVERRIDES...]]: GRPO then eval after, in the background,
                    # sharing the GPU; OVERRIDES are more Hydra overrides for this arm's main_ppo
@@ -232,11 +243,11 @@ trim_gate() {  # trim_gate PID: after the benches (PID; at most TRIM_GATE_WAIT s
   [ "${FEATURE_BENCH:-1}" = 0 ] && return 0
   wait_for "$1" "${TRIM_GATE_WAIT:-120}"
   if python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["model_check"]["equal"] else 1)' \
-      "$S/feature-transfer.json" 2> /dev/null; then
+      "$S/feature-transfer${LP_TAG:-}.json" 2> /dev/null; then
     echo "$(date -u +%H:%M:%S) hook P checked on this GPU: logits equal; the arms cut their features"
   else
     export R1AQA_TRIM_FEATURES=0
-    echo "$(date -u +%H:%M:%S) hook P's model check failed or did not run ($S/feature-transfer.log): the arms run" \
+    echo "$(date -u +%H:%M:%S) hook P's model check failed or did not run ($S/feature-transfer${LP_TAG:-}.log): the arms run" \
          "with R1AQA_TRIM_FEATURES=0"
   fi
 }
@@ -247,24 +258,28 @@ QUEUE_lp2() {  # learning proof on one GPU: warm-up (format + listening), then t
                # the last one decides whether the arms use hook P (trim_gate); then the GPU tests of hooks P and R
                # (HOOK_TESTS=0 skips them)
   ( export CUDA_VISIBLE_DEVICES=${LP_GPU:-0}
-    [ "${LOGPROB_BENCH:-1}" = 0 ] || step logprob-bench logprob_bench
-    [ "${DEDUP_BENCH:-1}" = 0 ] || step dedup-small dedup_small
-    [ "${FEATURE_BENCH:-1}" = 0 ] || step feature-transfer feature_transfer ) &
+    [ "${LOGPROB_BENCH:-1}" = 0 ] || step "logprob-bench${LP_TAG:-}" logprob_bench
+    [ "${DEDUP_BENCH:-1}" = 0 ] || step "dedup-small${LP_TAG:-}" dedup_small
+    [ "${FEATURE_BENCH:-1}" = 0 ] || step "feature-transfer${LP_TAG:-}" feature_transfer ) &
   local benches=$!
   ( export CUDA_VISIBLE_DEVICES=${LP_GPU:-0}; wait_for "$benches"
-    [ "${HOOK_TESTS:-1}" = 0 ] || step gpu-hooks gpu_hooks ) &
+    [ "${HOOK_TESTS:-1}" = 0 ] || step "gpu-hooks${LP_TAG:-}" gpu_hooks ) &
   lp_shared_prep || return 1
   trim_gate "$benches"
-  local entry name tasks extra first=1
+  local entry name tasks extra
   for entry in $LP_ARMS; do
     IFS=: read -r name tasks extra <<< "$entry"
-    [ $first = 1 ] || sleep "${LP_STAGGER:-30}"   # Ray clusters and vLLM servers pick their ports one at a time
-    lp_shared_arm "$name" "$tasks" ${extra//;/ }
-    first=0
+    start_slot lp_shared_arm "$name${LP_TAG:-}" "$tasks" ${extra//;/ }
   done
-  sleep "${LP_STAGGER:-30}"
-  ( LP_ARM=lp-prep step lp-before lp before ) &
+  start_slot lp_before_bg
   wait
+}
+QUEUE_lp2b() {  # an independent replicate of lp2 beside it (QUEUES=lp2,lp2b on `nvidia-h200-x2`): seed SEED_B (default
+                # 1: its own model, data, warm-up and GRPO sampling) on GPU $LP_GPU_B (default 1), names tagged -sSEED,
+                # without the benches (lp2 runs them; hook P stays on)
+  export SEED=${SEED_B:-1} LP_GPU=${LP_GPU_B:-1} LP_TAG=-s${SEED_B:-1}
+  export LOGPROB_BENCH=0 DEDUP_BENCH=0 FEATURE_BENCH=0 HOOK_TESTS=0
+  QUEUE_lp2
 }
 QUEUE_probe() {  # learnability probe: supervised on the correct answers of every task (GPU $PROBE_GPU, default 0)
   export CUDA_VISIBLE_DEVICES=${PROBE_GPU:-0} LP_ARM=lp-probe PROBE_STEPS=600   # ~1.2 s a step on a busy host
@@ -307,8 +322,21 @@ QUEUE_x8() {  # issue 9 on `nvidia-h200-x8` (QUEUES=x8): R1-AQA's 8-GPU shape, t
 nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv > "$S/gpus.csv" 2>/dev/null
 echo "$(date -u +%H:%M:%S) queues ${QUEUES:-gpu23,one,bench}, $(left) s to the deadline"
 IFS=, read -r -a queues <<< "${QUEUES:-gpu23,one,bench}"
+# Each queue gets its own equal slice of the host's cores (CPU_SPLIT=0: all share them). The twelfth session ran the
+# learning proof beside the 7B on one GPU (FSDP2 with the parameters and Adam on the CPU) unsplit: the warm-up's
+# steps took ~10x their time alone and the 7B's start-up 12 min instead of 5 (docs/gpu-runs.md). Affinity is
+# inherited by every process a queue starts (Ray, vLLM, torch, whose default thread count follows it).
+cpu_slice() {  # cpu_slice I N: the I-th of N equal slices of the cores this process may use, as taskset's list
+  python3 -c 'import os, sys; i, n = map(int, sys.argv[1:]); c = sorted(os.sched_getaffinity(0)); k = len(c) // n
+print(",".join(map(str, c[i * k:(i + 1) * k])))' "$1" "$2"
+}
 for i in "${!queues[@]}"; do
-  ( "QUEUE_${queues[$i]}" ) &
+  ( cores=""; [ "${CPU_SPLIT:-1}" = 1 ] && [ ${#queues[@]} -gt 1 ] && cores=$(cpu_slice "$i" ${#queues[@]})
+    if [ -n "$cores" ]; then
+      if taskset -cp "$cores" "$BASHPID" > /dev/null; then echo "$(date -u +%H:%M:%S) queue ${queues[$i]}: cores $cores"
+      else echo "$(date -u +%H:%M:%S) queue ${queues[$i]}: taskset failed, it shares every core"; fi
+    fi
+    "QUEUE_${queues[$i]}" ) &
   sleep "${STAGGER:-20}"   # Ray clusters and vLLM servers pick their ports one after the other
 done
 wait
