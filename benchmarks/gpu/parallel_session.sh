@@ -28,8 +28,8 @@
 #          queue needs it first)
 #   one:   7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> "wins1ref" (+ hook R: the reference's
 #          weights on the GPU) -> "cpuadam" (GPU $ONE_GPU, default 0)
-#   perf1: on `nvidia-h200-x2` beside lp2 (QUEUES=lp2,perf1): 7B GRPO 1 GPU "wins1" -> rollout bench -> "wins1ref"
-#          (GPU $ONE_GPU, default 1)
+#   perf1: 7B GRPO 1 GPU "wins1" -> rollout bench -> "wins1ref" (GPU $ONE_GPU, default 1). The twelfth session ran
+#          it beside lp2 (QUEUES=lp2,perf1), with the cores unsplit: the 7B's CPU offload starved the warm-up ~10x
 #   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench -> feature-transfer bench
 #          (GPU $BENCH_GPU, default 1)
 #   contrast: same vs another sample's audio for the actor (tests/test_gpu_grpo.py; GPU2 | GPU3; issue 3, met)
@@ -289,8 +289,8 @@ QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning fits only with the optimiz
   export CUDA_VISIBLE_DEVICES=${ONE_GPU:-0}
   step grpo-wins1-1gpu grpo7b 1 wins1; step grpo-wins1ref-1gpu grpo7b 1 wins1ref; step grpo-cpuadam-1gpu grpo7b 1 cpuadam
 }
-QUEUE_perf1() {  # issue 7 on the second GPU of `nvidia-h200-x2`, beside lp2 on the first (QUEUES=lp2,perf1): the 7B
-                 # step on one GPU (wins1, at most GRPO_CAP s, default 780), the rollout bench, then wins1ref (hook R)
+QUEUE_perf1() {  # issue 7 on the second GPU of `nvidia-h200-x2`: the 7B step on one GPU (wins1, at most GRPO_CAP s,
+                 # default 780), the rollout bench, then wins1ref (hook R)
   export CUDA_VISIBLE_DEVICES=${ONE_GPU:-1}
   GRPO_CAP=${GRPO_CAP:-780} step grpo-wins1-1gpu grpo7b 1 wins1; step rollout rollout
   step grpo-wins1ref-1gpu grpo7b 1 wins1ref
