@@ -187,6 +187,42 @@ def table(rows: list[tuple[str, dict[str, Any]]], size: str = "7b") -> str:
     return "\n".join(lines)
 
 
+def variant_of(name: str) -> str:
+    """A row's variant: ``grpo-wins-2gpu`` (a log's stem) and ``wins`` (a run's row) are both ``wins``."""
+    return re.sub(r"-\d+gpu$", "", re.sub(r"^grpo-", "", name))
+
+
+# The 1-GPU form of a multi-GPU variant: the 7B fits one H200 only with the optimizer step on the CPU
+ONE_GPU_FORM = {"wins1": "wins", "wins1ref": "winsref"}
+
+
+def scaling(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """Strong scaling of each variant measured at several GPU counts (R1-AQA's batch is fixed), its 1-GPU form
+    included: step time, GPU-seconds, speed-up and efficiency against the fewest GPUs; empty if there is none."""
+    groups: dict[str, dict[int, tuple[str, float]]] = {}
+    for name, s in rows:
+        if s.get("steps") and isinstance(s.get("timing_s/step"), float):
+            variant = variant_of(name)
+            groups.setdefault(ONE_GPU_FORM.get(variant, variant), {})[s["gpus"]] = (variant, s["timing_s/step"])
+    lines = []
+    for group, counts in groups.items():
+        if len(counts) < 2:
+            continue
+        base_gpus = min(counts)
+        base = counts[base_gpus][1]
+        for gpus in sorted(counts):
+            variant, step = counts[gpus]
+            speedup = base / step
+            lines.append(f"| {group} | {variant} | {gpus} | {step:.2f} | {step * gpus:.1f} | {speedup:.2f} | "
+                         f"{speedup * base_gpus / gpus:.2f} |")
+    if not lines:
+        return ""
+    return "\n".join(["| variant | as run | GPUs | step s | GPU-s/step | speed-up | efficiency |",
+                      "|---|---|---:|---:|---:|---:|---:|", *lines,
+                      "(against the fewest GPUs of the variant, same batch; on 1 GPU the 7B runs the variant's "
+                      "1-GPU form, with the optimizer step on the CPU)"])
+
+
 # ------------------------------------------------------------------------------------------------ running
 def command(variant: str, a: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The ``main_ppo`` command line of a variant and its environment variables (``env:`` entries; Ray hands the
@@ -269,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             gpus = int(m.group(1)) if m else a.gpus
             rows.append((Path(path).stem, summarize(parse_metrics(Path(path).read_text(errors="replace")), gpus)))
         print(table(rows))
+        if scaled := scaling(rows):
+            print(f"\nScaling\n\n{scaled}")
         if a.json:
             Path(a.json).write_text(json.dumps(dict(rows), indent=1, default=str))
         return 0

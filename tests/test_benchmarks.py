@@ -241,6 +241,24 @@ def test_grpo_dry_run_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert wins.count("ref.log_prob_micro_batch_size_per_gpu") == 1 and "log_prob_micro_batch_size_per_gpu=32" in wins
 
 
+def test_scaling_table_per_variant_against_the_fewest_gpus() -> None:
+    def row(gpus: int, step: float) -> dict:
+        return {"steps": 2, "gpus": gpus, "timing_s/step": step}
+
+    rows = [("grpo-wins-2gpu", row(2, 30.0)), ("grpo-wins-8gpu", row(8, 10.0)), ("grpo-baseline-8gpu", row(8, 12.0)),
+            ("grpo-winsref-2gpu", {"steps": 0})]
+    lines = gsb.scaling(rows).splitlines()
+    # 2 -> 8 GPUs: 3x faster on 4x the GPUs (0.75); baseline and the failed run have one count each: no rows
+    assert lines[2:4] == ["| wins | wins | 2 | 30.00 | 60.0 | 1.00 | 1.00 |",
+                          "| wins | wins | 8 | 10.00 | 80.0 | 3.00 | 0.75 |"]
+    assert len(lines) == 5 and gsb.scaling(rows[2:]) == ""
+    # the 1-GPU form (optimizer step on the CPU) is the variant's 1-GPU point
+    lines = gsb.scaling([("grpo-wins1-1gpu", row(1, 80.0)), *rows]).splitlines()
+    assert lines[2] == "| wins | wins1 | 1 | 80.00 | 80.0 | 1.00 | 1.00 |"
+    assert lines[4] == "| wins | wins | 8 | 10.00 | 80.0 | 8.00 | 1.00 |"
+    assert gsb.variant_of("grpo-wins1ref-1gpu") == "wins1ref" and gsb.variant_of("wins") == "wins"
+
+
 def test_env_variants_set_the_environment_not_an_override(capsys: pytest.CaptureFixture[str]) -> None:
     a = argparse.Namespace(data="D", model="M", steps=3, logs="L", gpus=2, extra=[])
     cmd, env = gsb.command("nodedup", a)
