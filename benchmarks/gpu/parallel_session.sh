@@ -274,9 +274,9 @@ QUEUE_lp2() {  # learning proof on one GPU: warm-up (format + listening), then t
   start_slot lp_before_bg
   wait
 }
-QUEUE_lp2b() {  # an independent replicate of lp2 beside it (QUEUES=lp2,lp2b on `nvidia-h200-x2`): seed SEED_B (default
-                # 1: its own model, data, warm-up and GRPO sampling) on GPU $LP_GPU_B (default 1), names tagged -sSEED,
-                # without the benches (lp2 runs them; hook P stays on)
+QUEUE_lp2b() {  # an independent replicate of lp2 beside it (QUEUES=lp2,lp2b on `nvidia-h200-x2`): seed SEED_B
+                # (default 1: its own random model, data and warm-up; verl's seeds stay the recipe's) on GPU
+                # $LP_GPU_B (default 1), names tagged -sSEED, without the benches (lp2 runs them; hook P stays on)
   export SEED=${SEED_B:-1} LP_GPU=${LP_GPU_B:-1} LP_TAG=-s${SEED_B:-1}
   export LOGPROB_BENCH=0 DEDUP_BENCH=0 FEATURE_BENCH=0 HOOK_TESTS=0
   QUEUE_lp2
