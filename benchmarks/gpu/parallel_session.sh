@@ -59,8 +59,20 @@ pack() {  # everything under $S into one archive in $OUT, plus the job list and 
     python3 "$HERE/../grpo_step_bench.py" table "$S"/grpo-*gpu.log | tee "$out/grpo-table.md"
 }
 
+mix_refused() {  # the learning proof beside a 7B run with the CPU offload: refused unless MIX_OK=1 (twelfth session:
+                # even on its own GPU the warm-up ran ~10x slower and never reached GRPO, docs/gpu-runs.md)
+  local q lp="" offload="" queues=${QUEUES:-gpu23,one,bench}
+  for q in ${queues//,/ }; do
+    case $q in lp*|gpu0|gpu1|probe) lp=$q ;; one|perf1) offload=$q ;; esac
+  done
+  [ -n "$lp" ] && [ -n "$offload" ] && [ "${MIX_OK:-0}" != 1 ] || return 1
+  echo "refused: queue $lp (the learning proof) beside queue $offload (the 7B with its optimizer step on the CPU)" \
+       "starves the learning proof; run them in separate sessions, or set MIX_OK=1" >&2
+}
+
 case $CMD in
 start)
+  mix_refused && exit 2
   rm -rf "$S"; mkdir -p "$S"
   echo $(( $(date +%s) + ${2:-24} * 60 )) > "$S/deadline"
   OUT=$S setsid nohup bash "$0" run > "$S/session.log" 2>&1 < /dev/null &
