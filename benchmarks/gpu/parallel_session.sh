@@ -201,11 +201,9 @@ lp_shared_arm() {  # lp_shared_arm ARM [TRAIN_TASKS [OVERRIDES...]]: GRPO then e
 }
 QUEUE_lp1() {  # learning proof, two GRPO arms on one GPU (GPU $LP_GPU, default 0), the recipe's own settings
   lp_shared_prep || return 1
-  lp_shared_arm lp-music music
-  sleep 30
-  ( LP_ARM=lp-prep step lp-before lp before ) &
-  sleep 30
-  lp_shared_arm lp-all sound,music
+  start_slot lp_shared_arm lp-music music
+  start_slot lp_before_bg
+  start_slot lp_shared_arm lp-all sound,music
   wait
 }
 # The GRPO update itself in plain torch (examples/learning_proof/grpo_rehearsal.py), several settings side by side on
@@ -227,9 +225,8 @@ QUEUE_lps() {  # learning proof on one GPU: warm-up (format + listening), the ve
                # and the rehearsal sweep REH_SWEEP, all side by side (GPU $LP_GPU, default 0)
   export LISTEN_TASKS=${LISTEN_TASKS:-sound,music}   # the fifth session's setting: listening on every task
   lp_shared_prep || return 1
-  lp_shared_arm lp-all sound,music
-  sleep "${LP_STAGGER:-30}"   # verl's Ray cluster and vLLM server pick their ports before the next start-up
-  ( LP_ARM=lp-prep step lp-before lp before ) &
+  start_slot lp_shared_arm lp-all sound,music
+  lp_before_bg
   local entry name model lr extra
   for entry in $REH_SWEEP; do
     IFS=: read -r name model lr extra <<< "$entry"
