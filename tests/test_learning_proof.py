@@ -265,6 +265,45 @@ def test_run_sh_after_exports_and_evaluates_the_best_checkpoint(tmp_path):
     assert proc.returncode == 1 and f"no checkpoint {work}/ckpt/global_step_99/actor" in proc.stderr
 
 
+_SAVE_DTENSOR_CKPT = """
+import sys, torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Replicate, distribute_tensor
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+mesh = init_device_mesh("cpu", (1,))
+w = torch.arange(6.0).reshape(2, 3)
+torch.save({"_fsdp_wrapped_module.lm.weight": distribute_tensor(w, mesh, [Replicate()]),
+            "_orig_mod.bias": torch.ones(2)}, sys.argv[1])
+"""
+
+
+def test_export_loads_a_dtensor_checkpoint_while_another_export_holds_a_port(tmp_path):
+    # Two replicates' exports ran at once on one host (thirteenth session); one died on EADDRINUSE at a fixed port.
+    # A fresh process, as run.sh starts one, with the old port held by a listener
+    import socket
+
+    actor = tmp_path / "actor"
+    actor.mkdir()
+    ckpt = actor / "model_world_size_1_rank_0.pt"
+    proc = subprocess.run([sys.executable, "-c", _SAVE_DTENSOR_CKPT, str(ckpt)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    load = ("import sys, json; sys.path.insert(0, sys.argv[1]); from export_checkpoint import load_actor_state; "
+            "from pathlib import Path; s = load_actor_state(Path(sys.argv[2])); "
+            "print(json.dumps({k: [type(v).__name__, v.tolist()] for k, v in s.items()}))")
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            held.bind(("127.0.0.1", 29533))
+            held.listen()
+        except OSError:
+            pass  # taken already: the case under test all the same
+        out = subprocess.run([sys.executable, "-c", load, str(EXAMPLE), str(actor)], capture_output=True, text=True,
+                             env={k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")})
+    assert out.returncode == 0, out.stderr
+    state = json.loads(out.stdout.strip().splitlines()[-1])
+    assert state == {"lm.weight": ["Tensor", [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]], "bias": ["Tensor", [1.0, 1.0]]}
+
+
 # -------------------------------------------------------------------------------------------------- recipe
 def test_recipe_composes(tmp_path):
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", "+recipe=r1aqa_learning_proof", "data.train_files=x",

@@ -11,7 +11,6 @@ model built from ``--base``'s config (strict), and writes bf16 weights under the
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,10 @@ def load_actor_state(actor_dir: Path) -> dict[str, Any]:
     files = sorted(actor_dir.glob("model_world_size_*_rank_*.pt"))
     if len(files) != 1:
         raise SystemExit(f"{actor_dir}: expected one model_world_size_1_rank_0.pt, found {[f.name for f in files]}")
-    if not dist.is_initialized():  # DTensors unpickle against a process group
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29533")
-        dist.init_process_group("gloo", rank=0, world_size=1)
+    if not dist.is_initialized():
+        # DTensors unpickle against a process group. An in-process store, not a TCP port: two exports side by side
+        # (two learning-proof replicates on one host) collided on a fixed port (thirteenth session, EADDRINUSE).
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     state = torch.load(files[0], map_location="cpu", weights_only=False)
     out = {}
     for key, value in state.items():
