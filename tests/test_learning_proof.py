@@ -441,6 +441,8 @@ def test_run_sh_warm_shows_code_words_of_the_training_tasks_and_keeps_every_task
     assert "--code-tasks beep_count,instrument" in listen
     # every option listed in every question (a model that does not hear scores chance, whatever it answers)
     assert all("--choices all" in c for c in calls if " data build " in c)
+    # a family that cannot be rendered on this machine stops the proof (--strict) rather than leaving its rows out
+    assert all("--strict" in c for c in calls if " data build " in c)
     # random targets among choices drawn apart from the answer (warmup.py's default), in both warm-ups
     assert not [c for c in calls if "warmup.py" in c and "--own-choices" in c]
 

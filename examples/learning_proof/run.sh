@@ -71,9 +71,11 @@ timed() {  # timed NAME cmd...: run, log to $LOGS/NAME.log, append "NAME seconds
   return $rc
 }
 
-build_data() {  # build_data TASKS ARGS...: synthetic-aqa rows of those tasks (size, seed, split, out in ARGS)
+build_data() {  # build_data TASKS ARGS...: synthetic-aqa rows of those tasks (size, seed, split, out in ARGS); --strict:
+                # a family that cannot be rendered here (speech without espeak-ng: the GPU image has none unless
+                # benchmarks/gpu/stage_espeak.sh's is carried) stops the proof instead of leaving its rows out
   local tasks=$1; shift
-  $R1AQA data build synthetic-aqa --tasks "$tasks" --choices "$CHOICES" --no-progress --workers 8 "$@"
+  $R1AQA data build synthetic-aqa --tasks "$tasks" --choices "$CHOICES" --strict --no-progress --workers 8 "$@"
 }
 
 warm() {
@@ -113,6 +115,8 @@ before() {
   [ -f "$P/small-warm/model.safetensors" ] || { echo "eval before needs the warmed model: run warm first" >&2; return 1; }
   timed eval_before $R1AQA eval --model "$P/small-warm" --data "$P/test.parquet" --backend "$BACKEND" "${EVAL_ARGS[@]}" \
     --out "$P/eval-before" || return 1
+  # kept with the logs now, not only by the plots after GRPO (a failed export lost a replicate's, thirteenth session)
+  cp "$P/eval-before/report.md" "$LOGS/eval-before-report.md"
   [ "$LISTEN_STEPS" -gt 0 ] || return 0
   # did the listening warm-up teach listening? the same test clips in code words (not part of the proof's score)
   [ -f "$P/test-codes.parquet" ] || $PY "$HERE/code_words.py" "$P/test.parquet" "$P/test-codes.parquet" || return 1
