@@ -471,3 +471,29 @@ def test_reward_calls_bench_runs_verls_reward_call_with_and_without_hook_o(capsy
     rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| ") and "reward call" not in line}
     assert int(rows["verl's (processor rerun per sample)"][1]) == 128 and int(rows["hook O"][1]) == 0
+
+
+@pytest.mark.skipif(subprocess.run(["sh", "-c", "command -v espeak-ng"], capture_output=True).returncode != 0,
+                    reason="espeak-ng is not installed here (apt-get install espeak-ng)")
+def test_stage_espeak_bundle_speaks_as_the_system_one_with_the_system_one_hidden(tmp_path):
+    # the GPU image has no espeak-ng: the bundle must work from its own loader, libraries and data
+    dest = tmp_path / "espeak"
+    proc = subprocess.run(["bash", str(BENCH / "gpu" / "stage_espeak.sh"), str(dest)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (dest / "lib" / "libespeak-ng.so.1").is_file() and (dest / "espeak-ng-data" / "phontab").is_file()
+    farm = tmp_path / "path"  # what the wrapper needs from PATH, and no espeak-ng
+    farm.mkdir()
+    for tool in ("sh", "dirname", "readlink"):
+        os.symlink(subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip(),
+                   farm / tool)
+    env = {**os.environ, "PATH": f"{dest / 'bin'}:{farm}"}
+    env.pop("ESPEAK_DATA_PATH", None)
+    version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, env=env).stdout
+    assert f"Data at: {dest}/bin/../espeak-ng-data" in version
+    speak = ("import sys, hashlib; from r1aqa_plugin.data.synthetic import speech; "
+             "assert speech.unavailable_reason() is None; "
+             "print(hashlib.sha256(speech.speak('3 4 5', 'de+m3', speed=150, pitch=50).tobytes()).hexdigest())")
+    bundled = subprocess.run([sys.executable, "-c", speak], capture_output=True, text=True, env=env)
+    system = subprocess.run([sys.executable, "-c", speak], capture_output=True, text=True)
+    assert bundled.returncode == 0 and system.returncode == 0, bundled.stderr + system.stderr
+    assert bundled.stdout == system.stdout
