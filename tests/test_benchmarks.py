@@ -201,22 +201,27 @@ def test_lp2_arms_keep_hook_p_only_if_its_model_check_passed_on_the_gpu(tmp_path
     assert "lp lp-prep warm trim=" in calls  # the warm-up does not wait for the check
 
 
-@pytest.mark.parametrize("arms", [None, "x:instrument y:beep_count:a.b=1;+c.d=2"])
+@pytest.mark.parametrize("arms", [None, "x:instrument y:beep_count:a.b=1;+c.d=2", "TRAIN_TASKS"])
 def test_lp2_queue_runs_each_verl_arm_with_its_tasks_and_overrides(tmp_path: Path, arms: str | None) -> None:
     stubs = ('lp() { echo "lp $LP_ARM $* tasks=${TRAIN_TASKS:-} extra=${LP_EXTRA:+${LP_EXTRA#"$LP_SHARE"}}" >> "$S/calls"; }\n'
              'logprob_bench() { echo "logprob-bench gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n'
              'dedup_small() { echo "dedup-small gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n'
              'feature_transfer() { echo "feature-transfer gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n'
              'gpu_hooks() { echo "gpu-hooks gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n')
-    calls = _queue_calls(tmp_path, "lp2", stubs, {} if arms is None else {"LP_ARMS": arms})
+    speech = "beep_count,instrument,spoken_digit,spoken_language"
+    env = {} if arms is None else {"TRAIN_TASKS": speech} if arms == "TRAIN_TASKS" else {"LP_ARMS": arms}
+    calls = _queue_calls(tmp_path, "lp2", stubs, env)
     if arms is None:  # the recipe alone, on the two tasks the listening warm-up teaches
         arm_calls = [f"lp lp-a {p} tasks=beep_count,instrument extra=" for p in ("grpo", "after")]
+    elif arms == "TRAIN_TASKS":  # no LP_ARMS: one arm on TRAIN_TASKS, the tasks the warm-up's code words teach
+        arm_calls = [f"lp lp-a {p} tasks={speech} extra=" for p in ("grpo", "after")]
     else:  # ";" separates an arm's overrides; each arm trains on its own tasks
         arm_calls = [f"lp x {p} tasks=instrument extra=" for p in ("grpo", "after")] + [
             f"lp y {p} tasks=beep_count extra= a.b=1 +c.d=2" for p in ("grpo", "after")]
+    prep = speech if arms == "TRAIN_TASKS" else ""
     assert calls == sorted(["logprob-bench gpu=0", "dedup-small gpu=0", "feature-transfer gpu=0", "gpu-hooks gpu=0",
-                            "lp lp-prep warm tasks= extra=",
-                            "lp lp-prep before tasks= extra=", *arm_calls])
+                            f"lp lp-prep warm tasks={prep} extra=",
+                            f"lp lp-prep before tasks={prep} extra=", *arm_calls])
 
 
 def test_lp2b_is_an_independent_replicate_of_lp2_beside_it(tmp_path: Path) -> None:
@@ -427,8 +432,9 @@ def test_lp2_queue_samples_stacks_of_the_verl_arm_only_and_packs_a_table(tmp_pat
     stubs = ('lp() { echo "lp $LP_ARM $1 stacks=${R1AQA_STACKS_DIR:-}" >> "$S/calls"\n'
              f'  [ "$1" = grpo ] && {sys.executable} -c "import time; t = time.time()\n'
              'while time.time() - t < 0.5: pass"; return 0; }\n')
+    # no benches or GPU tests beside it: run for real they took over the 60 s wait on a loaded 2-core machine
     calls = _queue_calls(tmp_path, "lp2", stubs, {"LP_ARMS": "x:instrument", "STACKS": "1", "LOGPROB_BENCH": "0",
-                                                    "DEDUP_BENCH": "0"})
+                                                    "DEDUP_BENCH": "0", "FEATURE_BENCH": "0", "HOOK_TESTS": "0"})
     s = tmp_path / "s"
     assert calls == sorted(["lp lp-prep warm stacks=", "lp lp-prep before stacks=", f"lp x grpo stacks={s}/x/stacks",
                             "lp x after stacks="])
