@@ -119,3 +119,17 @@ def test_the_post_rollout_call_cuts_unless_told_not_to(model_and_processor, monk
     whole = processor(text=["no placeholder"], audio=[clip], sampling_rate=16000, return_tensors="np")
     assert whole["input_features"].shape[-1] == 3000
     np.testing.assert_array_equal(whole["input_features"][..., :402], cut["input_features"])
+
+
+def test_hook_p_and_hook_i_wrappers_keep_the_originals_name_and_signature():
+    import inspect
+
+    from r1aqa_plugin.models.qwen2_audio.encoder_dedup import make_encoder_forward
+
+    def forward(self, input_ids=None, input_features=None, attention_mask=None, feature_attention_mask=None, **kw):
+        """The original."""
+
+    for make in (feature_window.make_model_forward, make_encoder_forward):
+        wrapped = make(forward)
+        assert wrapped.__wrapped__ is forward and wrapped.__name__ == "forward" and wrapped.__doc__ == "The original."
+        assert inspect.signature(wrapped) == inspect.signature(forward)

@@ -14,6 +14,7 @@ the saving, never correctness. ``R1AQA_ENCODER_DEDUP=0`` turns it off (for A/B t
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -83,6 +84,7 @@ def _expand(value: Any, inverse: torch.Tensor, rows: int) -> Any:
 def make_encoder_forward(original: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap ``Qwen2AudioEncoder.forward`` so identical rows of a batch are encoded once."""
 
+    @functools.wraps(original)  # name, docstring and signature stay the original's (inspect, transformers)
     def forward(self: Any, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 **kwargs: Any) -> Any:
         _stats["calls"] += 1

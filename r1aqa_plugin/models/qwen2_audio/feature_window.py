@@ -19,6 +19,7 @@ the longest row of a micro-batch; the wrapper of ``Qwen2AudioModel.forward`` pad
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -72,6 +73,7 @@ def pad_to_window(features: torch.Tensor, mask: torch.Tensor, frames: int) -> tu
 def make_model_forward(original: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap ``Qwen2AudioModel.forward`` so cut features are padded back to the encoder's window first."""
 
+    @functools.wraps(original)  # name, docstring and signature stay the original's (inspect, transformers)
     def forward(self: Any, input_ids: Any = None, input_features: torch.Tensor | None = None,
                 attention_mask: Any = None, feature_attention_mask: torch.Tensor | None = None,
                 *args: Any, **kwargs: Any) -> Any:
