@@ -187,9 +187,12 @@ def table(rows: list[tuple[str, dict[str, Any]]], size: str = "7b") -> str:
     return "\n".join(lines)
 
 
+GPUS_SUFFIX = re.compile(r"-(\d+)gpu$")  # a log's stem names its GPU count: grpo-wins-2gpu
+
+
 def variant_of(name: str) -> str:
     """A row's variant: ``grpo-wins-2gpu`` (a log's stem) and ``wins`` (a run's row) are both ``wins``."""
-    return re.sub(r"-\d+gpu$", "", re.sub(r"^grpo-", "", name))
+    return GPUS_SUFFIX.sub("", re.sub(r"^grpo-", "", name))
 
 
 # The 1-GPU form of a multi-GPU variant: the 7B fits one H200 only with the optimizer step on the CPU
@@ -301,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "table":
         rows = []
         for path in a.logs:
-            m = re.search(r"-(\d+)gpu", Path(path).name)
+            m = GPUS_SUFFIX.search(Path(path).stem)
             gpus = int(m.group(1)) if m else a.gpus
             rows.append((Path(path).stem, summarize(parse_metrics(Path(path).read_text(errors="replace")), gpus)))
         print(table(rows))
