@@ -337,13 +337,14 @@ def test_recipe_prompt_length_holds_every_task_prompt(tiny_model_dir):
     from r1aqa_plugin.audio import load_audio
     from r1aqa_plugin.data.records import BuildReport
     from r1aqa_plugin.data.synthetic import build_synthetic
-    from r1aqa_plugin.data.synthetic.music import unavailable_reason
+    from r1aqa_plugin.data.synthetic import music, speech
 
     limit = yaml.safe_load((REPO / "recipes" / "r1aqa_learning_proof.yaml").read_text())["data"]["max_prompt_length"]
     warmup = _example("warmup")
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    tasks = "sound" if unavailable_reason() else "sound,music"
-    rows = list(build_synthetic(BuildReport("synthetic-aqa"), size=24, seed=9, tasks=tasks))
+    # every family this machine renders, every option listed (run.sh's CHOICES=all: spoken digit lists 10)
+    tasks = ",".join(["sound"] + [f for f, m in (("music", music), ("speech", speech)) if not m.unavailable_reason()])
+    rows = list(build_synthetic(BuildReport("synthetic-aqa"), size=32, seed=9, tasks=tasks, choices="all"))
     lengths = {}
     for row in rows:
         text = warmup.prompt_text(processor, row["question"], [str(c) for c in row["choices"]])
