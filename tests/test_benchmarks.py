@@ -224,17 +224,20 @@ def test_lp2_queue_runs_each_verl_arm_with_its_tasks_and_overrides(tmp_path: Pat
                             f"lp lp-prep before tasks={prep} extra=", *arm_calls])
 
 
-def test_lp2b_is_an_independent_replicate_of_lp2_beside_it(tmp_path: Path) -> None:
-    stubs = ('lp() { echo "lp $LP_ARM $* gpu=$CUDA_VISIBLE_DEVICES seed=${SEED:-}" >> "$S/calls"; }\n'
+@pytest.mark.parametrize("env_b", ["", "R1AQA_REF_ON_GPU=1 X_B=2"])
+def test_lp2b_is_an_independent_replicate_of_lp2_beside_it(tmp_path: Path, env_b: str) -> None:
+    stubs = ('lp() { echo "lp $LP_ARM $* gpu=$CUDA_VISIBLE_DEVICES seed=${SEED:-} env=${R1AQA_REF_ON_GPU:-}${X_B:-}" '
+             '>> "$S/calls"; }\n'
              'logprob_bench() { echo "logprob-bench" >> "$S/calls"; }\ndedup_small() { echo "dedup-small" >> "$S/calls"; }\n'
              'feature_transfer() { echo "feature-transfer" >> "$S/calls"; }\ngpu_hooks() { echo "gpu-hooks" >> "$S/calls"; }\n')
-    calls = _queue_calls(tmp_path, "lp2,lp2b", stubs, {})
-    # lp2 as alone (its benches once); lp2b: seed 1 on GPU 1, every name tagged, no benches
+    calls = _queue_calls(tmp_path, "lp2,lp2b", stubs, {"ENV_B": env_b} if env_b else {})
+    # lp2 as alone (its benches once); lp2b: seed 1 on GPU 1, every name tagged, no benches, and ENV_B its own
+    b = "12" if env_b else ""
     assert calls == sorted(["logprob-bench", "dedup-small", "feature-transfer", "gpu-hooks",
-                            *[f"lp lp-prep {p} gpu=0 seed=" for p in ("warm", "before")],
-                            *[f"lp lp-a {p} gpu=0 seed=" for p in ("grpo", "after")],
-                            *[f"lp lp-prep-s1 {p} gpu=1 seed=1" for p in ("warm", "before")],
-                            *[f"lp lp-a-s1 {p} gpu=1 seed=1" for p in ("grpo", "after")]])
+                            *[f"lp lp-prep {p} gpu=0 seed= env=" for p in ("warm", "before")],
+                            *[f"lp lp-a {p} gpu=0 seed= env=" for p in ("grpo", "after")],
+                            *[f"lp lp-prep-s1 {p} gpu=1 seed=1 env={b}" for p in ("warm", "before")],
+                            *[f"lp lp-a-s1 {p} gpu=1 seed=1 env={b}" for p in ("grpo", "after")]])
 
 
 def test_merge_overrides_later_wins_and_keeps_plus() -> None:
