@@ -159,7 +159,7 @@ def _queue_calls(tmp_path: Path, queue: str, stubs: str, env_extra: dict[str, st
     env = {**os.environ, "SESSION_DIR": str(tmp_path / "s"), "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "w"),
            "QUEUE_FILE": str(tmp_path / "stubs.sh"), "QUEUES": queue, "STAGGER": "0", "LP_STAGGER": "0",
            "R1AQA_SITE_READY": "1", "PYTHONPATH": ""}
-    for var in ("TRAIN_TASKS", "LISTEN_TASKS", "REH_SWEEP", "LP_ARMS", "SEED"):  # the queue's defaults, not the caller's
+    for var in ("TASKS", "TRAIN_TASKS", "LISTEN_TASKS", "REH_SWEEP", "LP_ARMS", "SEED", "ENV_B"):  # the queue's defaults
         env.pop(var, None)
     env.update(env_extra)
     script = str(BENCH / "gpu" / "parallel_session.sh")
