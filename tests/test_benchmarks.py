@@ -506,3 +506,29 @@ def test_stage_espeak_bundle_speaks_as_the_system_one_with_the_system_one_hidden
     system = subprocess.run([sys.executable, "-c", speak], capture_output=True, text=True)
     assert bundled.returncode == 0 and system.returncode == 0, bundled.stderr + system.stderr
     assert bundled.stdout == system.stdout
+
+
+def test_session_env_puts_the_carried_espeak_on_path_only_when_the_machine_has_none(tmp_path: Path) -> None:
+    # benchmarks/gpu/session_env.sh on the GPU image (no espeak-ng): the bundle from stage_espeak.sh goes on PATH
+    bundle = tmp_path / "espeak"
+    (bundle / "bin").mkdir(parents=True)
+    (bundle / "bin" / "espeak-ng").write_text("#!/bin/sh\necho 'eSpeak NG text-to-speech: 1.51  Data at: bundle'\n")
+    (bundle / "bin" / "espeak-ng").chmod(0o755)
+    farm = tmp_path / "path"  # the tools session_env.sh needs, and no espeak-ng
+    farm.mkdir()
+    for tool in ("dirname", "mkdir"):
+        os.symlink(subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip(),
+                   farm / tool)
+    script = f'. {BENCH / "gpu" / "session_env.sh"}; echo "PATH=$PATH"; command -v espeak-ng'
+    env = {"ESPEAK_BUNDLE": str(bundle), "R1AQA_SITE_READY": "1", "OUT": str(tmp_path / "logs"),
+           "WORK": str(tmp_path / "w"), "HOME": str(tmp_path)}
+    bash = subprocess.run(["sh", "-c", "command -v bash"], capture_output=True, text=True).stdout.strip()
+    out = subprocess.run([bash, "-c", script], capture_output=True, text=True, env={**env, "PATH": str(farm)})
+    assert out.returncode == 0, out.stderr
+    assert f"espeak-ng: the carried one ({bundle})" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == str(bundle / "bin" / "espeak-ng")
+    # a machine with its own espeak-ng keeps it
+    (farm / "espeak-ng").symlink_to(bundle / "bin" / "espeak-ng")
+    out = subprocess.run([bash, "-c", script], capture_output=True, text=True, env={**env, "PATH": str(farm)})
+    assert out.returncode == 0 and "the carried one" not in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == str(farm / "espeak-ng")
