@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -159,7 +160,8 @@ def _queue_calls(tmp_path: Path, queue: str, stubs: str, env_extra: dict[str, st
     env = {**os.environ, "SESSION_DIR": str(tmp_path / "s"), "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "w"),
            "QUEUE_FILE": str(tmp_path / "stubs.sh"), "QUEUES": queue, "STAGGER": "0", "LP_STAGGER": "0",
            "R1AQA_SITE_READY": "1", "PYTHONPATH": ""}
-    for var in ("TASKS", "TRAIN_TASKS", "LISTEN_TASKS", "REH_SWEEP", "LP_ARMS", "SEED", "ENV_B"):  # the queue's defaults
+    # the queue's defaults, not the caller's
+    for var in ("TASKS", "TRAIN_TASKS", "LISTEN_TASKS", "REH_SWEEP", "LP_ARMS", "SEED", "ENV_B"):
         env.pop(var, None)
     env.update(env_extra)
     script = str(BENCH / "gpu" / "parallel_session.sh")
@@ -228,8 +230,10 @@ def test_lp2_queue_runs_each_verl_arm_with_its_tasks_and_overrides(tmp_path: Pat
 def test_lp2b_is_an_independent_replicate_of_lp2_beside_it(tmp_path: Path, env_b: str) -> None:
     stubs = ('lp() { echo "lp $LP_ARM $* gpu=$CUDA_VISIBLE_DEVICES seed=${SEED:-} env=${R1AQA_REF_ON_GPU:-}${X_B:-}" '
              '>> "$S/calls"; }\n'
-             'logprob_bench() { echo "logprob-bench" >> "$S/calls"; }\ndedup_small() { echo "dedup-small" >> "$S/calls"; }\n'
-             'feature_transfer() { echo "feature-transfer" >> "$S/calls"; }\ngpu_hooks() { echo "gpu-hooks" >> "$S/calls"; }\n')
+             'logprob_bench() { echo "logprob-bench" >> "$S/calls"; }\n'
+             'dedup_small() { echo "dedup-small" >> "$S/calls"; }\n'
+             'feature_transfer() { echo "feature-transfer" >> "$S/calls"; }\n'
+             'gpu_hooks() { echo "gpu-hooks" >> "$S/calls"; }\n')
     calls = _queue_calls(tmp_path, "lp2,lp2b", stubs, {"ENV_B": env_b} if env_b else {})
     # lp2 as alone (its benches once); lp2b: seed 1 on GPU 1, every name tagged, no benches, and ENV_B its own
     b = "12" if env_b else ""
@@ -482,7 +486,15 @@ def test_reward_calls_bench_runs_verls_reward_call_with_and_without_hook_o(capsy
     assert int(rows["verl's (processor rerun per sample)"][1]) == 128 and int(rows["hook O"][1]) == 0
 
 
-@pytest.mark.skipif(subprocess.run(["sh", "-c", "command -v espeak-ng"], capture_output=True).returncode != 0,
+def _tool_farm(folder: Path, tools: tuple[str, ...]) -> Path:
+    """A PATH folder holding only ``tools`` (links to this machine's), e.g. to hide espeak-ng from a script."""
+    folder.mkdir()
+    for tool in tools:
+        os.symlink(shutil.which(tool), folder / tool)
+    return folder
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None,
                     reason="espeak-ng is not installed here (apt-get install espeak-ng)")
 def test_stage_espeak_bundle_speaks_as_the_system_one_with_the_system_one_hidden(tmp_path):
     # the GPU image has no espeak-ng: the bundle must work from its own loader, libraries and data
@@ -490,11 +502,7 @@ def test_stage_espeak_bundle_speaks_as_the_system_one_with_the_system_one_hidden
     proc = subprocess.run(["bash", str(BENCH / "gpu" / "stage_espeak.sh"), str(dest)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (dest / "lib" / "libespeak-ng.so.1").is_file() and (dest / "espeak-ng-data" / "phontab").is_file()
-    farm = tmp_path / "path"  # what the wrapper needs from PATH, and no espeak-ng
-    farm.mkdir()
-    for tool in ("sh", "dirname", "readlink"):
-        os.symlink(subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip(),
-                   farm / tool)
+    farm = _tool_farm(tmp_path / "path", ("sh", "dirname", "readlink"))  # what the wrapper needs, and no espeak-ng
     env = {**os.environ, "PATH": f"{dest / 'bin'}:{farm}"}
     env.pop("ESPEAK_DATA_PATH", None)
     version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, env=env).stdout
@@ -514,15 +522,11 @@ def test_session_env_puts_the_carried_espeak_on_path_only_when_the_machine_has_n
     (bundle / "bin").mkdir(parents=True)
     (bundle / "bin" / "espeak-ng").write_text("#!/bin/sh\necho 'eSpeak NG text-to-speech: 1.51  Data at: bundle'\n")
     (bundle / "bin" / "espeak-ng").chmod(0o755)
-    farm = tmp_path / "path"  # the tools session_env.sh needs, and no espeak-ng
-    farm.mkdir()
-    for tool in ("dirname", "mkdir"):
-        os.symlink(subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip(),
-                   farm / tool)
+    farm = _tool_farm(tmp_path / "path", ("dirname", "mkdir"))  # what session_env.sh needs, and no espeak-ng
     script = f'. {BENCH / "gpu" / "session_env.sh"}; echo "PATH=$PATH"; command -v espeak-ng'
     env = {"ESPEAK_BUNDLE": str(bundle), "R1AQA_SITE_READY": "1", "OUT": str(tmp_path / "logs"),
            "WORK": str(tmp_path / "w"), "HOME": str(tmp_path)}
-    bash = subprocess.run(["sh", "-c", "command -v bash"], capture_output=True, text=True).stdout.strip()
+    bash = shutil.which("bash")
     out = subprocess.run([bash, "-c", script], capture_output=True, text=True, env={**env, "PATH": str(farm)})
     assert out.returncode == 0, out.stderr
     assert f"espeak-ng: the carried one ({bundle})" in out.stdout

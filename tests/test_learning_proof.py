@@ -336,14 +336,13 @@ def test_recipe_prompt_length_holds_every_task_prompt(tiny_model_dir):
 
     from r1aqa_plugin.audio import load_audio
     from r1aqa_plugin.data.records import BuildReport
-    from r1aqa_plugin.data.synthetic import build_synthetic
-    from r1aqa_plugin.data.synthetic import music, speech
+    from r1aqa_plugin.data.synthetic import UNAVAILABLE, build_synthetic
 
     limit = yaml.safe_load((REPO / "recipes" / "r1aqa_learning_proof.yaml").read_text())["data"]["max_prompt_length"]
     warmup = _example("warmup")
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     # every family this machine renders, every option listed (run.sh's CHOICES=all: spoken digit lists 10)
-    tasks = ",".join(["sound"] + [f for f, m in (("music", music), ("speech", speech)) if not m.unavailable_reason()])
+    tasks = ",".join(family for family, reason in UNAVAILABLE.items() if not reason())
     rows = list(build_synthetic(BuildReport("synthetic-aqa"), size=32, seed=9, tasks=tasks, choices="all"))
     lengths = {}
     for row in rows:
