@@ -257,8 +257,8 @@ trim_gate() {  # trim_gate PID: after the benches (PID; at most TRIM_GATE_WAIT s
     echo "$(date -u +%H:%M:%S) hook P checked on this GPU: logits equal; the arms cut their features"
   else
     export R1AQA_TRIM_FEATURES=0
-    echo "$(date -u +%H:%M:%S) hook P's model check failed or did not run ($S/feature-transfer${LP_TAG:-}.log): the arms run" \
-         "with R1AQA_TRIM_FEATURES=0"
+    echo "$(date -u +%H:%M:%S) hook P's model check failed or did not run ($S/feature-transfer${LP_TAG:-}.log):" \
+         "the arms run with R1AQA_TRIM_FEATURES=0"
   fi
 }
 QUEUE_lp2() {  # learning proof on one GPU: warm-up (format + listening), then the verl arms LP_ARMS and the eval

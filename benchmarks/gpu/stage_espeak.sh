@@ -6,8 +6,9 @@
 #
 # DEST holds the real binary, every shared library it loads (glibc and the dynamic loader included, so the host's
 # glibc version does not matter), espeak-ng-data, and bin/espeak-ng: a wrapper that runs the binary through the
-# carried loader with ESPEAK_DATA_PATH set. parallel_session.sh puts DEST/bin on PATH when it finds it
-# (ESPEAK_BUNDLE, default /tmp/gpucarry/c6/espeak). Needs `apt-get install espeak-ng` here first.
+# carried loader with ESPEAK_DATA_PATH set. benchmarks/gpu/session_env.sh (sourced by parallel_session.sh) puts
+# DEST/bin on PATH when it finds it (ESPEAK_BUNDLE, default /tmp/gpucarry/c6/espeak). Needs `apt-get install
+# espeak-ng` here first.
 set -euo pipefail
 DEST=${1:-.gpu-carry/c6/espeak}
 BIN=$(command -v espeak-ng) || { echo "espeak-ng is not on PATH here: apt-get install espeak-ng" >&2; exit 1; }
