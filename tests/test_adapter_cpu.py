@@ -403,7 +403,7 @@ def test_engine_build_freezes_the_audio_tower_of_the_actor_only(bare_fsdp_engine
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "fsdp2"])
-def test_reference_keeps_its_weights_on_the_gpu_only_when_asked(bare_fsdp_engine, monkeypatch, strategy):
+def test_reference_keeps_its_weights_on_the_gpu_only_when_asked(bare_fsdp_engine, monkeypatch, capsys, strategy):
     """Hook R on verl's real FSDPEngine._build_fsdp_module (FSDP's wrapping itself needs CUDA, so the wrappers it
     calls record their offload argument instead): the forward-only engine is CPU-offloaded as verl does it unless
     R1AQA_REF_ON_GPU=1; the actor never is, and the config reads forward_only again afterwards."""
@@ -420,6 +420,8 @@ def test_reference_keeps_its_weights_on_the_gpu_only_when_asked(bare_fsdp_engine
     engine = bare_fsdp_engine()
     engine.engine_config = FSDPEngineConfig(strategy=strategy)
     module = engine._build_module()
+    monkeypatch.setattr(verl_hooks, "_traced", {})
+    capsys.readouterr()
     seen = {}
     for env, forward_only in ((None, True), ("1", True), ("0", True), ("1", False)):
         if env is None:
@@ -431,6 +433,8 @@ def test_reference_keeps_its_weights_on_the_gpu_only_when_asked(bare_fsdp_engine
         seen[env, forward_only] = offload.pop() is not None
         assert engine.engine_config.forward_only is forward_only
     assert seen == {(None, True): True, ("1", True): False, ("0", True): True, ("1", False): False}
+    # verl's workers log at WARN: the line must reach stdout, where Ray forwards it to the run's log, once
+    assert capsys.readouterr().out.count("hook R: the reference keeps its weights on the GPU") == 1
 
 
 def test_reference_hook_fails_loudly_when_verl_changes_where_it_offloads():

@@ -265,6 +265,24 @@ def test_run_sh_after_exports_and_evaluates_the_best_checkpoint(tmp_path):
     assert proc.returncode == 1 and f"no checkpoint {work}/ckpt/global_step_99/actor" in proc.stderr
 
 
+@pytest.mark.parametrize("given, seen", [(None, "1"), ("0", "0")])
+def test_run_sh_grpo_keeps_the_reference_on_the_gpu_unless_told_not_to(tmp_path, given, seen):
+    # hook R is the learning proof's default (the tenth GPU run: reference pass 1.97 s against 3.31 s offloaded);
+    # main_ppo is a stub that records the variable its Ray workers would inherit
+    stub = tmp_path / "py"
+    stub.write_text('#!/usr/bin/env bash\necho "REF=${R1AQA_REF_ON_GPU-unset} $*" >> "$CALLS"\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "WORK": str(tmp_path / "w"), "OUT": str(tmp_path / "o"), "PY": str(stub),
+           "CALLS": str(tmp_path / "calls"), "TASKS": "beep_count", "TRAIN_TASKS": "beep_count", "EVAL_BACKEND": "hf"}
+    env.pop("R1AQA_REF_ON_GPU", None)
+    if given is not None:
+        env["R1AQA_REF_ON_GPU"] = given
+    proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "grpo"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    call = (tmp_path / "calls").read_text()
+    assert call.startswith(f"REF={seen} -m verl.trainer.main_ppo +recipe=r1aqa_learning_proof"), call
+
+
 _SAVE_DTENSOR_CKPT = """
 import sys, torch, torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh

@@ -288,7 +288,8 @@ QUEUE_lp2b() {  # an independent replicate of lp2 beside it (QUEUES=lp2,lp2b on 
                 # (default 1: its own random model, data and warm-up; verl's seeds stay the recipe's) on GPU
                 # $LP_GPU_B (default 1), names tagged -sSEED, without the benches (lp2 runs them; hook P stays on).
                 # ENV_B: "VAR=value ..." exported for this replicate only, a speed switch timed beside lp2 (e.g.
-                # ENV_B=R1AQA_REF_ON_GPU=1, hook R); it must not change what the model computes
+                # ENV_B=R1AQA_REF_ON_GPU=0: verl's offloaded reference, hook R being run.sh's default since the
+                # tenth run); it must not change what the model computes
   export SEED=${SEED_B:-1} LP_GPU=${LP_GPU_B:-1} LP_TAG=-s${SEED_B:-1}
   export LOGPROB_BENCH=0 DEDUP_BENCH=0 FEATURE_BENCH=0 HOOK_TESTS=0
   local kv

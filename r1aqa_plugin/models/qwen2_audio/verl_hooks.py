@@ -372,6 +372,8 @@ def _make_resident_reference(original: Callable[..., Any]) -> Callable[..., Any]
         finally:
             object.__setattr__(config, "forward_only", True)
         logger.info("hook R: the reference keeps its weights on the GPU (%s=1)", REF_ON_GPU_ENV)
+        # verl's workers log at WARN, so logger.info alone left no trace in the tenth GPU run's log
+        _trace("hook R", f"the reference keeps its weights on the GPU ({REF_ON_GPU_ENV}=1)")
         return built
 
     return _build_fsdp_module
