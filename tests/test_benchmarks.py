@@ -303,6 +303,23 @@ def test_encoder_dedup_bench_toy(tmp_path: Path) -> None:
     assert (rows[("log-prob", 4)]["encoded_0"], rows[("log-prob", 4)]["encoded_1"]) == (4, 4)
 
 
+def test_warmup_features_bench_toy(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from r1aqa_plugin.data.records import BuildReport
+    from r1aqa_plugin.data.synthetic import build_synthetic
+
+    data = tmp_path / "syn.parquet"
+    pd.DataFrame(list(build_synthetic(BuildReport("synthetic-aqa"), size=6, seed=3, tasks="sound"))).to_parquet(data)
+    cmd = [sys.executable, str(BENCH / "warmup_features.py"), "--model", str(tiny_model_dir), "--data", str(data),
+           "--workers", "1", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "6 rows x 2 copies" in proc.stdout and "tensors equal across paths" in proc.stdout
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("| each")]
+    assert len(lines) == 3 and all("(6 extractions)" in line for line in lines[1:])
+
+
 def test_feature_transfer_bench_toy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import feature_transfer_bench as ftb
 

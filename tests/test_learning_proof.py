@@ -373,6 +373,45 @@ def test_recipe_prompt_length_holds_every_task_prompt(tiny_model_dir):
 
 
 # -------------------------------------------------------------------------------------------------- warm-up
+def test_warmup_extracts_each_clips_features_once_and_encodes_as_the_processor_does(tiny_model_dir, tmp_path):
+    # a row's code-word copy and its real-option copy share one clip; the memo must not change what is encoded
+    rows, _ = _sound_parquet(tmp_path, 4, 3)
+    warmup = _example("warmup")
+    import torch
+    from transformers import AutoProcessor
+
+    plain, memo = AutoProcessor.from_pretrained(tiny_model_dir), AutoProcessor.from_pretrained(tiny_model_dir)
+    features = warmup.remember_clip_features(memo)
+    assert warmup.remember_clip_features(memo) is features  # once per processor
+    assert features.sampling_rate == plain.feature_extractor.sampling_rate
+    rng = np.random.default_rng(0)
+    clips = [rng.standard_normal(16000 * 4).astype(np.float32), rng.standard_normal(16000 * 3).astype(np.float32)]
+    batch_rows = [{**rows[0], "audio": clips[0]}, {**rows[1], "audio": clips[0]}, {**rows[2], "audio": clips[1]},
+                  {**rows[0], "audio": clips[0]}]
+    targets = ["<answer>one</answer>", "<answer>two</answer>", "<answer>three</answer>", "<answer>four</answer>"]
+    want = warmup.encode_batch(plain, [dict(r) for r in batch_rows], targets)
+    got = warmup.encode_batch(memo, [dict(r) for r in batch_rows], targets)
+    assert features.extracted == 2
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+    # a clip with the same values but another array is extracted on its own (keyed by the array, not its bytes)
+    warmup.encode_batch(memo, [{**rows[0], "audio": clips[0].copy()}], targets[:1])
+    assert features.extracted == 3
+
+    # prefill: the remaining clips on threads, with the arguments the processor passed; then nothing is extracted
+    fresh = warmup.remember_clip_features(AutoProcessor.from_pretrained(tiny_model_dir))
+    with pytest.raises(RuntimeError, match="no call through the processor yet"):
+        fresh.prefill(clips, 2)
+    more = [rng.standard_normal(16000 * 2).astype(np.float32) for _ in range(5)]
+    assert features.prefill(more + more[:2] + clips, 3) == 5
+    assert features.extracted == 8
+    rows_more = [{**rows[i % 3], "audio": c} for i, c in enumerate(more)]
+    got = warmup.encode_batch(memo, [dict(r) for r in rows_more], targets + targets[:1])
+    want = warmup.encode_batch(plain, [dict(r) for r in rows_more], targets + targets[:1])
+    assert features.extracted == 8 and all(torch.equal(want[k], got[k]) for k in want)
+
+
 def test_warmup_two_steps_saves_original_names(tiny_model_dir, tmp_path):
     rows, syn = _sound_parquet(tmp_path, 4, 3)
     warmup = _example("warmup")
