@@ -122,10 +122,18 @@ class ClipFeatures:
         if self._kwargs is None:
             raise RuntimeError("ClipFeatures.prefill: no call through the processor yet, so its arguments are unknown")
         kwargs, args = self._kwargs, tuple(sorted(self._kwargs.items()))
+        import torch
+
         todo = list({id(c): c for c in clips if id(c) not in self._memo}.values())
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            for clip, data in zip(todo, pool.map(lambda c: dict(self.extractor(c, **kwargs)), todo)):
-                self._memo[id(clip)] = (clip, args, data)
+        threads = torch.get_num_threads()
+        if workers > 1:  # one intra-op thread per worker: N workers x N torch threads would oversubscribe the cores
+            torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max(1, workers)) as pool:
+                for clip, data in zip(todo, pool.map(lambda c: dict(self.extractor(c, **kwargs)), todo)):
+                    self._memo[id(clip)] = (clip, args, data)
+        finally:
+            torch.set_num_threads(threads)
         self.extracted += len(todo)
         return len(todo)
 
