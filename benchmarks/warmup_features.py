@@ -29,10 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from transformers import AutoProcessor
-
     import warmup
     from code_words import code_map, encode_row
+    from transformers import AutoProcessor
 
     rows = warmup.load_rows(args.data, args.rows)
     codes = code_map()

@@ -119,11 +119,11 @@ class ClipFeatures:
         which is where the arguments come from."""
         from concurrent.futures import ThreadPoolExecutor
 
+        import torch
+
         if self._kwargs is None:
             raise RuntimeError("ClipFeatures.prefill: no call through the processor yet, so its arguments are unknown")
         kwargs, args = self._kwargs, tuple(sorted(self._kwargs.items()))
-        import torch
-
         todo = list({id(c): c for c in clips if id(c) not in self._memo}.values())
         threads = torch.get_num_threads()
         if workers > 1:  # one intra-op thread per worker: N workers x N torch threads would oversubscribe the cores
