@@ -181,6 +181,45 @@ def test_plot_parses_verl_log_and_writes_pngs_and_table(tmp_path):
     assert "| sound/pitch_order | 2 | 50.0 | 50.0 (100) | 0.0 (100) |" in summary
 
 
+def _family_preds(folder: Path, name: str, counts: dict[str, int]) -> None:
+    """``folder/name``: 60 sound items (5 choices) and 60 music items (6 choices), ``counts[family]`` right."""
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for family, task, choices in (("sound", "beep_count", ["one", "two", "three", "four", "five"]),
+                                  ("music", "instrument", ["piano", "organ", "flute", "violin", "guitar", "trumpet"])):
+        for i in range(60):
+            said = choices[0] if i < counts[family] else choices[1]
+            items.append({"task": family, "sub-category": task, "choices": choices, "answer": choices[0],
+                          "model_output_raw": f"<answer>{said}</answer>"})
+    (folder / name).write_text(json.dumps(items))
+
+
+def test_acceptance_reads_issue_8_per_family(tmp_path):
+    plot = _plot_module()
+    assert abs(plot.wilson_low(30, 60) - 0.3773) < 1e-3 and plot.wilson_low(0, 0) == 0.0
+    before, after = tmp_path / "before", tmp_path / "after"
+    _family_preds(before, "predictions.json", {"sound": 12, "music": 7})  # 20.0% and 11.7%: 5 points off, within
+    _family_preds(after, "predictions.json", {"sound": 55, "music": 30})  # 91.7% and 50.0%
+    _family_preds(after, "predictions_silenced.json", {"sound": 12, "music": 10})
+    text = plot.acceptance({"before": before, "after": after})
+    assert "| sound | 60 | 20.0 | 20.0 | 91.7 |" in text and "| music | 60 | 16.7 | 11.7 | 50.0 | 37.7 | 16.7 |" in text
+    assert "**Acceptance: met.**" in text and "NOT met" not in text
+
+    _family_preds(after, "predictions.json", {"sound": 53, "music": 30})  # 88.3%: no family reaches 90
+    assert "reach: a family >= 90% after (best: sound, 88.3%): NOT met" in plot.acceptance({"before": before,
+                                                                                          "after": after})
+    _family_preds(after, "predictions.json", {"sound": 55, "music": 17})  # music 28.3%: 95% low 18.5, not > 21.7
+    text = plot.acceptance({"before": before, "after": after})
+    assert "others: every other family's 95% low above chance + 5: NOT met" in text
+    _family_preds(after, "predictions.json", {"sound": 55, "music": 30})
+    _family_preds(after, "predictions_silenced.json", {"sound": 12, "music": 0})  # silenced music collapses to 0
+    text = plot.acceptance({"before": before, "after": after})
+    assert "silenced: every family within 5 points of chance: NOT met" in text and "not met.**" in text
+    (after / "predictions_silenced.json").unlink()  # a missing evaluation meets nothing
+    text = plot.acceptance({"after": after})
+    assert "start: every family within 5 points of chance before: no evaluation" in text and "not met.**" in text
+
+
 # A run that peaks before its last checkpoint (the seventh GPU run's shape: validation and checkpoints every 5 steps,
 # the last saved step worse than an earlier one), with an untrained control task that must not choose.
 PEAK = [(5, 0.4, 0.15, 0.5), (10, 0.95, 0.925, 0.0), (15, 0.95, 0.925, 0.5), (20, 0.8, 0.825, 1.0)]

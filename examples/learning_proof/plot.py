@@ -8,13 +8,15 @@ verl's console logger prints one line per step: ``step:N - key:value - key:value
 replacing an earlier one's. Writes OUT/val_accuracy.png (validation accuracy per data_source vs step),
 OUT/reward.png (mean reward, format and accuracy parts where logged, and response length vs step) and
 OUT/summary.md (the validation table and, for each --eval folder, accuracy per task in normal / silenced /
-shuffled-choices evaluation, scored with the training reward's rule, next to chance).
+shuffled-choices evaluation, scored with the training reward's rule, next to chance; then per task family, issue
+8's four checks, each met or not: ``acceptance``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from collections import defaultdict
@@ -173,6 +175,73 @@ def eval_table(evals: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
+def wilson_low(hits: float, n: int, z: float = 1.96) -> float:
+    """Lower end of the 95% Wilson interval of a rate of ``hits`` out of ``n``."""
+    if n == 0:
+        return 0.0
+    p = hits / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)
+
+
+def family_scores(scores: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per task family (the part of a ``family/task`` key before the slash): items, accuracy and chance, pooled
+    over the family's tasks item by item."""
+    out: dict[str, dict[str, float]] = {}
+    for key, s in scores.items():
+        if key == "all":
+            continue
+        f = out.setdefault(key.split("/", 1)[0], {"n": 0, "hits": 0.0, "chance_sum": 0.0})
+        f["n"] += s["n"]
+        f["hits"] += s["acc"] * s["n"]
+        f["chance_sum"] += s["chance"] * s["n"]
+    return {k: {"n": f["n"], "acc": f["hits"] / f["n"], "chance": f["chance_sum"] / f["n"],
+                "low": wilson_low(f["hits"], int(f["n"]))} for k, f in sorted(out.items())}
+
+
+ACCEPTANCE_RULES = (
+    "Issue 8's acceptance as this table reads it, per task family the evaluation holds (its tasks pooled item by "
+    "item): **start** every family within 5 points of chance before GRPO; **reach** at least one family >= 90% "
+    "after; **others** every other family clearly above chance, read as the lower end of its 95% Wilson interval "
+    "above chance + 5 (outside the band the issue calls chance); **silenced** every family within 5 points of chance "
+    "after GRPO with the audio silenced.")
+
+
+def acceptance(evals: dict[str, Path]) -> str:
+    """Markdown: family scores before and after, and issue 8's four checks on them, each met or not."""
+    runs = {label: eval_runs(folder) for label, folder in evals.items()}
+    after = runs.get("after", {})
+    if "normal" not in after:
+        return "(no eval after: nothing to check)"
+    fam = {(label, cond): family_scores(scores) for label, r in runs.items() for cond, scores in r.items()}
+    now, silenced = fam[("after", "normal")], fam.get(("after", "silenced"))
+    before = fam.get(("before", "normal"))
+    lines = ["| family | n | chance | before | after | after, 95% low | after, silenced |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, f in now.items():
+        b = f"{100 * before[name]['acc']:.1f}" if before and name in before else "-"
+        q = f"{100 * silenced[name]['acc']:.1f}" if silenced and name in silenced else "-"
+        lines.append(f"| {name} | {f['n']} | {100 * f['chance']:.1f} | {b} | {100 * f['acc']:.1f} | "
+                     f"{100 * f['low']:.1f} | {q} |")
+
+    def near(scores: dict[str, dict[str, float]] | None) -> bool | None:
+        # 1e-9: 14 of 120 against 1/6 is 5 points off exactly, which is within them
+        return None if scores is None else all(abs(s["acc"] - s["chance"]) <= 0.05 + 1e-9 for s in scores.values())
+
+    top = max(now, key=lambda k: now[k]["acc"])
+    checks = [("start: every family within 5 points of chance before", near(before)),
+              (f"reach: a family >= 90% after (best: {top}, {100 * now[top]['acc']:.1f}%)", now[top]["acc"] >= 0.90),
+              ("others: every other family's 95% low above chance + 5",
+               all(s["low"] > s["chance"] + 0.05 for k, s in now.items() if k != top)),
+              ("silenced: every family within 5 points of chance", near(silenced))]
+    lines.append("")
+    lines += [f"- {name}: {'no evaluation' if ok is None else 'met' if ok else 'NOT met'}" for name, ok in checks]
+    verdict = all(ok is True for _, ok in checks)  # a missing evaluation (before, silenced) meets nothing
+    lines += ["", f"**Acceptance: {'met' if verdict else 'not met'}.** {ACCEPTANCE_RULES}"]
+    return "\n".join(lines)
+
+
 def chance_by_source(evals: dict[str, Path]) -> dict[str, float]:
     """Chance per verl data_source key (synthetic-aqa/<family>/<task>), from any eval folder's items."""
     for folder in evals.values():
@@ -206,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         parts += ["## Validation accuracy (%, greedy) per data_source\n", val_table(val) if val else "(none)", ""]
     if evals:
         parts += ["## Held-out evaluation (r1aqa eval)\n", eval_table(evals), ""]
+        parts += ["## Per task family, against issue 8's acceptance\n", acceptance(evals), ""]
     text = "\n".join(parts)
     (out / "summary.md").write_text(text, encoding="utf-8")
     print(text)
