@@ -287,9 +287,9 @@ QUEUE_lp2() {  # learning proof on one GPU: warm-up (format + listening), then t
 QUEUE_lp2b() {  # an independent replicate of lp2 beside it (QUEUES=lp2,lp2b on `nvidia-h200-x2`): seed SEED_B
                 # (default 1: its own random model, data and warm-up; verl's seeds stay the recipe's) on GPU
                 # $LP_GPU_B (default 1), names tagged -sSEED, without the benches (lp2 runs them; hook P stays on).
-                # ENV_B: "VAR=value ..." exported for this replicate only, a speed switch timed beside lp2 (e.g.
+                # ENV_B: "VAR=value ..." exported for this replicate only: a speed switch timed beside lp2 (e.g.
                 # ENV_B=R1AQA_REF_ON_GPU=0: verl's offloaded reference, hook R being run.sh's default since the
-                # tenth run); it must not change what the model computes
+                # tenth run), or one run.sh setting compared beside it (e.g. ENV_B=LISTEN_STEPS=3000)
   export SEED=${SEED_B:-1} LP_GPU=${LP_GPU_B:-1} LP_TAG=-s${SEED_B:-1}
   export LOGPROB_BENCH=0 DEDUP_BENCH=0 FEATURE_BENCH=0 HOOK_TESTS=0
   local kv
