@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     table.append(("each copy extracts its clip (up to 2026-11-29)", "-", base_s, len(base)))
     for workers in args.workers:
         processor = AutoProcessor.from_pretrained(args.model)
-        features = warmup.remember_clip_features(processor)
+        features = warmup.remember_clip_features(processor, len(rows))
         batch = copies()
         t0 = time.perf_counter()
         warmup.encode_batch(processor, batch[:1], target)

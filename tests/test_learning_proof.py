@@ -420,8 +420,8 @@ def test_warmup_extracts_each_clips_features_once_and_encodes_as_the_processor_d
     from transformers import AutoProcessor
 
     plain, memo = AutoProcessor.from_pretrained(tiny_model_dir), AutoProcessor.from_pretrained(tiny_model_dir)
-    features = warmup.remember_clip_features(memo)
-    assert warmup.remember_clip_features(memo) is features  # once per processor
+    features = warmup.remember_clip_features(memo, 16)
+    assert warmup.remember_clip_features(memo, 16) is features  # once per processor
     assert features.sampling_rate == plain.feature_extractor.sampling_rate
     rng = np.random.default_rng(0)
     clips = [rng.standard_normal(16000 * 4).astype(np.float32), rng.standard_normal(16000 * 3).astype(np.float32)]
@@ -439,7 +439,7 @@ def test_warmup_extracts_each_clips_features_once_and_encodes_as_the_processor_d
     assert features.extracted == 3
 
     # prefill: the remaining clips on threads, with the arguments the processor passed; then nothing is extracted
-    fresh = warmup.remember_clip_features(AutoProcessor.from_pretrained(tiny_model_dir))
+    fresh = warmup.remember_clip_features(AutoProcessor.from_pretrained(tiny_model_dir), 16)
     with pytest.raises(RuntimeError, match="no call through the processor yet"):
         fresh.prefill(clips, 2)
     more = [rng.standard_normal(16000 * 2).astype(np.float32) for _ in range(5)]

@@ -85,33 +85,43 @@ class ClipFeatures:
     Whisper's 30 s before its log-mel, so extracting it again costs as much as the first time. The tenth GPU run's
     listening warm-up spent its first 800 steps at ~0.23 s a step and the rest at ~0.075: the extraction, not the
     model, was half of its 277 s. Remembered per clip, it runs once per clip, and both copies share one tensor.
+
+    The plugin's OnceCache holds them, as it does for VerlQwen2AudioProcessor's per-clip features in verl's
+    rollouts. That processor's cache keeps the last 64 clips; the warm-up meets a row's two copies far apart, so it
+    keeps every clip here (``clips``), keyed by the array itself, and runs the stock processor as AQADataset does.
     """
 
-    def __init__(self, extractor: Any) -> None:
+    def __init__(self, extractor: Any, clips: int) -> None:
+        from r1aqa_plugin.once_cache import OnceCache
+
         self.extractor = extractor
-        self._memo: dict[int, tuple[Any, tuple[Any, ...], dict[str, Any]]] = {}
+        # value (clip, features): the clip held there means no other array can take its id while it is cached
+        self._cache: OnceCache[tuple[Any, dict[str, Any]]] = OnceCache(clips)
         self._kwargs: dict[str, Any] | None = None  # what the processor passes: learned from its first call
-        self.extracted = 0
+
+    @property
+    def extracted(self) -> int:
+        """How many clips' features this has extracted."""
+        return self._cache.misses
 
     def __getattr__(self, name: str) -> Any:  # sampling_rate, feature_size, ...: the extractor's
         if name == "extractor":  # not set yet (copy, unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.extractor, name)
 
+    def _features(self, clip: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        key = (id(clip), tuple(sorted(kwargs.items())))
+        return self._cache.get(key, lambda: (clip, dict(self.extractor(clip, **kwargs))))[1]
+
     def __call__(self, audio: Any, **kwargs: Any) -> Any:
+        from transformers.feature_extraction_utils import BatchFeature
+
         clips = [audio] if isinstance(audio, np.ndarray) else list(audio)
         if len(clips) != 1:
             return self.extractor(audio, **kwargs)
         self._kwargs = dict(kwargs)
-        args = tuple(sorted(kwargs.items()))
-        hit = self._memo.get(id(clips[0]))
-        # the clip itself is held in the memo, so its id cannot be reused by another array while it is there
-        if hit is None or hit[0] is not clips[0] or hit[1] != args:
-            self.extracted += 1
-            hit = (clips[0], args, dict(self.extractor(audio, **kwargs)))
-            self._memo[id(clips[0])] = hit
         # a fresh BatchFeature each time: the processor pops and renames its keys
-        return _batch_feature(hit[2])
+        return BatchFeature(dict(self._features(clips[0], kwargs)))
 
     def prefill(self, clips: list[Any], workers: int) -> int:
         """Extract the features of every clip not yet remembered, ``workers`` at a time (threads: the log-mel is
@@ -123,31 +133,22 @@ class ClipFeatures:
 
         if self._kwargs is None:
             raise RuntimeError("ClipFeatures.prefill: no call through the processor yet, so its arguments are unknown")
-        kwargs, args = self._kwargs, tuple(sorted(self._kwargs.items()))
-        todo = list({id(c): c for c in clips if id(c) not in self._memo}.values())
-        threads = torch.get_num_threads()
+        kwargs, before, threads = self._kwargs, self.extracted, torch.get_num_threads()
         if workers > 1:  # one intra-op thread per worker: N workers x N torch threads would oversubscribe the cores
             torch.set_num_threads(1)
         try:
             with ThreadPoolExecutor(max(1, workers)) as pool:
-                for clip, data in zip(todo, pool.map(lambda c: dict(self.extractor(c, **kwargs)), todo)):
-                    self._memo[id(clip)] = (clip, args, data)
+                list(pool.map(lambda clip: self._features(clip, kwargs), clips))
         finally:
             torch.set_num_threads(threads)
-        self.extracted += len(todo)
-        return len(todo)
+        return self.extracted - before
 
 
-def _batch_feature(data: dict[str, Any]) -> Any:
-    from transformers.feature_extraction_utils import BatchFeature
-
-    return BatchFeature(dict(data))
-
-
-def remember_clip_features(processor: Any) -> ClipFeatures:
-    """Give ``processor`` a feature extractor that extracts each clip once (see ClipFeatures); returns it."""
+def remember_clip_features(processor: Any, clips: int) -> ClipFeatures:
+    """Give ``processor`` a feature extractor that extracts each of up to ``clips`` clips once (see ClipFeatures);
+    returns it (the one already there, if the processor has one)."""
     if not isinstance(processor.feature_extractor, ClipFeatures):
-        processor.feature_extractor = ClipFeatures(processor.feature_extractor)
+        processor.feature_extractor = ClipFeatures(processor.feature_extractor, clips)
     return processor.feature_extractor
 
 
@@ -331,7 +332,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     src, out = Path(args.model), Path(args.out)
     processor = AutoProcessor.from_pretrained(src)
-    features = remember_clip_features(processor)
     model = Qwen2AudioForConditionalGeneration.from_pretrained(src, dtype=torch.float32).to(device)
     model.train()
     if not args.train_audio:
@@ -340,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     n_train = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     rows = load_rows(args.data, args.limit)
+    features = remember_clip_features(processor, len(rows))  # the code-word copies share their rows' clips
     if not 0.0 <= args.listen_share <= 1.0:
         parser.error(f"--listen-share must be within [0, 1], got {args.listen_share}")
     n_code = round(args.listen_share * args.batch_size)
