@@ -18,9 +18,10 @@ DATA=$(espeak-ng --version | sed -n 's/.*Data at: *//p')
 rm -rf "$DEST"; mkdir -p "$DEST/real" "$DEST/lib" "$DEST/bin"
 cp "$BIN" "$DEST/real/espeak-ng"
 # every library the loader resolves, by its real file under its soname (ldd: "name => path (addr)" or "/path (addr)")
-ldd "$BIN" | awk '/=>/ && $3 ~ /^\// {print $1, $3} !/=>/ && $1 ~ /^\// {print $1, $1}' |
+LIBS=$(ldd "$BIN")
+awk '/=>/ && $3 ~ /^\// {print $1, $3} !/=>/ && $1 ~ /^\// {print $1, $1}' <<< "$LIBS" |
   while read -r name path; do cp -L "$path" "$DEST/lib/$(basename "$name")"; done
-LOADER=$(ldd "$BIN" | awk '!/=>/ && $1 ~ /^\// {print $1}')
+LOADER=$(awk '!/=>/ && $1 ~ /^\// {print $1}' <<< "$LIBS")
 [ -f "$DEST/lib/$(basename "$LOADER")" ] || { echo "no dynamic loader in ldd's output" >&2; exit 1; }
 cp -r "$DATA" "$DEST/espeak-ng-data"
 cat > "$DEST/bin/espeak-ng" <<EOF
