@@ -157,6 +157,9 @@ def test_music_and_speech_report_why_they_cannot_run(monkeypatch, tmp_path):
     ({"clip_seconds": 1.0}, "--clip-seconds must be at least 2.0"),
     ({"choices": "1"}, "--choices must be 'task', 'all' or a number >= 2, got '1'"),
     ({"choices": "most"}, "--choices must be 'task', 'all' or a number >= 2, got 'most'"),
+    ({"tasks": "beep_count:0"}, "--tasks 'beep_count:0': a weight must be a whole number from 1 to 16, got '0'"),
+    ({"tasks": "beep_count:two"}, "--tasks 'beep_count:two': a weight must be a whole number from 1 to 16"),
+    ({"tasks": "beep_count:2,sound"}, "--tasks gives 'beep_count' two weights \\(2 and 1 in 'sound'\\)"),
 ])  # fmt: skip
 def test_bad_options_are_refused_with_the_option_named(options, message):
     with pytest.raises(BuildError, match=message):
@@ -176,6 +179,28 @@ def test_choices_all_lists_every_option_with_answer_and_position_balanced():
         assert len(positions) == len(answers) == len(options), (task, positions, answers)
         assert max(positions.values()) - min(positions.values()) <= 1, (task, positions)
         assert max(answers.values()) - min(answers.values()) <= 1, (task, answers)
+
+
+def test_a_task_weight_sets_its_share_of_rows_and_keeps_labels_and_positions_balanced():
+    rows = generate(size=240, seed=4, tasks="beep_count:2,pitch_order", choices="all")
+    tasks = Counter(r["extra_info"]["sub_category"] for r in rows)
+    assert tasks == {"beep_count": 160, "pitch_order": 80}
+    for task in tasks:
+        task_rows = [r for r in rows if r["extra_info"]["sub_category"] == task]
+        answers = Counter(r["answer"] for r in task_rows)
+        positions = Counter(r["choices"].index(r["answer"]) for r in task_rows)
+        assert len(answers) == len(positions) == len(TASKS[task].options), (task, answers, positions)
+        assert max(answers.values()) - min(answers.values()) <= 1, (task, answers)
+        assert max(positions.values()) - min(positions.values()) <= 1, (task, positions)
+
+
+def test_weight_one_is_the_unweighted_plan_row_for_row():
+    plain = synthetic.Plan(4, synthetic.task_cycle("sound"), 4.0, "train")
+    assert [plain.ordinal(i) for i in range(40)] == [i // 4 for i in range(40)]  # k = i // len(tasks), as before weights
+    assert generate(size=8, seed=4, tasks="beep_count:1,pitch_order") == generate(size=8, seed=4,
+                                                                                   tasks="beep_count,pitch_order")
+    assert synthetic.task_cycle("music:2,beep_count") == ("beep_count", "instrument", "instrument", "chord_quality",
+                                                         "chord_quality")
 
 
 def test_a_choice_count_is_capped_at_each_tasks_options_and_the_default_is_the_tasks_own():

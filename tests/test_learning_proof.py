@@ -8,11 +8,13 @@ import os
 import struct
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from r1aqa_plugin.data import read_parquet
 from r1aqa_plugin.models.qwen2_audio import whisper_init as wi
 
 REPO = Path(__file__).resolve().parents[1]
@@ -320,6 +322,23 @@ def test_run_sh_grpo_keeps_the_reference_on_the_gpu_unless_told_not_to(tmp_path,
     assert proc.returncode == 0, proc.stdout + proc.stderr
     call = (tmp_path / "calls").read_text()
     assert call.startswith(f"REF={seen} -m verl.trainer.main_ppo +recipe=r1aqa_learning_proof"), call
+
+
+def test_run_sh_grpo_trains_on_train_mix_with_each_tasks_weight_as_its_share(tmp_path):
+    # TRAIN_MIX gives one task a larger share of GRPO's prompts; the data build is real, main_ppo a stub
+    stub = tmp_path / "py"
+    stub.write_text(f'#!/usr/bin/env bash\nif [ "$1 $2" = "-m r1aqa_plugin.cli" ]; then exec {sys.executable} "$@"; fi\n'
+                    'echo "$*" >> "$CALLS"\n')
+    stub.chmod(0o755)
+    work = tmp_path / "w"
+    env = {**os.environ, "WORK": str(work), "OUT": str(tmp_path / "o"), "PY": str(stub), "CALLS": str(tmp_path / "calls"),
+           "TASKS": "beep_count,pitch_order", "TRAIN_TASKS": "beep_count,pitch_order",
+           "TRAIN_MIX": "beep_count:3,pitch_order", "TRAIN_SIZE": "8", "EVAL_BACKEND": "hf"}
+    proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "grpo"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    train = work / "train-beep_countx3+pitch_order.parquet"
+    assert f"data.train_files={train} " in (tmp_path / "calls").read_text()
+    assert Counter(r["extra_info"]["sub_category"] for r in read_parquet(train)) == {"beep_count": 6, "pitch_order": 2}
 
 
 _SAVE_DTENSOR_CKPT = """

@@ -19,6 +19,8 @@
 #   TRAIN_TASKS=beep_count,instrument (GRPO's training tasks, the ones the listening warm-up teaches the model to
 #   hear; validation and tests keep every task of TASKS, so the tasks an arm does not train on are its control;
 #   chord quality as a third was not learned, not even in code words, eighth GPU session)
+#   TRAIN_MIX=$TRAIN_TASKS (the GRPO training parquet's --tasks: the same tasks, each with an optional :WEIGHT, its
+#   share of the prompts; beep_count:2,instrument,spoken_language gives beep count half of each step's prompts)
 #   CHOICES=all (synthetic-aqa --choices: every option listed in every question, so any answer given without
 #   hearing scores chance on the balanced labels, and a random target among the listed choices cannot lean to the
 #   answer; CHOICES=task lists 4 of beep count's 5 counts and 4 of the 6 instruments, as up to 2026-11-29)
@@ -47,6 +49,7 @@ P=${PREP:-$W}; mkdir -p "$P"
 PY=${PY:-python3}
 R1AQA="$PY -m r1aqa_plugin.cli"
 TASKS=${TASKS:-sound,music}; TRAIN_TASKS=${TRAIN_TASKS:-beep_count,instrument}; SEED=${SEED:-0}
+TRAIN_MIX=${TRAIN_MIX:-$TRAIN_TASKS}
 CHOICES=${CHOICES:-all}
 TRAIN_SIZE=${TRAIN_SIZE:-2048}; VAL_SIZE=${VAL_SIZE:-240}; TEST_SIZE=${TEST_SIZE:-480}
 WARMUP_STEPS=${WARMUP_STEPS:-300}; WARMUP_BS=${WARMUP_BS:-16}; WARMUP_LR=${WARMUP_LR:-3e-4}
@@ -128,10 +131,10 @@ before() {
     "${EVAL_ARGS[@]}" --out "$P/eval-codes" && cp "$P/eval-codes/report.md" "$LOGS/eval-codes-report.md"
 }
 
-train_file() {  # the GRPO training parquet: prep's, or (TRAIN_TASKS != TASKS) the same size and seed on those tasks
-  if [ "$TRAIN_TASKS" = "$TASKS" ]; then echo "$P/train.parquet"; return 0; fi
-  local f="$W/train-${TRAIN_TASKS//,/+}.parquet"
-  [ -f "$f" ] || timed data_train_arm build_data "$TRAIN_TASKS" \
+train_file() {  # the GRPO training parquet: prep's, or (TRAIN_MIX != TASKS) the same size and seed on that mix
+  if [ "$TRAIN_MIX" = "$TASKS" ]; then echo "$P/train.parquet"; return 0; fi
+  local mix=${TRAIN_MIX//,/+}; local f="$W/train-${mix//:/x}.parquet"
+  [ -f "$f" ] || timed data_train_arm build_data "$TRAIN_MIX" \
     --size "$TRAIN_SIZE" --seed $((SEED + 101)) --split train --out "$f" >&2 || return 1
   echo "$f"
 }

@@ -1,9 +1,11 @@
 """``synthetic-aqa``: audio multiple-choice questions generated offline, answerable only by listening.
 
 Every row is a pure function of (seed, row number, task list, clip length): row ``i`` asks task
-``tasks[i % len(tasks)]``; that task's ``k``-th row (``k = i // len(tasks)``) takes its label (the correct
-option) and the answer's position among the choices from per-block shuffles, so both are balanced to within
-one per task; everything else comes from a generator seeded with ``(seed, i)``. Rows are therefore identical
+``cycle[i % len(cycle)]``, where the cycle lists the chosen tasks in registry order, each as many times as its
+weight (``--tasks beep_count:2,instrument``; weight 1 by default, so the cycle is the task list); that task's
+``k``-th row takes its label (the correct option) and the answer's position among the choices from per-block
+shuffles, so both are balanced to within one per task; everything else comes from a generator seeded with
+``(seed, i)``. Rows are therefore identical
 whatever the worker count, ``--limit`` or the machine, and a family that cannot run here (no espeak-ng, no
 soundfont) only removes its own rows, each counted in the report.
 
@@ -32,27 +34,44 @@ from r1aqa_plugin.data.synthetic.tasks import FAMILIES, TASKS, Task, ordered_tas
 GENERATOR_VERSION = "1"  # bump when a renderer changes what a given seed produces
 MAX_SIZE = 50_000
 MIN_CLIP_SECONDS = 2.0
+MAX_WEIGHT = 16
 EVERY_OPTION = sys.maxsize  # --choices all: more than any task has, so Plan.n_choices caps it at the task's options
 UNAVAILABLE = {"sound": lambda: None, "music": music.unavailable_reason, "speech": speech.unavailable_reason}
 
 
-def select_tasks(spec: str | Sequence[str]) -> list[Task]:
-    """Resolve ``all`` / family names / task names (comma-separated or a list) to tasks, in registry order."""
-    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    chosen: set[str] = set()
-    for name in names:
+def task_cycle(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """Task names in registry order, each repeated by its weight (``name:weight``; a family's weight is each task's)."""
+    weights: dict[str, int] = {}
+    for item in [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]:
+        name, _, weight_text = item.partition(":")
+        name = name.strip()
+        weight = _parse_weight(item, weight_text) if weight_text else 1
         if name == "all":
-            chosen.update(TASKS)
+            names = list(TASKS)
         elif name in FAMILIES:
-            chosen.update(t.name for t in TASKS.values() if t.family == name)
+            names = [t.name for t in TASKS.values() if t.family == name]
         elif name in TASKS:
-            chosen.add(name)
+            names = [name]
         else:
             known = ", ".join(t.name for t in ordered_tasks())
             raise BuildError(f"unknown synthetic task {name!r}; use all, {', '.join(FAMILIES)} or one of {known}")
-    if not chosen:
+        for n in names:
+            if weights.get(n, weight) != weight:
+                raise BuildError(f"--tasks gives {n!r} two weights ({weights[n]} and {weight} in {item!r})")
+            weights[n] = weight
+    if not weights:
         raise BuildError("no synthetic task selected (--tasks is empty)")
-    return [t for t in ordered_tasks() if t.name in chosen]
+    return tuple(n for t in ordered_tasks() if t.name in weights for n in [t.name] * weights[t.name])
+
+
+def _parse_weight(item: str, text: str) -> int:
+    try:
+        weight = int(text)
+    except ValueError:
+        weight = 0
+    if not 1 <= weight <= MAX_WEIGHT:
+        raise BuildError(f"--tasks {item!r}: a weight must be a whole number from 1 to {MAX_WEIGHT}, got {text!r}")
+    return weight
 
 
 def parse_choices(value: str | int | None) -> int | None:
@@ -81,7 +100,7 @@ class Plan:
     """Everything that decides the rows (picklable, for worker processes)."""
 
     seed: int
-    task_names: tuple[str, ...]
+    task_names: tuple[str, ...]  # the cycle: registry order, each task repeated by its weight
     clip_seconds: float
     split: str
     choices: int | None = None  # choices listed per row: None = each task's own n_choices, else capped at its options
@@ -89,6 +108,12 @@ class Plan:
     def task_of(self, i: int) -> Task:
         """The task row ``i`` asks."""
         return TASKS[self.task_names[i % len(self.task_names)]]
+
+    def ordinal(self, i: int) -> int:
+        """How many rows before row ``i`` ask its task: the ``k`` that balances labels and positions per task."""
+        cycle, at = self.task_names, i % len(self.task_names)
+        name = cycle[at]
+        return (i // len(cycle)) * cycle.count(name) + cycle[:at].count(name)
 
     def n_choices(self, task: Task) -> int:
         """How many choices this plan lists for ``task``."""
@@ -100,7 +125,7 @@ def make_row(plan: Plan, i: int) -> dict[str, Any]:
     task = plan.task_of(i)
     # keyed by the task's place among all tasks, not in --tasks: its label/position sequence is its own
     t = [x.name for x in ordered_tasks()].index(task.name)
-    k = i // len(plan.task_names)
+    k = plan.ordinal(i)
     label = _block_pick(plan.seed, t, 0, k, len(task.options))
     n_choices = plan.n_choices(task)
     position = _block_pick(plan.seed, t, 1, k, n_choices)
@@ -149,7 +174,8 @@ TASK_HELP = "; ".join(f"{t.family}/{t.name}: {t.description}" for t in ordered_t
     arguments=(
         arg("--size", type=int, help=f"number of rows to generate (at most {MAX_SIZE})"),
         arg("--seed", type=int, help="generator seed; the same seed gives the same rows"),
-        arg("--tasks", help=f"comma-separated: all, a family ({', '.join(FAMILIES)}) or task names. {TASK_HELP}"),
+        arg("--tasks", help=f"comma-separated: all, a family ({', '.join(FAMILIES)}) or task names, each with an "
+            f"optional :WEIGHT (1-{MAX_WEIGHT}; beep_count:2,instrument gives beep count two rows in three). {TASK_HELP}"),
         arg("--clip-seconds", type=float, help=f"seconds per clip (at least {MIN_CLIP_SECONDS}; R1-AQA-shaped: 10)"),
         arg("--split", help="split name stored in extra_info"),
         arg("--workers", type=int, help="processes rendering rows (output is identical for any value)"),
@@ -174,9 +200,9 @@ def build_synthetic(
         raise BuildError(f"--size must be between 1 and {MAX_SIZE}, got {size}")
     if clip_seconds < MIN_CLIP_SECONDS:
         raise BuildError(f"--clip-seconds must be at least {MIN_CLIP_SECONDS}, got {clip_seconds}")
-    selected = select_tasks(tasks)
-    plan = Plan(seed, tuple(t.name for t in selected), float(clip_seconds), split, parse_choices(choices))
-    reasons = {family: UNAVAILABLE[family]() for family in {t.family for t in selected}}
+    cycle = task_cycle(tasks)
+    plan = Plan(seed, cycle, float(clip_seconds), split, parse_choices(choices))
+    reasons = {family: UNAVAILABLE[family]() for family in {TASKS[n].family for n in cycle}}
     for family, reason in sorted(reasons.items()):
         if reason:
             report.note(f"{family} tasks skipped: {reason}")
