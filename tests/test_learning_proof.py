@@ -515,6 +515,19 @@ def test_warmup_targets_random_choices_or_the_answer():
         warmup.pick_targets(rows, "both", rng)
 
 
+def test_warmup_lean_sends_its_share_of_random_targets_to_the_first_choice_and_lean_0_draws_as_before():
+    warmup = _example("warmup")
+    rows = [{"choices": ["two", "one", "three"], "answer": "two"}] * 3000
+    plain = warmup.pick_targets(rows, "random", np.random.default_rng(5))
+    assert warmup.pick_targets(rows, "random", np.random.default_rng(5), lean=0.0) == plain
+    old_way = np.random.default_rng(5)  # the draw of the runs before the lean existed
+    assert plain == [f"<answer>{r['choices'][old_way.integers(3)]}</answer>" for r in rows]
+    leaned = warmup.pick_targets(rows, "random", np.random.default_rng(5), lean=0.4)
+    share = {c: leaned.count(f"<answer>{c}</answer>") / len(rows) for c in rows[0]["choices"]}
+    # "one" is the alphabetically first: 0.4 + 0.6 / 3 = 0.6; the others 0.2 each (binomial sd ~0.009)
+    assert abs(share["one"] - 0.6) < 0.04 and abs(share["two"] - 0.2) < 0.04 and abs(share["three"] - 0.2) < 0.04
+
+
 def test_run_sh_probe_needs_the_warmed_model(tmp_path):
     proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "probe"], capture_output=True, text=True,
                           env={**os.environ, "WORK": str(tmp_path / "w"), "OUT": str(tmp_path / "o")})
@@ -560,6 +573,9 @@ def test_run_sh_warm_shows_code_words_of_the_training_tasks_and_keeps_every_task
     assert all("--strict" in c for c in calls if " data build " in c)
     # random targets among choices drawn apart from the answer (warmup.py's default), in both warm-ups
     assert not [c for c in calls if "warmup.py" in c and "--own-choices" in c]
+    # no lean unless LEAN is set (the runs up to the eleventh), in both warm-ups
+    assert [c for c in calls if "warmup.py" in c and " --lean 0 " in c + " "] == [c for c in calls if "warmup.py" in c]
+    assert len([c for c in calls if "warmup.py" in c]) == 2
 
 
 def test_linear_probe_labels_order_tasks_by_the_audio_and_fits_separable_data():

@@ -239,12 +239,22 @@ def decouple_choices(rows: list[dict[str, Any]], rng: Any) -> tuple[list[dict[st
     return out, kept
 
 
-def pick_targets(rows: list[dict[str, Any]], mode: str, rng: Any) -> list[str]:
-    """Each row's target: a fresh uniform choice ("random", the warm-up) or its answer ("correct", the probe)."""
+def pick_targets(rows: list[dict[str, Any]], mode: str, rng: Any, lean: float = 0.0) -> list[str]:
+    """Each row's target: a fresh uniform choice ("random", the warm-up) or its answer ("correct", the probe).
+
+    ``lean``: the share of random targets that go to the alphabetically first listed choice instead. Why: a model
+    that does not hear has a near-uniform answer, and greedy decoding picks its largest tiny logit. After a long
+    listening warm-up those tiny differences follow the audio in arbitrary ways: the eleventh GPU run's start
+    scored 0.0% and 12.5% on beep count (chance 20%) with the audio, 20.0% silenced. The lean is one fixed,
+    audio-independent preference, larger than those differences, so greedy answers one choice whatever the audio,
+    and every listed option, the answer among them, stays a possible sample for GRPO.
+    """
     if mode == "correct":
         return [ANSWER.format(r["answer"]) for r in rows]
     if mode == "random":
-        return [ANSWER.format(r["choices"][rng.integers(len(r["choices"]))]) for r in rows]
+        # rng.random() only when leaning: lean 0 draws exactly the targets of the runs before it
+        return [ANSWER.format(min(r["choices"]) if lean and rng.random() < lean
+                              else r["choices"][rng.integers(len(r["choices"]))]) for r in rows]
     raise ValueError(f"targets must be 'random' or 'correct', not {mode!r}")
 
 
@@ -316,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="random targets among each question's own choices (which always list the answer; "
                              "the runs up to 2026-11-29). Default: the listed choices are drawn from the task's "
                              "options independently of the answer, so a random target says nothing about the audio")
+    parser.add_argument("--lean", type=float, default=0.0,
+                        help="share of random targets given to the alphabetically first listed choice: one fixed, "
+                             "audio-independent preference, so a model that does not hear answers one choice "
+                             "greedily whatever the audio (pick_targets; docs/learning.md, eleventh run)")
     parser.add_argument("--feature-workers", type=int, default=min(16, len(os.sched_getaffinity(0))),
                         help="threads extracting every clip's log-mel features before the first step "
                              "(default: this process's cores, at most 16)")
@@ -343,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     features = remember_clip_features(processor, len(rows))  # the code-word copies share their rows' clips
     if not 0.0 <= args.listen_share <= 1.0:
         parser.error(f"--listen-share must be within [0, 1], got {args.listen_share}")
+    if not 0.0 <= args.lean < 1.0:
+        parser.error(f"--lean must be within [0, 1), got {args.lean}")
     n_code = round(args.listen_share * args.batch_size)
     coded = code_rows(rows, args.data) if n_code else []
     code_tasks = {t for t in args.code_tasks.split(",") if t}
@@ -361,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.steps} steps x {args.batch_size} ({n_code} code-word rows with correct codes"
           f"{' of ' + args.code_tasks if code_tasks else ''}), lr {args.lr}, "
           f"{args.targets} targets"
-          f"{' among choices drawn apart from the answer' if named is not rows else ''}", flush=True)
+          f"{' among choices drawn apart from the answer' if named is not rows else ''}"
+          f"{f', {args.lean:.0%} of them the alphabetically first choice' if args.lean else ''}", flush=True)
 
     log = (out.parent / (out.name + "_warmup_log.jsonl"))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -377,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             code_idx, name_idx = next(batches)
             batch_rows = [coded[i] for i in code_idx] + [named[i] for i in name_idx]
             targets = (pick_targets(batch_rows[:n_code], "correct", rng)
-                       + pick_targets(batch_rows[n_code:], args.targets, rng))
+                       + pick_targets(batch_rows[n_code:], args.targets, rng, args.lean))
             batch = {k: v.to(device) for k, v in encode_batch(processor, batch_rows, targets, args.prompt).items()}
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, args.steps, args.lr, args.warmup_steps)
