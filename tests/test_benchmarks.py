@@ -244,6 +244,16 @@ def test_lp2b_is_an_independent_replicate_of_lp2_beside_it(tmp_path: Path, env_b
                             *[f"lp lp-a-s1 {p} gpu=1 seed=1 env={b}" for p in ("grpo", "after")]])
 
 
+def test_lp2b_env_b_gives_its_own_arm_overrides_and_steps(tmp_path: Path) -> None:
+    # the twelfth run's shape: seed 1 alone gets a cosine learning rate over 50 steps (docs/learning.md "Next")
+    stubs = ('lp() { echo "lp $LP_ARM $* steps=${STEPS:-} extra=${LP_EXTRA:+${LP_EXTRA#"$LP_SHARE"}}" >> "$S/calls"; }\n'
+             'logprob_bench() { :; }\ndedup_small() { :; }\nfeature_transfer() { :; }\ngpu_hooks() { :; }\n')
+    env_b = "STEPS=50 LP_ARMS=lp-a:beep_count,instrument:a.lr_scheduler_type=cosine;a.min_lr_ratio=0.1"
+    calls = _queue_calls(tmp_path, "lp2,lp2b", stubs, {"ENV_B": env_b, "TRAIN_TASKS": "beep_count,instrument"})
+    assert [c for c in calls if " grpo " in c] == [
+        "lp lp-a grpo steps= extra=", "lp lp-a-s1 grpo steps=50 extra= a.lr_scheduler_type=cosine a.min_lr_ratio=0.1"]
+
+
 def test_merge_overrides_later_wins_and_keeps_plus() -> None:
     merged = gsb.merge_overrides(["a.b=1", "+c.d=x"], ["a.b=2", "c.d=y", "e=3"])
     assert merged == ["a.b=2", "+c.d=y", "e=3"]
