@@ -5,9 +5,8 @@ Every row is a pure function of (seed, row number, task list, clip length): row 
 weight (``--tasks beep_count:2,instrument``; weight 1 by default, so the cycle is the task list); that task's
 ``k``-th row takes its label (the correct option) and the answer's position among the choices from per-block
 shuffles, so both are balanced to within one per task; everything else comes from a generator seeded with
-``(seed, i)``. Rows are therefore identical
-whatever the worker count, ``--limit`` or the machine, and a family that cannot run here (no espeak-ng, no
-soundfont) only removes its own rows, each counted in the report.
+``(seed, i)``. Rows are therefore identical whatever the worker count, ``--limit`` or the machine, and a family
+that cannot run here (no espeak-ng, no soundfont) only removes its own rows, each counted in the report.
 
 Families and data_source: ``synthetic-aqa/sound`` (numpy only: beep count, pitch/duration/loudness order),
 ``synthetic-aqa/music`` (tinysoundfont: instrument, major/minor chord), ``synthetic-aqa/speech`` (espeak-ng:
@@ -100,18 +99,18 @@ class Plan:
     """Everything that decides the rows (picklable, for worker processes)."""
 
     seed: int
-    task_names: tuple[str, ...]  # the cycle: registry order, each task repeated by its weight
+    cycle: tuple[str, ...]  # task names in registry order, each repeated by its weight
     clip_seconds: float
     split: str
     choices: int | None = None  # choices listed per row: None = each task's own n_choices, else capped at its options
 
     def task_of(self, i: int) -> Task:
         """The task row ``i`` asks."""
-        return TASKS[self.task_names[i % len(self.task_names)]]
+        return TASKS[self.cycle[i % len(self.cycle)]]
 
     def ordinal(self, i: int) -> int:
         """How many rows before row ``i`` ask its task: the ``k`` that balances labels and positions per task."""
-        cycle, at = self.task_names, i % len(self.task_names)
+        cycle, at = self.cycle, i % len(self.cycle)
         name = cycle[at]
         return (i // len(cycle)) * cycle.count(name) + cycle[:at].count(name)
 
