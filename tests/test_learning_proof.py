@@ -217,6 +217,13 @@ def test_acceptance_reads_issue_8_per_family(tmp_path):
     _family_preds(after, "predictions_silenced.json", {"sound": 12, "music": 0})  # silenced music collapses to 0
     text = plot.acceptance({"before": before, "after": after})
     assert "silenced: every family within 5 points of chance: NOT met" in text and "not met.**" in text
+    # the start sampled at temperature 1 is shown beside the greedy one and decides nothing
+    sampled = tmp_path / "before-sampled"
+    _family_preds(sampled, "predictions.json", {"sound": 13, "music": 2})  # 21.7% and 3.3%
+    text = plot.acceptance({"before": before, "before-sampled": sampled, "after": after})
+    assert ("- start sampled at temperature 1 (not counted): every family within 5 points of chance: NOT met; "
+            "music 3.3 (chance 16.7), sound 21.7 (chance 20.0)") in text
+    assert "start: every family within 5 points of chance before: met" in text and "not met.**" in text  # silenced
     (after / "predictions_silenced.json").unlink()  # a missing evaluation meets nothing
     text = plot.acceptance({"after": after})
     assert "start: every family within 5 points of chance before: no evaluation" in text and "not met.**" in text
@@ -760,21 +767,48 @@ def test_warmup_listen_share_trains_code_rows_on_the_correct_code(tiny_model_dir
 def test_run_sh_plots_keeps_each_evals_per_item_answers_beside_its_report(tmp_path):
     # the per-item answers travel back with the logs (which labels the model gets right before and after)
     stub = tmp_path / "py"
-    stub.write_text("#!/usr/bin/env bash\nexit 0\n")
+    stub.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n')
     stub.chmod(0o755)
-    for d in (tmp_path / "w" / "prep" / "eval-before", tmp_path / "w" / "eval-after"):
+    prep = tmp_path / "w" / "prep"
+    for d in (prep / "eval-before", prep / "eval-before-sampled", tmp_path / "w" / "eval-after"):
         d.mkdir(parents=True)
         (d / "report.md").write_text(f"# {d.name}\n")
         (d / "predictions.json").write_text(f'[{{"id": "{d.name}"}}]')
         (d / "predictions_silenced.json").write_text(f'[{{"id": "{d.name}-silenced"}}]')
-    env = {**os.environ, "WORK": str(tmp_path / "w"), "PREP": str(tmp_path / "w" / "prep"), "OUT": str(tmp_path / "o"),
-           "PY": str(stub)}
+    env = {**os.environ, "WORK": str(tmp_path / "w"), "PREP": str(prep), "OUT": str(tmp_path / "o"),
+           "PY": str(stub), "CALLS": str(tmp_path / "calls")}
     subprocess.run(["bash", str(EXAMPLE / "run.sh"), "plots"], capture_output=True, text=True, env=env)
-    for e in ("before", "after"):
+    for e in ("before", "before-sampled", "after"):
         assert (tmp_path / "o" / f"eval-{e}-report.md").read_text() == f"# eval-{e}\n"
         assert json.loads((tmp_path / "o" / f"eval-{e}-predictions.json").read_text()) == [{"id": f"eval-{e}"}]
         silenced = tmp_path / "o" / f"eval-{e}-predictions_silenced.json"
         assert json.loads(silenced.read_text()) == [{"id": f"eval-{e}-silenced"}]
+    # each evaluation reaches plot.py under its own label (the sampled start is shown beside the greedy one)
+    plot_call = next(c for c in (tmp_path / "calls").read_text().splitlines() if "plot.py" in c)
+    assert (f"--eval before={prep}/eval-before --eval before-sampled={prep}/eval-before-sampled "
+            f"--eval after={tmp_path}/w/eval-after") in plot_call
+
+
+def test_run_sh_before_samples_the_start_at_temperature_1_beside_the_greedy_eval(tmp_path):
+    stub = tmp_path / "py"
+    stub.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n'
+                    'out=; while [ $# -gt 0 ]; do [ "$1" = --out ] && out=$2; shift; done\n'
+                    '[ -n "$out" ] && mkdir -p "$out" && echo "# $(basename "$out")" > "$out/report.md"; exit 0\n')
+    stub.chmod(0o755)
+    warm = tmp_path / "w" / "small-warm"
+    warm.mkdir(parents=True)
+    (warm / "model.safetensors").write_bytes(b"")
+    env = {**os.environ, "WORK": str(tmp_path / "w"), "OUT": str(tmp_path / "o"), "PY": str(stub),
+           "CALLS": str(tmp_path / "calls"), "EVAL_BACKEND": "vllm", "LISTEN_STEPS": "0"}
+    env.pop("PREP", None)
+    proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "before"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    evals = [c for c in (tmp_path / "calls").read_text().splitlines() if " eval " in c]
+    greedy, sampled = evals
+    assert "--silence-audio --shuffle-choices 1" in greedy and "--temperature" not in greedy
+    assert "--temperature 1.0" in sampled and "--silence-audio" not in sampled and "--shuffle-choices" not in sampled
+    assert sampled.endswith(f"--out {tmp_path}/w/eval-before-sampled")
+    assert (tmp_path / "o" / "eval-before-sampled-report.md").read_text() == "# eval-before-sampled\n"
 
 
 def test_warmup_decoupled_choices_make_a_random_target_independent_of_the_answer():

@@ -237,6 +237,11 @@ def acceptance(evals: dict[str, Path]) -> str:
               ("silenced: every family within 5 points of chance", near(silenced))]
     lines.append("")
     lines += [f"- {name}: {'no evaluation' if ok is None else 'met' if ok else 'NOT met'}" for name, ok in checks]
+    sampled = fam.get(("before-sampled", "normal"))
+    if sampled:  # shown beside the greedy start, not counted: the start the issue names is the evaluation's, greedy
+        each = ", ".join(f"{k} {100 * f['acc']:.1f} (chance {100 * f['chance']:.1f})" for k, f in sampled.items())
+        lines.append(f"- start sampled at temperature 1 (not counted): every family within 5 points of chance: "
+                     f"{'met' if near(sampled) else 'NOT met'}; {each}")
     verdict = all(ok is True for _, ok in checks)  # a missing evaluation (before, silenced) meets nothing
     lines += ["", f"**Acceptance: {'met' if verdict else 'not met'}.** {ACCEPTANCE_RULES}"]
     return "\n".join(lines)
