@@ -75,6 +75,11 @@ def test_generation_options_without_a_model_are_refused_before_anything_loads(tm
     with pytest.raises(SystemExit, match="need generation"):
         main(["eval", "--predictions", str(FIXTURES / "mmau_predictions.json"), "--out", str(tmp_path),
               "--silence-audio"])
+    with pytest.raises(SystemExit, match="need generation"):
+        main(["eval", "--predictions", str(FIXTURES / "mmau_predictions.json"), "--out", str(tmp_path),
+              "--sample-probe", "1"])
+    with pytest.raises(SystemExit, match="--sample-probe 0.0 must be a temperature > 0"):
+        main(["eval", "--model", "m", "--data", "x.parquet", "--out", str(tmp_path), "--sample-probe", "0"])
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +99,14 @@ def test_eval_generates_with_the_hf_backend_on_the_tiny_model_and_runs_both_prob
     out = tmp_path / "hf"
     assert main(["eval", "--model", str(tiny_model_dir), "--data", str(synthetic_parquet), "--out", str(out),
                  "--backend", "hf", "--batch-size", "3", "--max-new-tokens", "6", "--shuffle-choices", "1",
-                 "--silence-audio"]) == 0
+                 "--silence-audio", "--sample-probe", "1.0"]) == 0
     items = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
     assert len(items) == 4 and all(isinstance(i["model_output"], str) and i["model_output_raw"] for i in items)
     report = (out / "report.md").read_text(encoding="utf-8")
     for heading in ("## Overall", "### Per task", "### Per difficulty", "### Per sub-category",
                     "## Shuffled choices (1 permutation(s))", "## Silenced audio", "- backend: hf", "- prompt: r1aqa",
-                    "greedy, max_new_tokens=6", "MMAU version: not MMAU data"):
+                    "greedy, max_new_tokens=6", "MMAU version: not MMAU data",
+                    "## Sampled (sampling T=1.0 top_p=1.0 seed=0, max_new_tokens=6)", "| mode | as evaluated | sampled |"):
         assert heading in report
     shuffled = json.loads((out / "predictions_shuffled_1.json").read_text(encoding="utf-8"))
     assert [sorted(a["choices"]) for a in shuffled] == [sorted(b["choices"]) for b in items]
@@ -111,6 +117,10 @@ def test_eval_generates_with_the_hf_backend_on_the_tiny_model_and_runs_both_prob
     assert _raw_outputs(again) == _raw_outputs(out)
     # Silence must reach the model: zeros change at least one greedy answer of a random model.
     assert _raw_outputs(out, "predictions_silenced.json") != _raw_outputs(out)
+    # The sample probe samples (a random model's answers at temperature 1 differ from its greedy ones) and
+    # leaves the greedy run as it was.
+    assert _raw_outputs(out, "predictions_sampled.json") != _raw_outputs(out)
+    assert len(_raw_outputs(out, "predictions_sampled.json")) == len(items)
 
 
 @pytest.mark.integration
@@ -124,11 +134,13 @@ def test_eval_generates_with_vllms_cpu_build_and_agrees_with_hf_greedy_outputs(t
     done = subprocess.run(
         [sys.executable, "-m", "r1aqa_plugin.eval.cli", "--model", str(tiny_model_dir), "--data",
          str(synthetic_parquet), "--out", str(out), "--backend", "vllm", "--dtype", "bfloat16",
-         "--max-new-tokens", "6"],
+         "--max-new-tokens", "6", "--sample-probe", "1.0"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    assert "## Overall" in done.stdout
+    assert "## Overall" in done.stdout and "## Sampled (sampling T=1.0" in done.stdout
+    # the probe's call samples; the engine's own greedy setting is untouched (checked against hf below)
+    assert _raw_outputs(out, "predictions_sampled.json") != _raw_outputs(out)
     hf = tmp_path / "hf"
     main(["eval", "--model", str(tiny_model_dir), "--data", str(synthetic_parquet), "--out", str(hf),
           "--backend", "hf", "--max-new-tokens", "6"])

@@ -218,9 +218,8 @@ def test_acceptance_reads_issue_8_per_family(tmp_path):
     text = plot.acceptance({"before": before, "after": after})
     assert "silenced: every family within 5 points of chance: NOT met" in text and "not met.**" in text
     # the start sampled at temperature 1 is shown beside the greedy one and decides nothing
-    sampled = tmp_path / "before-sampled"
-    _family_preds(sampled, "predictions.json", {"sound": 13, "music": 2})  # 21.7% and 3.3%
-    text = plot.acceptance({"before": before, "before-sampled": sampled, "after": after})
+    _family_preds(before, "predictions_sampled.json", {"sound": 13, "music": 2})  # 21.7% and 3.3%
+    text = plot.acceptance({"before": before, "after": after})
     assert ("- start sampled at temperature 1 (not counted): every family within 5 points of chance: NOT met; "
             "music 3.3 (chance 16.7), sound 21.7 (chance 20.0)") in text
     assert "start: every family within 5 points of chance before: met" in text and "not met.**" in text  # silenced
@@ -770,26 +769,25 @@ def test_run_sh_plots_keeps_each_evals_per_item_answers_beside_its_report(tmp_pa
     stub.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n')
     stub.chmod(0o755)
     prep = tmp_path / "w" / "prep"
-    for d in (prep / "eval-before", prep / "eval-before-sampled", tmp_path / "w" / "eval-after"):
+    for d in (prep / "eval-before", tmp_path / "w" / "eval-after"):
         d.mkdir(parents=True)
         (d / "report.md").write_text(f"# {d.name}\n")
-        (d / "predictions.json").write_text(f'[{{"id": "{d.name}"}}]')
-        (d / "predictions_silenced.json").write_text(f'[{{"id": "{d.name}-silenced"}}]')
+        for mode in ("", "_silenced", "_sampled"):
+            (d / f"predictions{mode}.json").write_text(f'[{{"id": "{d.name}{mode}"}}]')
     env = {**os.environ, "WORK": str(tmp_path / "w"), "PREP": str(prep), "OUT": str(tmp_path / "o"),
            "PY": str(stub), "CALLS": str(tmp_path / "calls")}
     subprocess.run(["bash", str(EXAMPLE / "run.sh"), "plots"], capture_output=True, text=True, env=env)
-    for e in ("before", "before-sampled", "after"):
+    for e in ("before", "after"):
         assert (tmp_path / "o" / f"eval-{e}-report.md").read_text() == f"# eval-{e}\n"
-        assert json.loads((tmp_path / "o" / f"eval-{e}-predictions.json").read_text()) == [{"id": f"eval-{e}"}]
-        silenced = tmp_path / "o" / f"eval-{e}-predictions_silenced.json"
-        assert json.loads(silenced.read_text()) == [{"id": f"eval-{e}-silenced"}]
-    # each evaluation reaches plot.py under its own label (the sampled start is shown beside the greedy one)
+        for mode in ("", "_silenced", "_sampled"):
+            kept = tmp_path / "o" / f"eval-{e}-predictions{mode}.json"
+            assert json.loads(kept.read_text()) == [{"id": f"eval-{e}{mode}"}]
     plot_call = next(c for c in (tmp_path / "calls").read_text().splitlines() if "plot.py" in c)
-    assert (f"--eval before={prep}/eval-before --eval before-sampled={prep}/eval-before-sampled "
-            f"--eval after={tmp_path}/w/eval-after") in plot_call
+    assert f"--eval before={prep}/eval-before --eval after={tmp_path}/w/eval-after" in plot_call
 
 
-def test_run_sh_before_samples_the_start_at_temperature_1_beside_the_greedy_eval(tmp_path):
+def test_run_sh_evaluations_also_sample_each_question_at_temperature_1(tmp_path):
+    # the start as GRPO samples it, beside the greedy start (eleventh GPU run: greedy below chance, sampled at chance)
     stub = tmp_path / "py"
     stub.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n'
                     'out=; while [ $# -gt 0 ]; do [ "$1" = --out ] && out=$2; shift; done\n'
@@ -803,12 +801,8 @@ def test_run_sh_before_samples_the_start_at_temperature_1_beside_the_greedy_eval
     env.pop("PREP", None)
     proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "before"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    evals = [c for c in (tmp_path / "calls").read_text().splitlines() if " eval " in c]
-    greedy, sampled = evals
-    assert "--silence-audio --shuffle-choices 1" in greedy and "--temperature" not in greedy
-    assert "--temperature 1.0" in sampled and "--silence-audio" not in sampled and "--shuffle-choices" not in sampled
-    assert sampled.endswith(f"--out {tmp_path}/w/eval-before-sampled")
-    assert (tmp_path / "o" / "eval-before-sampled-report.md").read_text() == "# eval-before-sampled\n"
+    (greedy,) = [c for c in (tmp_path / "calls").read_text().splitlines() if " eval " in c]
+    assert "--silence-audio --shuffle-choices 1 --sample-probe 1.0" in greedy and "--temperature" not in greedy
 
 
 def test_warmup_decoupled_choices_make_a_random_target_independent_of_the_answer():

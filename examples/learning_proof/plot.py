@@ -142,9 +142,11 @@ def score_predictions(items: list[dict[str, Any]]) -> dict[str, dict[str, float]
 
 
 def eval_runs(folder: Path) -> dict[str, dict[str, dict[str, float]]]:
-    """``{condition: scores}`` for predictions.json (normal), predictions_silenced.json, predictions_shuffled_K."""
+    """``{condition: scores}`` for predictions.json (normal), predictions_silenced.json, predictions_sampled.json,
+    predictions_shuffled_K."""
     runs: dict[str, dict[str, dict[str, float]]] = {}
-    files = [("normal", folder / "predictions.json"), ("silenced", folder / "predictions_silenced.json")]
+    files = [("normal", folder / "predictions.json"), ("silenced", folder / "predictions_silenced.json"),
+             ("sampled", folder / "predictions_sampled.json")]
     files += [(f"shuffled {p.stem.rsplit('_', 1)[-1]}", p) for p in sorted(folder.glob("predictions_shuffled_*.json"))]
     for name, path in files:
         if path.exists():
@@ -237,7 +239,7 @@ def acceptance(evals: dict[str, Path]) -> str:
               ("silenced: every family within 5 points of chance", near(silenced))]
     lines.append("")
     lines += [f"- {name}: {'no evaluation' if ok is None else 'met' if ok else 'NOT met'}" for name, ok in checks]
-    sampled = fam.get(("before-sampled", "normal"))
+    sampled = fam.get(("before", "sampled"))
     if sampled:  # shown beside the greedy start, not counted: the start the issue names is the evaluation's, greedy
         each = ", ".join(f"{k} {100 * f['acc']:.1f} (chance {100 * f['chance']:.1f})" for k, f in sampled.items())
         lines.append(f"- start sampled at temperature 1 (not counted): every family within 5 points of chance: "

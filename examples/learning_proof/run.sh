@@ -69,10 +69,11 @@ if [ "${NO_FLASH_ATTN:-0}" = 1 ]; then
 fi
 # vLLM for the 0.2B model needs little memory; 0.3 also starts beside a GRPO engine left over by a run cut at its
 # time limit (seen on the H200: 49 GB still held).
-EVAL_ARGS=(--max-new-tokens 20 --silence-audio --shuffle-choices 1 --mmau-version none --seed "$SEED"
+# --sample-probe 1.0: each question once more, sampled as GRPO samples. Greedy decoding of a near-uniform answer
+# picks among near-ties, which after a long listening warm-up followed the audio (eleventh run: 0.0-12.5% on beep
+# count before GRPO, chance 20%), so the start is shown sampled too
+EVAL_ARGS=(--max-new-tokens 20 --silence-audio --shuffle-choices 1 --sample-probe 1.0 --mmau-version none --seed "$SEED"
            --gpu-memory-utilization "${EVAL_GPU_MEM:-0.3}" ${EVAL_KV_GIB:+--kv-cache-gib "$EVAL_KV_GIB"})
-SAMPLED_ARGS=(--max-new-tokens 20 --temperature 1.0 --mmau-version none --seed "$SEED"
-              --gpu-memory-utilization "${EVAL_GPU_MEM:-0.3}" ${EVAL_KV_GIB:+--kv-cache-gib "$EVAL_KV_GIB"})
 BACKEND=${EVAL_BACKEND:-$($PY -c "import torch,importlib.util as u;print('vllm' if torch.cuda.is_available() and u.find_spec('vllm') else 'hf')")}
 
 timed() {  # timed NAME cmd...: run, log to $LOGS/NAME.log, append "NAME seconds rc" to $LOGS/timings.tsv
@@ -130,11 +131,6 @@ before() {
     --out "$P/eval-before" || return 1
   # kept with the logs now, not only by the plots after GRPO (a failed export lost a replicate's, thirteenth session)
   cp "$P/eval-before/report.md" "$LOGS/eval-before-report.md"
-  # the start sampled at temperature 1, as GRPO samples it: greedy decoding of a near-uniform answer picks among
-  # near-ties, which after a long listening warm-up followed the audio (eleventh run: 0.0-12.5% on beep count)
-  timed eval_before_sampled $R1AQA eval --model "$P/small-warm" --data "$P/test.parquet" --backend "$BACKEND" \
-    "${SAMPLED_ARGS[@]}" --out "$P/eval-before-sampled" \
-    && cp "$P/eval-before-sampled/report.md" "$LOGS/eval-before-sampled-report.md"
   [ "$LISTEN_STEPS" -gt 0 ] || return 0
   # did the listening warm-up teach listening? the same test clips in code words (not part of the proof's score)
   [ -f "$P/test-codes.parquet" ] || $PY "$HERE/code_words.py" "$P/test.parquet" "$P/test-codes.parquet" || return 1
@@ -185,8 +181,8 @@ after() {  # AFTER_STEP=best (default: the saved step with the best validation o
 
 plots() {
   local logs=(); for f in "$LOGS"/grpo-*.log; do [ -f "$f" ] && logs+=(--log "$f"); done
-  local evals=() e d; for e in before before-sampled after; do
-    d=$W/eval-$e; [ "$e" != after ] && d=$P/eval-$e
+  local evals=() e d; for e in before after; do
+    d=$W/eval-$e; [ "$e" = before ] && d=$P/eval-before
     [ -d "$d" ] && evals+=(--eval "$e=$d") && cp "$d/report.md" "$LOGS/eval-$e-report.md" 2>/dev/null
     # per-item answers too, of every mode (which labels a model gets right; what it answers with the audio
     # silenced, which separates an answer driven by the audio from one driven by the question's words)

@@ -49,7 +49,7 @@ class Backend(Protocol):
 
     name: str
 
-    def generate(self, requests: Sequence[Request]) -> list[str]: ...
+    def generate(self, requests: Sequence[Request], sampling: SamplingConfig | None = None) -> list[str]: ...
 
 
 def chat_prompt(processor: Any, text: str) -> str:
@@ -103,18 +103,19 @@ class HFBackend:
         self.batch_size = batch_size
         self.dtype = str(torch_dtype).removeprefix("torch.")
 
-    def generate(self, requests: Sequence[Request]) -> list[str]:
-        """Completions for ``requests``, in order."""
+    def generate(self, requests: Sequence[Request], sampling: SamplingConfig | None = None) -> list[str]:
+        """Completions for ``requests``, in order (``sampling``: this call's, else the backend's)."""
         import torch
         from tqdm import tqdm
 
-        torch.manual_seed(self.sampling.seed)
-        greedy = self.sampling.temperature == 0
-        options: dict[str, Any] = {"max_new_tokens": self.sampling.max_new_tokens, "do_sample": not greedy}
+        sampling = sampling or self.sampling
+        torch.manual_seed(sampling.seed)
+        greedy = sampling.temperature == 0
+        options: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "do_sample": not greedy}
         if greedy:  # override whatever sampling defaults the checkpoint's generation_config carries
             options.update(temperature=None, top_p=None, top_k=None)
         else:
-            options.update(temperature=self.sampling.temperature, top_p=self.sampling.top_p)
+            options.update(temperature=sampling.temperature, top_p=sampling.top_p)
         outputs: list[str] = []
         with tqdm(total=len(requests), desc="generate (hf)", unit="q") as bar:
             for start in range(0, len(requests), self.batch_size):
@@ -183,15 +184,17 @@ class VLLMBackend:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
         return kwargs
 
-    def generate(self, requests: Sequence[Request]) -> list[str]:
-        """Completions for ``requests``, in order (vLLM schedules the batching and shows its own progress bar)."""
+    def generate(self, requests: Sequence[Request], sampling: SamplingConfig | None = None) -> list[str]:
+        """Completions for ``requests``, in order (vLLM schedules the batching and shows its own progress bar;
+        ``sampling``: this call's, else the backend's)."""
         from vllm import SamplingParams
 
+        sampling = sampling or self.sampling
         params = SamplingParams(
-            temperature=self.sampling.temperature,
-            top_p=self.sampling.top_p,
-            max_tokens=self.sampling.max_new_tokens,
-            seed=self.sampling.seed,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            seed=sampling.seed,
             skip_special_tokens=True,
         )
         prompts = [

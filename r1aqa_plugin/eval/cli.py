@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also evaluate N times with each question's choices permuted (position-bias probe)")
     parser.add_argument("--silence-audio", action="store_true",
                         help="also evaluate with every clip replaced by zeros of the same length")
+    parser.add_argument("--sample-probe", type=float, default=None, metavar="T",
+                        help="also answer every question once sampled at temperature T (top-p 1, the same seed): "
+                             "the accuracy of the policy as RL samples it, beside the greedy one")
     parser.add_argument("--mmau-version", choices=MMAU_VERSIONS, default="auto",
                         help="which published numbers to draw (auto: from data_source; none: no published bars)")
 
@@ -56,8 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check(args: argparse.Namespace) -> None:
     if args.data and not args.model:
         raise SystemExit("r1aqa eval: --data needs --model (or score an existing file with --predictions)")
-    if args.predictions and (args.shuffle_choices or args.silence_audio):
-        raise SystemExit("r1aqa eval: --shuffle-choices / --silence-audio need generation (--model and --data)")
+    if args.predictions and (args.shuffle_choices or args.silence_audio or args.sample_probe is not None):
+        raise SystemExit("r1aqa eval: --shuffle-choices / --silence-audio / --sample-probe need generation "
+                         "(--model and --data)")
+    if args.sample_probe is not None and not args.sample_probe > 0:
+        raise SystemExit(f"r1aqa eval: --sample-probe {args.sample_probe} must be a temperature > 0")
     if args.shuffle_choices < 0 or args.batch_size < 1 or args.max_new_tokens < 1:
         raise SystemExit("r1aqa eval: --shuffle-choices must be >= 0, --batch-size and --max-new-tokens >= 1")
     if not 0 < args.gpu_memory_utilization <= 1:
@@ -140,8 +146,9 @@ def _generate_and_score(args: argparse.Namespace, out: Path) -> tuple[Any, Any]:
     backend = make_backend(backend_name, args.model, sampling, batch_size=args.batch_size, dtype=args.dtype,
                            gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_gib=args.kv_cache_gib)
 
-    def evaluate(label: str, run_items: list[dict[str, Any]], run_audios: list[Any]) -> EvalRun:
-        raws = backend.generate(build_requests(run_items, run_audios, args.prompt))
+    def evaluate(label: str, run_items: list[dict[str, Any]], run_audios: list[Any],
+                 run_sampling: SamplingConfig | None = None) -> EvalRun:
+        raws = backend.generate(build_requests(run_items, run_audios, args.prompt), run_sampling)
         scored = _with_outputs(run_items, raws)
         return EvalRun(label, scored, score_items(scored), position_bias(run_items, raws))
 
@@ -161,6 +168,10 @@ def _generate_and_score(args: argparse.Namespace, out: Path) -> tuple[Any, Any]:
     if args.silence_audio:
         ctx.silenced = evaluate("silenced audio", items, [silence(a) for a in audios])
         _write_json(out / "predictions_silenced.json", ctx.silenced.items)
+    if args.sample_probe is not None:
+        probe = SamplingConfig(args.sample_probe, 1.0, args.max_new_tokens, args.seed)
+        ctx.sampled = evaluate(probe.describe(), items, audios, probe)
+        _write_json(out / "predictions_sampled.json", ctx.sampled.items)
     return base, ctx
 
 

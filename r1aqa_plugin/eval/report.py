@@ -16,7 +16,7 @@ from r1aqa_plugin.eval.scoring import MODES, ModeScores, Scores, Tally, official
 
 @dataclass
 class EvalRun:
-    """One scored pass over the items (the plain run, one shuffled-choices run, or the silenced-audio run)."""
+    """One scored pass over the items (the plain run, a shuffled-choices, silenced-audio or sampled run)."""
 
     label: str
     items: list[dict[str, Any]]
@@ -32,6 +32,7 @@ class ReportContext:
     mmau_version: str | None
     shuffled: list[EvalRun] = field(default_factory=list)
     silenced: EvalRun | None = None
+    sampled: EvalRun | None = None  # --sample-probe: every question answered once more, sampled
 
 
 def _pct(t: Tally) -> str:
@@ -120,6 +121,14 @@ def markdown(ctx: ReportContext, base: EvalRun) -> str:
             with_audio = modes[mode].total.percent
             without = ctx.silenced.scores.modes[mode].total.percent
             lines.append(f"| {mode} | {with_audio:.2f} | {without:.2f} | {with_audio - without:+.2f} |")
+        lines.append("")
+    if ctx.sampled is not None:
+        lines += [f"## Sampled ({ctx.sampled.label})", "",
+                  "| mode | as evaluated | sampled | difference |", "|---|---:|---:|---:|"]
+        for mode in ("lenient", "strict"):
+            as_run = modes[mode].total.percent
+            sampled = ctx.sampled.scores.modes[mode].total.percent
+            lines.append(f"| {mode} | {as_run:.2f} | {sampled:.2f} | {sampled - as_run:+.2f} |")
         lines.append("")
     lines += ["## Official evaluation.py output (official mode)", ""]
     lines += ["```", official_text(modes["official"]), "```", ""]
