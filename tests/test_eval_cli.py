@@ -148,3 +148,30 @@ def test_eval_generates_with_vllms_cpu_build_and_agrees_with_hf_greedy_outputs(t
     # Same prompt and audio reach both engines: greedy outputs start the same (bf16 vs fp32 may split later).
     same_start = sum(a[:3] == b[:3] for a, b in zip(vllm_raw, hf_raw))
     assert same_start >= len(hf_raw) - 1, (vllm_raw, hf_raw)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_vllm_samples_each_question_with_its_own_random_numbers(tiny_model_dir, synthetic_parquet, tmp_path):
+    # eight copies of one question: greedy gives eight equal answers, sampling eight draws. With a per-request seed
+    # vLLM started every request's generator from the same seed, and the eight samples were one.
+    pytest.importorskip("vllm")
+    import pandas as pd
+
+    row = pd.read_parquet(synthetic_parquet).iloc[:1]
+    same = pd.concat([row] * 8, ignore_index=True)
+    same["extra_info"] = [{**row["extra_info"].iloc[0], "id": f"copy-{i}", "index": i} for i in range(8)]
+    data = tmp_path / "same.parquet"
+    same.to_parquet(data)
+    out = tmp_path / "vllm"
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "r1aqa_plugin.eval.cli", "--model", str(tiny_model_dir), "--data", str(data),
+         "--out", str(out), "--backend", "vllm", "--dtype", "bfloat16", "--max-new-tokens", "6",
+         "--sample-probe", "1.0", "--mmau-version", "none"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert len(set(_raw_outputs(out))) == 1
+    sampled = _raw_outputs(out, "predictions_sampled.json")
+    assert len(sampled) == 8 and len(set(sampled)) > 4, sampled

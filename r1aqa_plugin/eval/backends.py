@@ -190,11 +190,14 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         sampling = sampling or self.sampling
+        # No per-request seed: vLLM gives each seeded request its own generator started from that seed, so every
+        # question would draw the same random numbers, and a near-uniform answer would be sampled at the same place
+        # of its distribution for all of them, as greedy decoding does. The engine's seed (LLM(seed=...)) keeps a
+        # run reproducible. (vLLM's CPU build also fails on seeded requests whose prefill is chunked.)
         params = SamplingParams(
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=sampling.max_new_tokens,
-            seed=sampling.seed,
             skip_special_tokens=True,
         )
         prompts = [
