@@ -183,6 +183,24 @@ def test_plot_parses_verl_log_and_writes_pngs_and_table(tmp_path):
     assert "| sound/pitch_order | 2 | 50.0 | 50.0 (100) | 0.0 (100) |" in summary
 
 
+def test_plot_lists_answers_that_name_no_listed_choice(tmp_path):
+    # the twelfth GPU run's collapse: a whole task answered "Italianuitar", in format, so only this table shows it
+    plot = _plot_module()
+    ev = tmp_path / "eval-after"
+    ev.mkdir()
+    item = {"task": "speech", "sub-category": "spoken_language", "answer": "Italian",
+            "choices": ["English", "French", "German", "Italian", "Spanish"]}
+    preds = [dict(item, model_output_raw="<answer>Italianuitar</answer>")] * 3 + [
+        dict(item, model_output_raw="<answer>Italian</answer>"), dict(item, model_output_raw="<answer>italian</answer>")]
+    (ev / "predictions.json").write_text(json.dumps(preds))
+    (ev / "predictions_silenced.json").write_text(json.dumps(preds[3:4]))
+    table = plot.off_list_table({"after": ev})
+    assert "| after normal | speech/spoken_language | 4 of 5 | 'Italianuitar' 3, 'italian' 1 |" in table
+    assert "after silenced" not in table  # every silenced answer was listed
+    (ev / "predictions.json").write_text(json.dumps(preds[3:4]))
+    assert plot.off_list_table({"after": ev}) == "Every answer named one of the listed choices."
+
+
 def _family_preds(folder: Path, name: str, counts: dict[str, int]) -> None:
     """``folder/name``: 60 sound items (5 choices) and 60 music items (6 choices), ``counts[family]`` right."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -579,8 +597,8 @@ def test_run_sh_warm_shows_code_words_of_the_training_tasks_and_keeps_every_task
     assert all("--strict" in c for c in calls if " data build " in c)
     # random targets among choices drawn apart from the answer (warmup.py's default), in both warm-ups
     assert not [c for c in calls if "warmup.py" in c and "--own-choices" in c]
-    # no lean unless LEAN is set (the runs up to the eleventh), in both warm-ups
-    assert [c for c in calls if "warmup.py" in c and " --lean 0 " in c + " "] == [c for c in calls if "warmup.py" in c]
+    # the lean the twelfth GPU run verified (LEAN=0 for the runs up to the eleventh), in both warm-ups
+    assert [c for c in calls if "warmup.py" in c and " --lean 0.3 " in c + " "] == [c for c in calls if "warmup.py" in c]
     assert len([c for c in calls if "warmup.py" in c]) == 2
 
 

@@ -19,7 +19,7 @@ import json
 import math
 import re
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -144,14 +144,16 @@ def score_predictions(items: list[dict[str, Any]]) -> dict[str, dict[str, float]
 def eval_runs(folder: Path) -> dict[str, dict[str, dict[str, float]]]:
     """``{condition: scores}`` for predictions.json (normal), predictions_silenced.json, predictions_sampled.json,
     predictions_shuffled_K."""
-    runs: dict[str, dict[str, dict[str, float]]] = {}
+    return {name: score_predictions(json.loads(path.read_text(encoding="utf-8")))
+            for name, path in prediction_files(folder)}
+
+
+def prediction_files(folder: Path) -> list[tuple[str, Path]]:
+    """``(condition, path)`` of an eval folder's prediction files that exist, normal first."""
     files = [("normal", folder / "predictions.json"), ("silenced", folder / "predictions_silenced.json"),
              ("sampled", folder / "predictions_sampled.json")]
     files += [(f"shuffled {p.stem.rsplit('_', 1)[-1]}", p) for p in sorted(folder.glob("predictions_shuffled_*.json"))]
-    for name, path in files:
-        if path.exists():
-            runs[name] = score_predictions(json.loads(path.read_text(encoding="utf-8")))
-    return runs
+    return [(name, path) for name, path in files if path.exists()]
 
 
 def eval_table(evals: dict[str, Path]) -> str:
@@ -175,6 +177,32 @@ def eval_table(evals: dict[str, Path]) -> str:
     lines.append("\nCells: accuracy % under the training reward's rule (R1-AQA's `<answer>` extraction, exact "
                  "choice text), and in brackets the % of completions in exact `<answer>...</answer>` format.")
     return "\n".join(lines)
+
+
+def off_list_table(evals: dict[str, Path]) -> str:
+    """Markdown: per eval folder, condition and task, the answers that name none of the listed choices."""
+    from r1aqa_plugin.rewards.answer import extract_lenient
+
+    lines = []
+    for label, folder in evals.items():
+        for cond, path in prediction_files(folder):
+            groups: dict[str, Counter[str]] = defaultdict(Counter)
+            totals: Counter[str] = Counter()
+            for item in json.loads(path.read_text(encoding="utf-8")):
+                key = f"{item.get('task', '?')}/{item.get('sub-category') or '?'}"
+                totals[key] += 1
+                said = extract_lenient(item.get("model_output_raw", item.get("model_output", "")))
+                # the training reward's rule: exact choice text (a case or letter variant is off the list too)
+                if said not in [c.strip() for c in item["choices"]]:
+                    groups[key][said] += 1
+            for key, said in sorted(groups.items()):
+                top = ", ".join(f"{text[:40]!r} {n}" for text, n in said.most_common(2))
+                lines.append(f"| {label} {cond} | {key} | {sum(said.values())} of {totals[key]} | {top} |")
+    if not lines:
+        return "Every answer named one of the listed choices."
+    return "\n".join(["| evaluation | task | answers off the list | most often |", "|---|---|---:|---|", *lines,
+                      "\nAn answer off the list is wrong whatever the audio: a whole task off the list, one text "
+                      "repeated, is a collapsed policy, not a model that guesses."])
 
 
 def wilson_low(hits: float, n: int, z: float = 1.96) -> float:
@@ -283,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     if evals:
         parts += ["## Held-out evaluation (r1aqa eval)\n", eval_table(evals), ""]
         parts += ["## Per task family, against issue 8's acceptance\n", acceptance(evals), ""]
+        parts += ["## Answers that name no listed choice\n", off_list_table(evals), ""]
     text = "\n".join(parts)
     (out / "summary.md").write_text(text, encoding="utf-8")
     print(text)
