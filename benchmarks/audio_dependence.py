@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+    from warmup import load_rows, prompt_text
 
     from r1aqa_plugin.models.qwen2_audio.processor import diagnostic_audio
-    from warmup import load_rows, prompt_text
 
     torch.manual_seed(a.seed)
     processor = AutoProcessor.from_pretrained(a.model)

@@ -96,13 +96,13 @@ def measure(rows: list[dict[str, Any]], micro: int, repeats: int, device: str | 
 def model_check(size: str, device: str) -> dict[str, Any]:
     """Logits of four clips of unequal length with full windows vs cut features (hook P), on ``device``."""
     import torch
+    from rollout_bench import clip, prompt_text
     from transformers import Qwen2AudioForConditionalGeneration
     from verl.utils.model import extract_multi_modal_inputs
 
     import r1aqa_plugin.models.qwen2_audio.verl_hooks  # noqa: F401  installs hook P
     from r1aqa_plugin.models.qwen2_audio.builder import build_config, build_processor
     from r1aqa_plugin.models.qwen2_audio.feature_window import trim
-    from rollout_bench import clip, prompt_text
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     config = build_config(size)

@@ -146,13 +146,13 @@ def run_plugin(a: argparse.Namespace) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from transformers import AutoProcessor
+    from verl.utils import hf_processor
     from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.inputs import TokensPrompt
     from vllm.v1.engine.async_llm import AsyncLLM
 
     from r1aqa_plugin.models.qwen2_audio.verl_hooks import collapse_audio_runs  # importing installs the adapter
-    from verl.utils import hf_processor
 
     path = model_dir(a)
     procs = {"plugin": hf_processor(str(path)), "plugin, stock processor": AutoProcessor.from_pretrained(path)}

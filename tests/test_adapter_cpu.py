@@ -566,8 +566,9 @@ def _score_worker(processor, sent: list):
 @pytest.mark.parametrize("enabled", [True, False])
 def test_reward_call_gets_position_ids_without_rerunning_the_processor(processor, monkeypatch, enabled):
     """Hook O: verl's reward call reran the processor (features included) per sample only for position ids."""
-    from r1aqa_plugin.models.qwen2_audio.processor import VerlQwen2AudioProcessor
     from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
+
+    from r1aqa_plugin.models.qwen2_audio.processor import VerlQwen2AudioProcessor
 
     verl_hooks.install()
     monkeypatch.setenv(verl_hooks.SCORE_FEATURES_ENV, "1" if enabled else "0")

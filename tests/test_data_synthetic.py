@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from r1aqa_plugin.audio import SAMPLE_RATE, load_audio
-from r1aqa_plugin.data import BuildReport, build_dataset, get_dataset, read_parquet
-from r1aqa_plugin.data import synthetic
+from r1aqa_plugin.data import BuildReport, build_dataset, get_dataset, read_parquet, synthetic
 from r1aqa_plugin.data.records import BuildError
 from r1aqa_plugin.data.synthetic import music, speech
 from r1aqa_plugin.data.synthetic.tasks import TASKS

@@ -44,9 +44,8 @@ def test_rows_with_equal_features_but_different_masks_are_not_merged():
 
 @pytest.fixture(scope="module")
 def model_and_inputs(tiny_model_dir):
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
-
     import transformers.models.qwen2_audio.modeling_qwen2_audio as modeling
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
     verl_hooks.install()
     assert getattr(modeling.Qwen2AudioEncoder.forward, "__r1aqa_patched__", False)

@@ -37,10 +37,9 @@ def test_padding_back_checks_shapes():
 
 @pytest.fixture(scope="module")
 def model_and_processor(tiny_model_dir):
+    import transformers.models.qwen2_audio.modeling_qwen2_audio as modeling
     from transformers import Qwen2AudioForConditionalGeneration
     from verl.utils import hf_processor
-
-    import transformers.models.qwen2_audio.modeling_qwen2_audio as modeling
 
     verl_hooks.install()
     assert getattr(modeling.Qwen2AudioModel.forward, "__r1aqa_patched__", False)

@@ -431,7 +431,6 @@ def test_recipe_composes(tmp_path):
 def test_recipe_prompt_length_holds_every_task_prompt(tiny_model_dir):
     """AQADataset drops (and counts) prompts longer than max_prompt_length: none of the proof's may be dropped."""
     import yaml
-
     from transformers import AutoProcessor
 
     from r1aqa_plugin.audio import load_audio

@@ -78,7 +78,7 @@ def header_commands(text: str) -> list[str]:
 def fenced_bash(text: str) -> list[str]:
     """Commands in ```bash blocks (continuations joined; comments, pip and apt lines skipped)."""
     commands = []
-    for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.S):
+    for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.DOTALL):
         joined = re.sub(r"\\\n\s*", " ", block)
         for line in joined.splitlines():
             line = line.strip()

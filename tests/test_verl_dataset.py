@@ -38,8 +38,9 @@ def _dataset(tmp_path, rows, processor, **data_overrides):
 
 @pytest.fixture(scope="module")
 def processor(tiny_model_dir):
-    import r1aqa_plugin.models.qwen2_audio.verl_hooks  # noqa: F401  (what external_lib does in verl)
     from verl.utils import hf_processor
+
+    import r1aqa_plugin.models.qwen2_audio.verl_hooks  # noqa: F401  (what external_lib does in verl)
 
     return hf_processor(str(tiny_model_dir))
 

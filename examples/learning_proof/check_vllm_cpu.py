@@ -22,9 +22,9 @@ def main() -> int:
     os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
+    from r1aqa_plugin.audio import load_audio
     from r1aqa_plugin.data.records import BuildReport
     from r1aqa_plugin.data.synthetic import build_synthetic
-    from r1aqa_plugin.audio import load_audio
     from r1aqa_plugin.eval.backends import HFBackend, Request, SamplingConfig, VLLMBackend
     from r1aqa_plugin.prompts import render_prompt
 

@@ -23,7 +23,6 @@ from transformers import BatchFeature, Qwen2AudioProcessor
 from r1aqa_plugin.models.qwen2_audio import feature_window
 from r1aqa_plugin.once_cache import OnceCache
 
-
 # Diagnostic only: R1AQA_DIAG_ACTOR_AUDIO makes the actor hear other audio than vLLM did, so the rollout-vs-actor
 # log-prob gap must grow (tests/test_gpu_grpo.py). "other": the last different clip this process saw (another
 # sample's audio, cut or zero-padded to this clip's length so the <|AUDIO|> count still matches); "reverse": the

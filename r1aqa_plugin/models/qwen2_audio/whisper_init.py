@@ -189,8 +189,13 @@ def build_whisper_checkpoint(out: str | os.PathLike[str], size: str = "small", *
     import torch
     from transformers import Qwen2AudioForConditionalGeneration
 
-    from r1aqa_plugin.models.qwen2_audio.builder import (SIZES, _write_generation_config, build_config,
-                                                          build_processor, save_original_weights)
+    from r1aqa_plugin.models.qwen2_audio.builder import (
+        SIZES,
+        _write_generation_config,
+        build_config,
+        build_processor,
+        save_original_weights,
+    )
 
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
