@@ -18,15 +18,22 @@ CASES = [
     # plain tagged answer
     ("<answer>Dog</answer>", "Dog",
      {"r1aqa_accuracy": 1, "r1aqa_format": 1, "r1aqa_think_format": 0, "mmau_match": 1, "exact_alnum": 1,
-      "nemo_format": 0.75, "option_letter": 1, "think_length": 0}),
+      "nemo_format": 0.75, "option_letter": 1, "think_length": 0, "listed_choice_format": 1}),
+    # a wrong but listed answer keeps the listed-choice format; an off-list one (the twelfth learning-proof run's
+    # collapse) keeps R1-AQA's format only
+    ("<answer>Cat</answer>", "Dog", {"r1aqa_accuracy": 0, "r1aqa_format": 1, "listed_choice_format": 1}),
+    ("<answer>Catuitar</answer>", "Dog", {"r1aqa_accuracy": 0, "r1aqa_format": 1, "listed_choice_format": 0}),
     # R1-AQA strips the tag body; format still holds (the body may hold anything)
-    ("<answer> Dog </answer>", "Dog", {"r1aqa_accuracy": 1, "r1aqa_format": 1, "exact_alnum": 1}),
+    ("<answer> Dog </answer>", "Dog", {"r1aqa_accuracy": 1, "r1aqa_format": 1, "exact_alnum": 1,
+                                       "listed_choice_format": 1}),
     # a trailing newline breaks R1-AQA's fullmatch format but not accuracy
-    ("<answer>Dog</answer>\n", "Dog", {"r1aqa_accuracy": 1, "r1aqa_format": 0, "nemo_format": 0.75}),
+    ("<answer>Dog</answer>\n", "Dog", {"r1aqa_accuracy": 1, "r1aqa_format": 0, "nemo_format": 0.75,
+                                        "listed_choice_format": 0}),
     # untagged exact choice: R1-AQA accuracy 1 (its quirk), format 0, NeMo's exact_alnum needs the tag
     ("Dog", "Dog", {"r1aqa_accuracy": 1, "r1aqa_format": 0, "mmau_match": 1, "exact_alnum": 0, "option_letter": 1}),
     # case: R1-AQA is case-sensitive, MMAU and alnum are not
-    ("<answer>dog</answer>", "Dog", {"r1aqa_accuracy": 0, "mmau_match": 1, "exact_alnum": 1, "option_letter": 1}),
+    ("<answer>dog</answer>", "Dog", {"r1aqa_accuracy": 0, "mmau_match": 1, "exact_alnum": 1, "option_letter": 1,
+                                     "listed_choice_format": 0}),
     # multi-line body: R1-AQA's regex has no DOTALL, so it compares the whole output; MMAU then matches the raw
     # output, whose extra token "answer" is in no choice
     ("<answer>\nDog\n</answer>", "Dog", {"r1aqa_accuracy": 0, "r1aqa_format": 1, "exact_alnum": 1, "mmau_match": 1}),
@@ -36,7 +43,7 @@ CASES = [
     # nested tags
     ("<answer><answer>Dog</answer></answer>", "Dog", {"r1aqa_accuracy": 0, "r1aqa_format": 1, "exact_alnum": 0}),
     # option letters
-    ("<answer>B</answer>", "Dog", {"r1aqa_accuracy": 0, "mmau_match": 0, "option_letter": 1}),
+    ("<answer>B</answer>", "Dog", {"r1aqa_accuracy": 0, "mmau_match": 0, "option_letter": 1, "listed_choice_format": 0}),
     ("<answer>(B) Dog</answer>", "Dog", {"r1aqa_accuracy": 0, "mmau_match": 1, "option_letter": 1}),
     ("<answer>Option B</answer>", "Dog", {"option_letter": 1, "mmau_match": 0}),
     ("<answer>B. Cat</answer>", "Dog", {"option_letter": 0}),
@@ -56,7 +63,8 @@ CASES = [
     # empty
     ("", "Dog", {"r1aqa_accuracy": 0, "r1aqa_format": 0, "mmau_match": 0, "exact_alnum": 0, "nemo_format": 0,
                  "option_letter": 0, "think_length": 0}),
-    ("<answer></answer>", "Dog", {"r1aqa_accuracy": 0, "r1aqa_format": 1, "mmau_match": 0, "exact_alnum": 0}),
+    ("<answer></answer>", "Dog", {"r1aqa_accuracy": 0, "r1aqa_format": 1, "mmau_match": 0, "exact_alnum": 0,
+                                  "listed_choice_format": 0}),
 ]
 
 
@@ -118,7 +126,7 @@ def test_mmau_match_scores_mmau_degenerate_items_as_the_official_rule_does(choic
 
 
 def test_rewards_that_need_choices_say_so_when_the_row_has_none():
-    for name in ("mmau_match", "option_letter"):
+    for name in ("mmau_match", "option_letter", "listed_choice_format"):
         with pytest.raises(ValueError, match=r"extra_info\['choices'\]"):
             get_reward(name)("<answer>Dog</answer>", "Dog", None)
 
