@@ -203,7 +203,7 @@ def test_lp2_arms_keep_hook_p_only_if_its_model_check_passed_on_the_gpu(tmp_path
     assert "lp lp-prep warm trim=" in calls  # the warm-up does not wait for the check
 
 
-@pytest.mark.parametrize("arms", [None, "x:instrument y:beep_count:a.b=1;+c.d=2", "TRAIN_TASKS"])
+@pytest.mark.parametrize("arms", [None, "x:instrument y:beep_count:a.b=1;+c.d=2;~e.f", "TRAIN_TASKS"])
 def test_lp2_queue_runs_each_verl_arm_with_its_tasks_and_overrides(tmp_path: Path, arms: str | None) -> None:
     stubs = ('lp() { echo "lp $LP_ARM $* tasks=${TRAIN_TASKS:-} extra=${LP_EXTRA:+${LP_EXTRA#"$LP_SHARE"}}" >> "$S/calls"; }\n'
              'logprob_bench() { echo "logprob-bench gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n'
@@ -219,7 +219,7 @@ def test_lp2_queue_runs_each_verl_arm_with_its_tasks_and_overrides(tmp_path: Pat
         arm_calls = [f"lp lp-a {p} tasks={speech} extra=" for p in ("grpo", "after")]
     else:  # ";" separates an arm's overrides; each arm trains on its own tasks
         arm_calls = [f"lp x {p} tasks=instrument extra=" for p in ("grpo", "after")] + [
-            f"lp y {p} tasks=beep_count extra= a.b=1 +c.d=2" for p in ("grpo", "after")]
+            f"lp y {p} tasks=beep_count extra= a.b=1 +c.d=2 ~e.f" for p in ("grpo", "after")]  # ~: Hydra deletes
     prep = speech if arms == "TRAIN_TASKS" else ""
     assert calls == sorted(["logprob-bench gpu=0", "dedup-small gpu=0", "feature-transfer gpu=0", "gpu-hooks gpu=0",
                             f"lp lp-prep warm tasks={prep} extra=",
