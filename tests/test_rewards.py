@@ -219,3 +219,28 @@ def test_compute_score_accepts_the_omegaconf_mapping_hydra_passes():
     spec = omegaconf.OmegaConf.create({"r1aqa_accuracy": 1.0, "think_length": {"weight": 0.5, "target_words": 3}})
     out = compute_score("x", "<think>a b c</think><answer>Dog</answer>", "Dog", {"choices": CHOICES}, rewards=spec)
     assert out["score"] == pytest.approx(1.0 + 0.5 * 0.5)
+
+
+def test_listed_choice_format_takes_away_the_advantage_an_off_list_answer_has_over_a_broken_format():
+    """The twelfth learning-proof run's collapse route: in a group where some samples lose the format, R1-AQA's
+    format reward gives a tagged off-list answer the advantage of a listed wrong one; listed_choice_format gives it
+    the advantage of a broken format (verl's GRPO advantage on compute_score's scores)."""
+    import torch
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    choices = ["English", "French", "German", "Italian", "Spanish"]
+    group = ["<answer>French</answer>", "<answer>Italian</answer>", "<answer>Italianuitar</answer>",
+             "<answer>Italian", "Italian uitar uitar"]  # right, listed wrong, off-list in tags, two broken formats
+
+    def advantages(rewards: dict[str, float]) -> list[float]:
+        scores = torch.tensor([compute_score("x", text, "French", {"choices": choices}, rewards=rewards)["score"]
+                               for text in group])
+        token_rewards = torch.zeros(len(group), 2)
+        token_rewards[:, -1] = scores
+        adv, _ = compute_grpo_outcome_advantage(token_rewards, torch.ones(len(group), 2), index=["p"] * len(group))
+        return adv[:, 0].tolist()
+
+    r1aqa = advantages({"r1aqa_accuracy": 1.0, "r1aqa_format": 1.0})
+    assert r1aqa[2] == pytest.approx(r1aqa[1]) and r1aqa[2] > 0 > r1aqa[3]
+    listed = advantages({"r1aqa_accuracy": 1.0, "listed_choice_format": 1.0})
+    assert listed[2] == pytest.approx(listed[3]) and listed[2] < 0 < listed[1]
