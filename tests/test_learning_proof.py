@@ -710,12 +710,26 @@ def test_rehearsal_one_step_logs_the_update(tiny_model_dir, tmp_path):
     assert step["samples"] and set(step["samples"][0]) == {"choices", "answer", "output"}
     assert _rehearsal().main(["--model", str(tiny_model_dir), "--data", str(syn), "--out", str(tmp_path / "t.jsonl"),
                               "--lr", "1e-4", "--steps", "1", "--prompts", "2", "--n", "2", "--mini", "2",
-                              "--max-new-tokens", "4", "--kl-coef", "0.04", "--train-tower", "--device", "cpu"]) == 0
+                              "--max-new-tokens", "4", "--kl-coef", "0.04", "--train-tower", "--device", "cpu",
+                              "--rewards", "r1aqa_accuracy:1,listed_choice_format:0.5"]) == 0
     assert np.isfinite(json.loads((tmp_path / "t.jsonl").read_text().splitlines()[-1])["grad_norm"])
     assert _rehearsal().main(["plot", str(out), "--out", str(tmp_path / "reh.png")]) == 0
     assert (tmp_path / "reh.png").stat().st_size > 10_000
     with pytest.raises(SystemExit):
         _rehearsal().main(["--model", "m", "--data", "d", "--out", "o", "--lr", "1", "--prompts", "6", "--mini", "4"])
+
+
+def test_rehearsal_rewards_are_registered_names_with_weights():
+    reh = _rehearsal()
+    assert reh.parse_rewards("r1aqa_accuracy:1,listed_choice_format:0.5") == {
+        "r1aqa_accuracy": 1.0, "listed_choice_format": 0.5}
+    assert reh.parse_rewards("r1aqa_format") == {"r1aqa_format": 1.0}
+    with pytest.raises(ValueError, match="'no_such' is not a registered reward"):
+        reh.parse_rewards("r1aqa_accuracy:1,no_such:1")
+    with pytest.raises(ValueError, match="the weight must be a number"):
+        reh.parse_rewards("r1aqa_format:x")
+    with pytest.raises(ValueError, match="at least one"):
+        reh.parse_rewards(" , ")
 
 
 def test_code_words_rename_every_option_one_to_one_and_keep_the_rest(tiny_model_dir, tmp_path):

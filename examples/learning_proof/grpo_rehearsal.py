@@ -7,7 +7,7 @@ or any GPU, in minutes:
 
 - prompts rendered as AQADataset renders them (warmup.prompt_text), 32 prompts x 8 samples a step, temperature 1,
   up to 20 new tokens, stop at <|im_end|>; the reward is the recipe's (`verl_score.compute_score`: R1-AQA's
-  accuracy + format);
+  accuracy + format) or `--rewards name:weight,...`;
 - verl's own GRPO advantage and vanilla PPO loss functions (`verl.trainer.ppo.core_algos`): clip 0.2, dual clip 3,
   against the sampling log-probs (the recipe's bypass mode), seq-mean-token-mean, 4 mini-batches of 8 prompts a
   step, no entropy bonus, no KL unless `--kl-coef` (then verl's k3 KL loss to the frozen starting model);
@@ -253,16 +253,37 @@ class Scored(NamedTuple):
     text: str
 
 
-def score(policy: Policy, item: dict[str, Any], toks: list[int]) -> Scored:
-    """The recipe's reward for one completion, its parts, whether it names a listed choice, and the text."""
-    from r1aqa_plugin.rewards.answer import extract_strict, resolve_choice
+def parse_rewards(spec: str) -> dict[str, float]:
+    """``"r1aqa_accuracy:1,listed_choice_format:1"`` -> ``{name: weight}``, every name a registered reward."""
+    from r1aqa_plugin.rewards import REWARDS
+
+    out: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, weight = item.partition(":")
+        if name not in REWARDS:
+            raise ValueError(f"--rewards: {name!r} is not a registered reward (known: {', '.join(sorted(REWARDS))})")
+        try:
+            out[name] = float(weight or 1.0)
+        except ValueError:
+            raise ValueError(f"--rewards: {item!r}: the weight must be a number") from None
+    if not out:
+        raise ValueError("--rewards: name at least one reward")
+    return out
+
+
+def score(policy: Policy, item: dict[str, Any], toks: list[int], rewards: dict[str, float] | None = None) -> Scored:
+    """The reward for one completion (the recipe's by default), its parts, whether it names a listed choice, and the
+    text."""
+    from r1aqa_plugin.rewards.answer import extract_strict, is_answer_format, resolve_choice
+    from r1aqa_plugin.rewards.r1aqa import r1aqa_accuracy
     from r1aqa_plugin.rewards.verl_score import compute_score
 
     text = policy.tok.decode(toks, skip_special_tokens=True)
-    out = compute_score(item["data_source"], text, item["answer"], {"choices": item["choices"]})
+    out = compute_score(item["data_source"], text, item["answer"], {"choices": item["choices"]}, rewards=rewards)
     answer = extract_strict(text)
     named = answer is not None and resolve_choice(answer, item["choices"]) is not None
-    return Scored(out["score"], out["r1aqa_accuracy"], out["r1aqa_format"] > 0, named, text)
+    return Scored(out["score"], r1aqa_accuracy(text, item["answer"], item["choices"]), is_answer_format(text),
+                  named, text)
 
 
 def evaluate(policy: Policy, items: list[dict[str, Any]], max_new: int, batch: int = 32) -> dict[str, float]:
@@ -356,11 +377,17 @@ def main(argv: list[str] | None = None) -> int:
                              "tower runs in every forward instead of once per clip)")
     parser.add_argument("--adam-eps", type=float, default=1e-8,
                         help="AdamW eps (default 1e-8, the recipe's; as optim.override_optimizer_config.eps)")
+    parser.add_argument("--rewards", default="r1aqa_accuracy:1,r1aqa_format:1",
+                        help="training reward as name:weight,... of registered rewards (default: the recipe's)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     args = parser.parse_args(argv)
     if args.prompts % args.mini:
         parser.error(f"--prompts {args.prompts} is not a multiple of --mini {args.mini}")
+    try:
+        reward_spec = parse_rewards(args.rewards)
+    except ValueError as err:
+        parser.error(str(err))
 
     import torch
 
@@ -380,8 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     frozen = ([] if args.train_tower else ["audio tower"]) + [x for x in args.freeze.split(",") if x]
     print(f"[rehearsal] {len(train)} train rows, {len(val)} val rows, lr {args.lr} (warm-up {args.warmup_steps}), "
           f"Adam eps {args.adam_eps:g}, frozen: {', '.join(frozen) or 'nothing'}, "
-          f"{args.steps} steps x {args.prompts} prompts x {args.n}, mini-batches of {args.mini}, device {device}",
-          flush=True)
+          f"{args.steps} steps x {args.prompts} prompts x {args.n}, mini-batches of {args.mini}, device {device}, "
+          f"reward {' + '.join(f'{w:g} {n}' for n, w in reward_spec.items())}", flush=True)
     order = batch_order(len(train), args.steps, args.prompts, rng)
     t0 = time.perf_counter()
     with open(args.out, "w", encoding="utf-8") as log:
@@ -396,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                 g["lr"] = lr
             items = [train[i] for i in order[step - 1]]
             toks, lps = policy.sample(items, args.n, args.max_new_tokens, 1.0, gen)
-            scored = [score(policy, items[r // args.n], toks[r]) for r in range(len(toks))]
+            scored = [score(policy, items[r // args.n], toks[r], reward_spec) for r in range(len(toks))]
             rewards = np.array([s.reward for s in scored])
             adv = grpo_advantages(rewards, args.n)
             stats: dict[str, list[float]] = {"ppo_kl": [], "clipfrac": [], "grad_norm": [], "kl_loss": []}
