@@ -724,7 +724,7 @@ def test_rehearsal_rewards_are_registered_names_with_weights():
     assert reh.parse_rewards("r1aqa_accuracy:1,listed_choice_format:0.5") == {
         "r1aqa_accuracy": 1.0, "listed_choice_format": 0.5}
     assert reh.parse_rewards("r1aqa_format") == {"r1aqa_format": 1.0}
-    with pytest.raises(ValueError, match="'no_such' is not a registered reward"):
+    with pytest.raises(ValueError, match="--rewards: unknown reward 'no_such'; registered rewards"):
         reh.parse_rewards("r1aqa_accuracy:1,no_such:1")
     with pytest.raises(ValueError, match="the weight must be a number"):
         reh.parse_rewards("r1aqa_format:x")

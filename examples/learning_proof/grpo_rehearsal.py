@@ -254,20 +254,22 @@ class Scored(NamedTuple):
 
 
 def parse_rewards(spec: str) -> dict[str, float]:
-    """``"r1aqa_accuracy:1,listed_choice_format:1"`` -> ``{name: weight}``, every name a registered reward."""
-    from r1aqa_plugin.rewards import REWARDS
+    """``"r1aqa_accuracy:1,listed_choice_format:1"`` -> ``{name: weight}``, checked as compute_score checks it."""
+    from r1aqa_plugin.rewards.verl_score import build_components
 
     out: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, weight = item.partition(":")
-        if name not in REWARDS:
-            raise ValueError(f"--rewards: {name!r} is not a registered reward (known: {', '.join(sorted(REWARDS))})")
         try:
             out[name] = float(weight or 1.0)
         except ValueError:
             raise ValueError(f"--rewards: {item!r}: the weight must be a number") from None
     if not out:
         raise ValueError("--rewards: name at least one reward")
+    try:
+        build_components(out)  # the names registered, the entries valid: compute_score's own check
+    except KeyError as err:
+        raise ValueError(f"--rewards: {err.args[0]}") from None
     return out
 
 

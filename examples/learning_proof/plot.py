@@ -182,6 +182,7 @@ def eval_table(evals: dict[str, Path]) -> str:
 def off_list_table(evals: dict[str, Path]) -> str:
     """Markdown: per eval folder, condition and task, the answers that name none of the listed choices."""
     from r1aqa_plugin.rewards.answer import extract_lenient
+    from r1aqa_plugin.rewards.choice import names_a_listed_choice
 
     lines = []
     for label, folder in evals.items():
@@ -191,10 +192,10 @@ def off_list_table(evals: dict[str, Path]) -> str:
             for item in json.loads(path.read_text(encoding="utf-8")):
                 key = f"{item.get('task', '?')}/{item.get('sub-category') or '?'}"
                 totals[key] += 1
-                said = extract_lenient(item.get("model_output_raw", item.get("model_output", "")))
+                raw = item.get("model_output_raw", item.get("model_output", ""))
                 # the training reward's rule: exact choice text (a case or letter variant is off the list too)
-                if said not in [c.strip() for c in item["choices"]]:
-                    groups[key][said] += 1
+                if not names_a_listed_choice(raw, item["choices"]):
+                    groups[key][extract_lenient(raw)] += 1
             for key, said in sorted(groups.items()):
                 top = ", ".join(f"{text[:40]!r} {n}" for text, n in said.most_common(2))
                 lines.append(f"| {label} {cond} | {key} | {sum(said.values())} of {totals[key]} | {top} |")

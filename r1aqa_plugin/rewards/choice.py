@@ -16,10 +16,13 @@ from r1aqa_plugin.rewards.answer import extract_lenient, is_answer_format
 from r1aqa_plugin.rewards.registry import register_reward, require_choices
 
 
+def names_a_listed_choice(response: str, choices: Sequence[str]) -> bool:
+    """R1-AQA's extraction of the answer is one of the choices' exact text (stripped), as its accuracy compares."""
+    return extract_lenient(response) in {c.strip() for c in choices}
+
+
 @register_reward("listed_choice_format")
 def listed_choice_format(response: str, ground_truth: str, choices: Sequence[str] | None) -> float:
     """1.0 iff the completion is exactly ``<answer>…</answer>`` and its answer is a listed choice's exact text."""
     options = require_choices("listed_choice_format", choices)
-    if not is_answer_format(response):
-        return 0.0
-    return 1.0 if extract_lenient(response) in {c.strip() for c in options} else 0.0
+    return 1.0 if is_answer_format(response) and names_a_listed_choice(response, options) else 0.0
