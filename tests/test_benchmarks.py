@@ -213,8 +213,8 @@ def test_lp2_queue_runs_each_verl_arm_with_its_tasks_and_overrides(tmp_path: Pat
     speech = "beep_count,instrument,spoken_digit,spoken_language"
     env = {} if arms is None else {"TRAIN_TASKS": speech} if arms == "TRAIN_TASKS" else {"LP_ARMS": arms}
     calls = _queue_calls(tmp_path, "lp2", stubs, env)
-    if arms is None:  # the recipe alone, on the two tasks the listening warm-up teaches
-        arm_calls = [f"lp lp-a {p} tasks=beep_count,instrument extra=" for p in ("grpo", "after")]
+    if arms is None:  # the recipe alone, on run.sh's default tasks (the thirteenth run's: one of each family)
+        arm_calls = [f"lp lp-a {p} tasks=beep_count,instrument,spoken_language extra=" for p in ("grpo", "after")]
     elif arms == "TRAIN_TASKS":  # no LP_ARMS: one arm on TRAIN_TASKS, the tasks the warm-up's code words teach
         arm_calls = [f"lp lp-a {p} tasks={speech} extra=" for p in ("grpo", "after")]
     else:  # ";" separates an arm's overrides; each arm trains on its own tasks

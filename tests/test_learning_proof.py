@@ -422,6 +422,12 @@ def test_recipe_composes(tmp_path):
     assert cfg["data"]["custom_cls"]["name"] == "AQADataset"
     # 4 optimizer steps a rollout batch (verl counts the mini-batch in prompts)
     assert actor["optim"]["lr"] == 3e-4 and cfg["data"]["train_batch_size"] // actor["ppo_mini_batch_size"] == 4
+    # the thirteenth GPU run's schedule and rewards: cosine to 3e-5 after 10 warm-up steps; the format reward that
+    # pays only a listed choice, R1-AQA's kept at weight 0 (logged, adds nothing)
+    optim = actor["optim"]
+    assert (optim["lr_scheduler_type"], optim["min_lr_ratio"], optim["lr_warmup_steps"]) == ("cosine", 0.1, 10)
+    rewards = cfg["reward"]["custom_reward_function"]["reward_kwargs"]["rewards"]
+    assert rewards == {"r1aqa_accuracy": 1.0, "r1aqa_format": 0.0, "listed_choice_format": 1.0}
     assert cfg["algorithm"]["rollout_correction"]["bypass_mode"] is True
     assert cfg["actor_rollout_ref"]["rollout"]["calculate_log_probs"] is True
     # one agent-loop worker per 2 of the H200 host's 16 cores: with 2, the rollout waited on their CPU work
@@ -585,11 +591,12 @@ def test_run_sh_warm_shows_code_words_of_the_training_tasks_and_keeps_every_task
     calls = (tmp_path / "calls").read_text().splitlines()
     builds = {c.split("--split ")[1].split()[0] + ("-listen" if "listen.parquet" in c else ""): c.split("--tasks ")[1].split()[0]
               for c in calls if " data build " in c}
-    # every task everywhere (the real-option rows keep each task's format); code words for the trained tasks only
-    assert builds == {"train": "sound,music", "val": "sound,music", "test": "sound,music", "train-listen": "sound,music"}
+    # one task of each family everywhere, all three trained and heard in code words (the thirteenth GPU run)
+    three = "beep_count,instrument,spoken_language"
+    assert builds == {"train": three, "val": three, "test": three, "train-listen": three}
     listen = next(c for c in calls if "listen.parquet" in c and "warmup.py" in c)
-    assert "--steps 1500" in listen and "--listen-share 0.5" in listen and "small-fmt" in listen
-    assert "--code-tasks beep_count,instrument" in listen
+    assert "--steps 3000" in listen and "--listen-share 0.5" in listen and "small-fmt" in listen
+    assert f"--code-tasks {three}" in listen
     # every option listed in every question (a model that does not hear scores chance, whatever it answers)
     assert all("--choices all" in c for c in calls if " data build " in c)
     # a family that cannot be rendered on this machine stops the proof (--strict) rather than leaving its rows out
@@ -599,6 +606,56 @@ def test_run_sh_warm_shows_code_words_of_the_training_tasks_and_keeps_every_task
     # the lean the twelfth GPU run verified (LEAN=0 for the runs up to the eleventh), in both warm-ups
     assert [c for c in calls if "warmup.py" in c and " --lean 0.3 " in c + " "] == [c for c in calls if "warmup.py" in c]
     assert len([c for c in calls if "warmup.py" in c]) == 2
+
+
+_ALL_STUB = r"""#!/usr/bin/env bash
+echo "$(date +%s.%N) $*" >> "$CALLS"
+[ "$1" = -c ] && exit 0
+case "$*" in *pick_checkpoint.py*) echo 5; exit 0 ;; esac
+case "$*" in *verl.trainer.main_ppo*)
+  for a in "$@"; do case $a in trainer.default_local_dir=*) d=${a#*=} ;; esac; done
+  mkdir -p "$d/global_step_5/actor"; echo 5 > "$d/latest_checkpointed_iteration.txt"; sleep 3; exit "${GRPO_RC:-0}" ;;
+esac
+out=; prev=; for a in "$@"; do [ "$prev" = --out ] && out=$a; prev=$a; done
+case $out in *.parquet) touch "$out" ;; "") ;; *) mkdir -p "$out" && touch "$out/model.safetensors" "$out/report.md" "$out/predictions.json" ;; esac
+case $a in *.parquet) touch "$a" ;; esac
+exit 0
+"""
+
+
+@pytest.mark.parametrize("grpo_rc, after_runs", [("0", True), ("124", True), ("1", False)])
+def test_run_sh_all_runs_the_eval_before_beside_grpo_with_fixed_kv_caches(tmp_path, grpo_rc, after_runs):
+    # every python call a stub; main_ppo takes 3 s, so the eval before (BEFORE_DELAY=1) must start while it runs
+    stub = tmp_path / "py"
+    stub.write_text(_ALL_STUB)
+    stub.chmod(0o755)
+    env = {**os.environ, "WORK": str(tmp_path / "w"), "OUT": str(tmp_path / "o"), "PY": str(stub),
+           "CALLS": str(tmp_path / "calls"), "EVAL_BACKEND": "vllm", "BEFORE_DELAY": "1", "GRPO_RC": grpo_rc}
+    for var in ("TASKS", "TRAIN_TASKS", "LISTEN_TASKS", "PREP", "EVAL_KV_GIB", "EVAL_GPU_MEM", "OVERLAP_BEFORE"):
+        env.pop(var, None)
+    proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "all"], capture_output=True, text=True, env=env, check=False)
+    assert (proc.returncode == 0) == after_runs, proc.stdout + proc.stderr
+    calls = [line.split(" ", 1) for line in (tmp_path / "calls").read_text().splitlines()]
+    t = {name: next(float(ts) for ts, c in calls if key in c) for name, key in
+         [("grpo", "verl.trainer.main_ppo"), ("before", "--out " + str(tmp_path / "w" / "eval-before"))]}
+    ppo = next(c for _, c in calls if "verl.trainer.main_ppo" in c)
+    before = next(c for _, c in calls if c.endswith("--out " + str(tmp_path / "w" / "eval-before")))
+    assert t["grpo"] < t["before"] < t["grpo"] + 3   # beside GRPO, not before or after it
+    assert "actor_rollout_ref.rollout.gpu_memory_utilization=0.1" in ppo
+    assert "+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes=3221225472" in ppo
+    assert "--kv-cache-gib 2" in before and "--gpu-memory-utilization 0.1" in before
+    assert any(c.endswith("/eval-after") and " eval " in c for _, c in calls) == after_runs
+    # the code-word eval's per-item answers are kept with the logs (which labels the warm-up hears)
+    assert (tmp_path / "o" / "eval-codes-predictions.json").is_file()
+    # OVERLAP_BEFORE=0: one after the other, the recipe's own memory settings
+    (tmp_path / "calls").unlink()
+    proc = subprocess.run(["bash", str(EXAMPLE / "run.sh"), "all"], capture_output=True, text=True, check=False,
+                          env={**env, "OVERLAP_BEFORE": "0", "WORK": str(tmp_path / "w2"), "GRPO_RC": "0"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = [c for _, c in (line.split(" ", 1) for line in (tmp_path / "calls").read_text().splitlines())]
+    order = [i for i, c in enumerate(calls) if c.endswith("w2/eval-before") or "verl.trainer.main_ppo" in c]
+    assert len(order) == 2 and calls[order[0]].endswith("eval-before") and "main_ppo" in calls[order[1]]
+    assert "gpu_memory_utilization" not in calls[order[-1]] and "--kv-cache-gib" not in calls[order[0]]
 
 
 def test_linear_probe_labels_order_tasks_by_the_audio_and_fits_separable_data():

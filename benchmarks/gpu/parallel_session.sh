@@ -237,9 +237,10 @@ QUEUE_lps() {  # learning proof on one GPU: warm-up (format + listening), the ve
 }
 # LP_ARMS: the verl arms of queue lp2, "name:train_tasks[:override;override...]" entries, space-separated (";" in the
 # overrides become spaces). The default: the recipe as shipped, alone (two arms sharing the GPU doubled each one's step,
-# sixth session; alone it learned both tasks to ~90% in 25-35 steps, seventh), on TRAIN_TASKS when set: one knob
-# for the warm-up's code-word tasks and the arm's (TASKS=... TRAIN_TASKS=... QUEUES=lp2,lp2b: docs/learning.md "Next").
-LP_ARMS=${LP_ARMS-"lp-a:${TRAIN_TASKS:-beep_count,instrument}"}
+# sixth session), on run.sh's training tasks (TRAIN_TASKS, default TASKS, default beep count, instrument and spoken
+# language: the thirteenth run, which met issue 8's acceptance in both seeds of QUEUES=lp2,lp2b; the speech family
+# needs benchmarks/gpu/stage_espeak.sh's carried espeak-ng).
+LP_ARMS=${LP_ARMS-"lp-a:${TRAIN_TASKS:-${TASKS:-beep_count,instrument,spoken_language}}"}
 logprob_bench() {  # hook M side by side with verl's per-row loop (a minute at most)
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/logprob_bench.py" --json "$S/logprob.json"
 }

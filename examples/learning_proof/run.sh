@@ -2,7 +2,8 @@
 # Learning proof (issue 8) on one GPU: small Qwen2-Audio (Whisper tiny.en audio tower) -> format warm-up ->
 # eval before -> GRPO (recipes/r1aqa_learning_proof.yaml) -> eval after -> plots. docs/learning.md has the plan.
 #
-#   bash examples/learning_proof/run.sh all          # every phase, in order
+#   bash examples/learning_proof/run.sh all          # every phase: warm, then the eval before beside GRPO's start-up
+#                                                    #   (both share the GPU, as in the GPU sessions), then after
 #   bash examples/learning_proof/run.sh prep         # model + data + warm-up + eval before (= warm, then before)
 #   bash examples/learning_proof/run.sh warm         # model + data + warm-up
 #   bash examples/learning_proof/run.sh before       # eval before (held-out test set: as is, silenced, shuffled)
@@ -14,18 +15,22 @@
 #
 # Phases are split so each fits one 10-minute command on the lent H200 (the work dir must survive between
 # them: same held machine). Logs, timings, plots and summary.md go to $OUT (default ./learning-logs).
-# Env knobs (defaults): WORK=/tmp/r1aqa-lp TASKS=sound,music TRAIN_SIZE=2048 VAL_SIZE=240 TEST_SIZE=480
+# Env knobs (defaults): WORK=/tmp/r1aqa-lp TASKS=beep_count,instrument,spoken_language (one task of each family; the
+#   speech family needs espeak-ng) TRAIN_SIZE=2048 VAL_SIZE=240 TEST_SIZE=480
 #   PREP=$WORK (the folder of prep's model, data, warm-up and eval before: arms of one experiment share it)
-#   TRAIN_TASKS=beep_count,instrument (GRPO's training tasks, the ones the listening warm-up teaches the model to
-#   hear; validation and tests keep every task of TASKS, so the tasks an arm does not train on are its control;
-#   chord quality as a third was not learned, not even in code words, eighth GPU session)
+#   TRAIN_TASKS=$TASKS (GRPO's training tasks, the ones the listening warm-up teaches the model to hear; validation
+#   and tests keep every task of TASKS, so tasks an arm does not train on are its control; chord quality was not
+#   learned, not even in code words, eighth GPU session; the thirteenth run's settings are these defaults)
 #   TRAIN_MIX=$TRAIN_TASKS (the GRPO training parquet's --tasks: the same tasks, each with an optional :WEIGHT, its
 #   share of the prompts; beep_count:2,instrument,spoken_language gives beep count half of each step's prompts)
 #   CHOICES=all (synthetic-aqa --choices: every option listed in every question, so any answer given without
 #   hearing scores chance on the balanced labels, and a random target among the listed choices cannot lean to the
 #   answer; CHOICES=task lists 4 of beep count's 5 counts and 4 of the 6 instruments, as up to 2026-11-29)
 #   SEED=0 WARMUP_STEPS=300 WARMUP_BS=16 WARMUP_LR=3e-4 STEPS=80 GRPO_TIMEOUT=0 (seconds; 0 = no limit)
-#   LISTEN_STEPS=1500 LISTEN_SIZE=12288 LISTEN_BS=32 LISTEN_LR=1e-3 LISTEN_SHARE=0.5 LISTEN_TASKS=$TRAIN_TASKS (the
+#   OVERLAP_BEFORE=1 (phase all: the eval before starts BEFORE_DELAY=30 s after GRPO, beside its ~5 min start-up, with
+#   a fixed KV cache on both sides (EVAL_KV_GIB=2, EVAL_GPU_MEM=0.1; rollout memory 0.1 + 3 GiB of KV cache) so
+#   neither vLLM's memory profile sees the other's; 0 runs them one after the other with the recipe's memory)
+#   LISTEN_STEPS=3000 LISTEN_SIZE=12288 LISTEN_BS=32 LISTEN_LR=1e-3 LISTEN_SHARE=0.5 LISTEN_TASKS=$TRAIN_TASKS (the
 #   listening warm-up after the format warm-up: rows of every task of TASKS, a share LISTEN_SHARE of each batch in
 #   code words with correct codes, drawn from LISTEN_TASKS only; docs/learning.md; LISTEN_STEPS=0 skips it)
 #   LEAN=0.3 (warmup.py --lean, both warm-ups: that share of the random targets goes to the alphabetically first
@@ -53,13 +58,13 @@ W=${WORK:-/tmp/r1aqa-lp}; mkdir -p "$W"
 P=${PREP:-$W}; mkdir -p "$P"
 PY=${PY:-python3}
 R1AQA="$PY -m r1aqa_plugin.cli"
-TASKS=${TASKS:-sound,music}; TRAIN_TASKS=${TRAIN_TASKS:-beep_count,instrument}; SEED=${SEED:-0}
+TASKS=${TASKS:-beep_count,instrument,spoken_language}; TRAIN_TASKS=${TRAIN_TASKS:-$TASKS}; SEED=${SEED:-0}
 TRAIN_MIX=${TRAIN_MIX:-$TRAIN_TASKS}; LEAN=${LEAN:-0.3}
 CHOICES=${CHOICES:-all}
 TRAIN_SIZE=${TRAIN_SIZE:-2048}; VAL_SIZE=${VAL_SIZE:-240}; TEST_SIZE=${TEST_SIZE:-480}
 WARMUP_STEPS=${WARMUP_STEPS:-300}; WARMUP_BS=${WARMUP_BS:-16}; WARMUP_LR=${WARMUP_LR:-3e-4}
 STEPS=${STEPS:-80}; GRPO_TIMEOUT=${GRPO_TIMEOUT:-0}
-LISTEN_STEPS=${LISTEN_STEPS:-1500}; LISTEN_SIZE=${LISTEN_SIZE:-12288}; LISTEN_BS=${LISTEN_BS:-32}
+LISTEN_STEPS=${LISTEN_STEPS:-3000}; LISTEN_SIZE=${LISTEN_SIZE:-12288}; LISTEN_BS=${LISTEN_BS:-32}
 LISTEN_LR=${LISTEN_LR:-1e-3}; LISTEN_SHARE=${LISTEN_SHARE:-0.5}; LISTEN_TASKS=${LISTEN_TASKS:-$TRAIN_TASKS}
 PROBE_SIZE=${PROBE_SIZE:-16384}; PROBE_STEPS=${PROBE_STEPS:-1000}; PROBE_LR=${PROBE_LR:-1e-3}
 MACHINE=()
@@ -67,6 +72,14 @@ if [ "${NO_FLASH_ATTN:-0}" = 1 ]; then
   MACHINE=(+actor_rollout_ref.model.override_config.attn_implementation=sdpa
            +actor_rollout_ref.model.override_config.tie_word_embeddings=False
            actor_rollout_ref.model.use_remove_padding=False)
+fi
+OVERLAP_BEFORE=${OVERLAP_BEFORE:-1}
+if [ "$PHASE" = all ] && [ "$OVERLAP_BEFORE" = 1 ]; then
+  # two vLLM engines on one GPU: fixed KV caches skip vLLM's start-up memory profile, which asserts when the other
+  # process frees memory meanwhile (the GPU sessions' settings, benchmarks/gpu/parallel_session.sh LP_SHARE)
+  EVAL_KV_GIB=${EVAL_KV_GIB:-2}; EVAL_GPU_MEM=${EVAL_GPU_MEM:-0.1}
+  MACHINE+=(actor_rollout_ref.rollout.gpu_memory_utilization=0.1
+            +actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes=3221225472)
 fi
 # vLLM for the 0.2B model needs little memory; 0.3 also starts beside a GRPO engine left over by a run cut at its
 # time limit (seen on the H200: 49 GB still held).
@@ -136,7 +149,11 @@ before() {
   # did the listening warm-up teach listening? the same test clips in code words (not part of the proof's score)
   [ -f "$P/test-codes.parquet" ] || $PY "$HERE/code_words.py" "$P/test.parquet" "$P/test-codes.parquet" || return 1
   timed eval_codes $R1AQA eval --model "$P/small-warm" --data "$P/test-codes.parquet" --backend "$BACKEND" \
-    "${EVAL_ARGS[@]}" --out "$P/eval-codes" && cp "$P/eval-codes/report.md" "$LOGS/eval-codes-report.md"
+    "${EVAL_ARGS[@]}" --out "$P/eval-codes" || return 1
+  cp "$P/eval-codes/report.md" "$LOGS/eval-codes-report.md"
+  # per item too: which labels the warm-up hears (the thirteenth run never answered two labels; were they heard?)
+  local f; for f in "$P/eval-codes"/predictions*.json; do [ -f "$f" ] && cp "$f" "$LOGS/eval-codes-$(basename "$f")"; done
+  return 0
 }
 
 train_file() {  # the GRPO training parquet: prep's, or (TRAIN_MIX != TASKS) the same size and seed on that mix
@@ -205,6 +222,22 @@ probe() {  # learnability, not part of the proof: supervised on the CORRECT answ
     --out "$W/eval-probe" && cp "$W/eval-probe/report.md" "$LOGS/eval-probe-report.md"
 }
 
+all() {  # every phase; GRPO cut by GRPO_TIMEOUT (exit 124) still has its saved checkpoints to evaluate
+  warm || return 1
+  local g b=0 pid
+  if [ "$OVERLAP_BEFORE" = 1 ]; then
+    ( sleep "${BEFORE_DELAY:-30}"; before ) & pid=$!
+    grpo; g=$?
+    wait "$pid"; b=$?
+  else
+    before || return 1
+    grpo; g=$?
+  fi
+  [ $b -eq 0 ] || { echo "the eval before failed (exit $b): $LOGS/eval_before.log" >&2; return 1; }
+  [ $g -eq 0 ] || [ $g -eq 124 ] || return $g
+  after
+}
+
 case $PHASE in
 prep) warm && before ;;
 warm) warm ;;
@@ -213,6 +246,6 @@ probe) probe ;;
 grpo) grpo ;;
 after) after ;;
 plots) plots ;;
-all) warm && before && grpo && after ;;
+all) all ;;
 *) echo "unknown phase $PHASE (prep | warm | before | grpo | after | plots | probe | all)" >&2; exit 2 ;;
 esac
