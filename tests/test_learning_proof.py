@@ -201,6 +201,27 @@ def test_plot_lists_answers_that_name_no_listed_choice(tmp_path):
     assert plot.off_list_table({"after": ev}) == "Every answer named one of the listed choices."
 
 
+def test_plot_shows_each_labels_score_and_the_labels_never_answered(tmp_path):
+    # the thirteenth GPU run: four beeps never answered ("five" instead), every other count right
+    plot = _plot_module()
+    ev = tmp_path / "eval-after"
+    ev.mkdir()
+    choices = ["one", "two", "three", "four", "five"]
+    preds = [{"task": "sound", "sub-category": "beep_count", "answer": gold, "choices": choices,
+              "model_output_raw": f"<answer>{'five' if gold == 'four' else gold}</answer>"}
+             for gold in choices for _ in range(2)]
+    (ev / "predictions.json").write_text(json.dumps(preds))
+    (ev / "predictions_sampled.json").write_text(json.dumps(preds[:9] + [dict(preds[9], model_output_raw="four")]))
+    (ev / "predictions_silenced.json").write_text(json.dumps(preds))
+    table = plot.label_table({"after": ev})
+    assert ("| after normal | sound/beep_count | five 2/2; four 0/2 ('five' 2); one 2/2; three 2/2; two 2/2 "
+            "| four |") in table
+    # sampled: "four" said once (on a five-beep clip, out of format: wrong, but said)
+    assert "| after sampled | sound/beep_count | five 1/2 ('four' 1); four 0/2 ('five' 2);" in table
+    assert "| after sampled | sound/beep_count |" in table and table.count("| four |") == 1
+    assert "silenced" not in table  # silenced answers say nothing about labels
+
+
 def _family_preds(folder: Path, name: str, counts: dict[str, int]) -> None:
     """``folder/name``: 60 sound items (5 choices) and 60 music items (6 choices), ``counts[family]`` right."""
     folder.mkdir(parents=True, exist_ok=True)

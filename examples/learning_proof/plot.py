@@ -202,8 +202,48 @@ def off_list_table(evals: dict[str, Path]) -> str:
     if not lines:
         return "Every answer named one of the listed choices."
     return "\n".join(["| evaluation | task | answers off the list | most often |", "|---|---|---:|---|", *lines,
-                      "\nAn answer off the list is wrong whatever the audio: a whole task off the list, one text "
-                      "repeated, is a collapsed policy, not a model that guesses."])
+                      ("\nAn answer off the list is wrong whatever the audio: a whole task off the list, one text "
+                       "repeated, is a collapsed policy, not a model that guesses.")])
+
+
+def label_table(evals: dict[str, Path], conditions: tuple[str, ...] = ("normal", "sampled")) -> str:
+    """Markdown: per eval folder, condition and task, each label's right answers and its most common wrong one."""
+    from r1aqa_plugin.rewards.answer import extract_lenient
+    from r1aqa_plugin.rewards.r1aqa import r1aqa_accuracy
+
+    lines = []
+    for label, folder in evals.items():
+        for cond, path in prediction_files(folder):
+            if cond not in conditions:
+                continue
+            total: dict[str, Counter[str]] = defaultdict(Counter)   # task -> label -> items
+            right: dict[str, Counter[str]] = defaultdict(Counter)
+            wrong: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+            said: dict[str, Counter[str]] = defaultdict(Counter)   # task -> extracted answer -> times
+            for item in json.loads(path.read_text(encoding="utf-8")):
+                key, gold = f"{item.get('task', '?')}/{item.get('sub-category') or '?'}", item["answer"]
+                raw = item.get("model_output_raw", item.get("model_output", ""))
+                answer = extract_lenient(raw)
+                said[key][answer] += 1
+                total[key][gold] += 1
+                if r1aqa_accuracy(raw, gold, item["choices"]):
+                    right[key][gold] += 1
+                else:
+                    wrong[key][gold][answer] += 1
+            for key in sorted(total):
+                cells = []
+                for gold in sorted(total[key]):
+                    top = wrong[key][gold].most_common(1)
+                    cells.append(f"{gold} {right[key][gold]}/{total[key][gold]}"
+                                 + (f" ({top[0][0][:20]!r} {top[0][1]})" if top else ""))
+                never = [g for g in sorted(total[key]) if not said[key][g]]
+                lines.append(f"| {label} {cond} | {key} | {'; '.join(cells)} | {', '.join(never) or '-'} |")
+    if not lines:
+        return "(no r1aqa eval predictions found)"
+    return "\n".join(["| evaluation | task | per label: right / n (most common wrong answer) | never answered |",
+                      "|---|---|---|---|", *lines,
+                      ("\nA label never answered caps its task's accuracy at (k-1)/k for k balanced labels, however "
+                       "well the model hears the others (the thirteenth GPU run: four beeps, guitar).")])
 
 
 def wilson_low(hits: float, n: int, z: float = 1.96) -> float:
@@ -313,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         parts += ["## Held-out evaluation (r1aqa eval)\n", eval_table(evals), ""]
         parts += ["## Per task family, against issue 8's acceptance\n", acceptance(evals), ""]
         parts += ["## Answers that name no listed choice\n", off_list_table(evals), ""]
+        parts += ["## Per label\n", label_table(evals), ""]
     text = "\n".join(parts)
     (out / "summary.md").write_text(text, encoding="utf-8")
     print(text)
