@@ -124,6 +124,12 @@ def val_table(val: dict[str, list[tuple[int, float]]]) -> str:
 
 
 # ---------------------------------------------------------------------------------------- r1aqa eval folders
+def task_and_output(item: dict[str, Any]) -> tuple[str, str]:
+    """A prediction's ``family/task`` key and its raw completion (the extracted one where no raw was written)."""
+    return (f"{item.get('task', '?')}/{item.get('sub-category') or '?'}",
+            item.get("model_output_raw", item.get("model_output", "")))
+
+
 def score_predictions(items: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per sub-category (and 'all'): n, accuracy (training reward rule), format rate, chance (mean 1/#choices)."""
     from r1aqa_plugin.rewards.answer import is_answer_format
@@ -131,10 +137,9 @@ def score_predictions(items: list[dict[str, Any]]) -> dict[str, dict[str, float]
 
     groups: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     for item in items:
-        raw = item.get("model_output_raw", item.get("model_output", ""))
+        key, raw = task_and_output(item)
         row = (r1aqa_accuracy(raw, item["answer"], item["choices"]), float(is_answer_format(raw.strip())),
                1.0 / len(item["choices"]))
-        key = f"{item.get('task', '?')}/{item.get('sub-category') or '?'}"
         groups[key].append(row)
         groups["all"].append(row)
     return {k: {"n": len(v), "acc": sum(r[0] for r in v) / len(v), "format": sum(r[1] for r in v) / len(v),
@@ -190,9 +195,8 @@ def off_list_table(evals: dict[str, Path]) -> str:
             groups: dict[str, Counter[str]] = defaultdict(Counter)
             totals: Counter[str] = Counter()
             for item in json.loads(path.read_text(encoding="utf-8")):
-                key = f"{item.get('task', '?')}/{item.get('sub-category') or '?'}"
+                key, raw = task_and_output(item)
                 totals[key] += 1
-                raw = item.get("model_output_raw", item.get("model_output", ""))
                 # the training reward's rule: exact choice text (a case or letter variant is off the list too)
                 if not names_a_listed_choice(raw, item["choices"]):
                     groups[key][extract_lenient(raw)] += 1
@@ -221,8 +225,7 @@ def label_table(evals: dict[str, Path], conditions: tuple[str, ...] = ("normal",
             wrong: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
             said: dict[str, Counter[str]] = defaultdict(Counter)   # task -> extracted answer -> times
             for item in json.loads(path.read_text(encoding="utf-8")):
-                key, gold = f"{item.get('task', '?')}/{item.get('sub-category') or '?'}", item["answer"]
-                raw = item.get("model_output_raw", item.get("model_output", ""))
+                (key, raw), gold = task_and_output(item), item["answer"]
                 answer = extract_lenient(raw)
                 said[key][answer] += 1
                 total[key][gold] += 1
