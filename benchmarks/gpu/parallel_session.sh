@@ -24,8 +24,9 @@
 #          (model, data, warm-up, eval before) -> GRPO -> eval after, plots
 #   gpu1:  learning proof GRPO on all tasks, same settings and phases
 #   probe: learning proof, supervised on the correct answers (examples/learning_proof/run.sh probe)
-#   gpu23: 7B GRPO 2 GPUs "wins" -> "winsref" (+ hook R) -> baseline (the 7B folder is built once, on a GPU, by
-#          whichever queue needs it first)
+#   gpu23: 7B GRPO 2 GPUs "winsref" (the known wins + hook R) -> "winsfast" (+ no gradient checkpointing) -> "wins"
+#          (hook R off) -> baseline; a 3-step 7B run takes ~9 min, so a 30-minute session gets the first two (the
+#          7B folder is built once, on a GPU, by whichever queue needs it first)
 #   one:   7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> "wins1ref" (+ hook R: the reference's
 #          weights on the GPU) -> "cpuadam" (GPU $ONE_GPU, default 0)
 #   perf1: 7B GRPO 1 GPU "wins1" -> rollout bench -> "wins1ref" (GPU $ONE_GPU, default 1). The twelfth session ran
@@ -313,8 +314,8 @@ QUEUE_perf1() {  # issue 7 on the second GPU of `nvidia-h200-x2`: the 7B step on
 }
 QUEUE_gpu23() {
   export CUDA_VISIBLE_DEVICES=${PAIR_GPUS:-2,3}   # PAIR_GPUS=0,1 on nvidia-h200-x2
-  step grpo-wins-2gpu grpo7b 2 wins; step grpo-winsref-2gpu grpo7b 2 winsref   # grpo7b builds the 7B once
-  step grpo-baseline-2gpu grpo7b 2 baseline
+  step grpo-winsref-2gpu grpo7b 2 winsref; step grpo-winsfast-2gpu grpo7b 2 winsfast   # grpo7b builds the 7B once
+  step grpo-wins-2gpu grpo7b 2 wins; step grpo-baseline-2gpu grpo7b 2 baseline
 }
 QUEUE_bench() {
   export CUDA_VISIBLE_DEVICES=${BENCH_GPU:-1}
