@@ -297,16 +297,20 @@ def copy_source_tree(dest: Path) -> None:
             shutil.copy2(REPO / name, dest / name, follow_symlinks=False)
 
 
+def pip(*args: str) -> None:
+    """Run this venv's pip; on failure, fail with what pip printed."""
+    done = subprocess.run([PY, "-m", "pip", *args], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, f"pip {args[0]} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+
+
 @pytest.mark.integration
 def test_recipes_compose_from_a_non_editable_wheel(tmp_path):
     src = tmp_path / "src"
     copy_source_tree(src)
-    subprocess.run([PY, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "w"),
-                    str(src)], check=True, capture_output=True, timeout=300)
+    pip("wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "w"), str(src))
     wheel = next((tmp_path / "w").glob("r1aqa_plugin-*.whl"))
     site = tmp_path / "site"
-    subprocess.run([PY, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)], check=True,
-                   capture_output=True, timeout=300)
+    pip("install", "--no-deps", "-q", "--target", str(site), str(wheel))
     assert (site / "r1aqa_plugin" / "recipe" / "r1aqa_grpo.yaml").is_file()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
