@@ -103,6 +103,25 @@ VARIANTS["winsref"] = ("2 GPUs: wins + refgpu (the reference's weights stay on t
 VARIANTS["wins1ref"] = ("1 GPU: wins1 + refgpu", VARIANTS["wins1"][1] + VARIANTS["refgpu"][1])
 VARIANTS["winsfast"] = ("2 GPUs: winsref + nockpt (spends the ~50 GB a GPU that 2 GPUs leave free on skipping the "
                         "recomputed forward)", VARIANTS["winsref"][1] + VARIANTS["nockpt"][1])
+VARIANTS["fsdp2fast"] = (("2 GPUs: winsfast on FSDP2: its state dict is the shards themselves, so the weight sync "
+                          "gathers the fp32 weights once instead of twice (FSDP1 gathers them for the state dict, then "
+                          "again per tensor): sync 1.65 -> 1.0-1.35 s; update within +-0.5 s, peak within +-5 GB"),
+                         VARIANTS["winsfast"][1] + ["actor_rollout_ref.actor.strategy=fsdp2"])
+VARIANTS["lora1"] = (("1 GPU: the LoRA recipe (r1aqa_grpo_lora: rank 32, encoder frozen, merged into vLLM) with "
+                      "bypass, micro, kvmem, no checkpointing; the optimizer state is small, so it stays on the GPU. "
+                      "Not R1-AQA's maths (full fine-tuning); never run on a GPU before. Step 16-22 s = 16-22 GPU-s: "
+                      "update 7-10 s (forward + input gradients, 4 x params x tokens, no weight gradients), reference "
+                      "3.5-4.5 (the actor with adapters off), generation 4.0-4.6, sync with the merge 1.5-3; peak "
+                      "45-70 GB"),
+                     ["+recipe=r1aqa_grpo_lora", *VARIANTS["bypass"][1], *VARIANTS["micro"][1], *VARIANTS["kvmem"][1],
+                      "actor_rollout_ref.actor.fsdp_config.optimizer_offload=False", *VARIANTS["nockpt"][1]])
+# torch profiler on step 2's training worker, rank 0 (verl's own; it marks the reference pass and the update);
+# the traces go to LOGS/traces-VARIANT-NGPU and their summary (trace_report.py) to LOGS/trace-VARIANT-NGPU.md
+PROFILE = ["global_profiler.tool=torch", "global_profiler.steps=[2]", "actor_rollout_ref.actor.profiler.enable=True",
+           "actor_rollout_ref.actor.profiler.ranks=[0]"]
+VARIANTS["prof"] = (("winsfast with step 2 profiled on rank 0 (torch profiler; the step itself runs slower): where "
+                     "the update's 6.6 s and the reference's 2.1 s go, GPU-bound or waiting on the host"),
+                    VARIANTS["winsfast"][1] + PROFILE)
 ENV_PREFIX = "env:"  # an override entry "env:KEY=VALUE" sets an environment variable of the run instead
 
 
@@ -232,13 +251,31 @@ def scaling(rows: list[tuple[str, dict[str, Any]]]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ running
+def traces_dir(variant: str, a: argparse.Namespace) -> Path:
+    """Where a variant's profiler traces go (only variants with ``global_profiler.tool`` write any)."""
+    return Path(a.logs).resolve() / f"traces-{variant}-{a.gpus}gpu"
+
+
+def report_traces(variant: str, a: argparse.Namespace) -> Path | None:
+    """Summarise a run's profiler traces into LOGS/trace-VARIANT-NGPU.md (the traces are too big to bring back)."""
+    traces = sorted(traces_dir(variant, a).glob("*.json*"))
+    if not traces:
+        return None
+    import trace_report
+
+    out = Path(a.logs) / f"trace-{variant}-{a.gpus}gpu.md"
+    out.write_text("".join(trace_report.report(t) + "\n" for t in traces))
+    return out
+
+
 def command(variant: str, a: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The ``main_ppo`` command line of a variant and its environment variables (``env:`` entries; Ray hands the
     driver's environment to every worker)."""
     overrides = merge_overrides(
         ["+recipe=r1aqa_grpo", f"data.train_files={a.data}", f"data.val_files={a.data}",
          f"actor_rollout_ref.model.path={a.model}", f"trainer.total_training_steps={a.steps}",
-         f"trainer.default_local_dir={a.logs}/ckpt-{variant}"],
+         f"trainer.default_local_dir={a.logs}/ckpt-{variant}",
+         f"global_profiler.save_path={traces_dir(variant, a)}"],
         RUN, MACHINE, base_overrides(a.gpus), VARIANTS[variant][1], a.extra or [])
     env = dict(o[len(ENV_PREFIX):].split("=", 1) for o in overrides if o.startswith(ENV_PREFIX))
     return [sys.executable, "-m", "verl.trainer.main_ppo",
@@ -265,6 +302,9 @@ def run(a: argparse.Namespace) -> int:
                                     timeout=a.timeout, env={**os.environ, **env}).returncode
             except subprocess.TimeoutExpired:
                 rc = 124
+        summary = report_traces(variant, a)
+        if summary:
+            print(f"   profiler traces: {summary}", flush=True)
         s = summarize(parse_metrics(log.read_text(errors="replace")), a.gpus)
         s.update({"variant": variant, "rc": rc, "wall_s": time.perf_counter() - t, "log": str(log),
                   "overrides": cmd[3:], "env": env})

@@ -563,3 +563,126 @@ def test_session_env_puts_the_carried_espeak_on_path_only_when_the_machine_has_n
     out = subprocess.run([bash, "-c", script], capture_output=True, text=True, env={**env, "PATH": str(farm)})
     assert out.returncode == 0 and "the carried one" not in out.stdout
     assert out.stdout.strip().splitlines()[-1] == str(farm / "espeak-ng")
+
+
+def _trace_events() -> list[dict]:
+    """A chrome trace as torch writes it on a GPU: verl's stage markers, launches and the kernels they launched."""
+    def mark(name, ts, dur):
+        return {"ph": "X", "cat": "user_annotation", "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": 1}
+
+    def launch(corr, ts):
+        return {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": ts, "dur": 2, "pid": 1, "tid": 1,
+                "args": {"correlation": corr}}
+
+    def gpu(corr, name, ts, dur, cat="kernel", stream=7):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "pid": 0, "tid": stream,
+                "args": {"correlation": corr}}
+
+    return [mark("actor_update", 0, 1000), mark("ref_compute_log_prob", 1000, 500), mark("aten::mm", 5, 10),
+            launch(1, 10), gpu(1, "nvjet_tst_128x256_64x4_2x1_v_bz_coopA_NTN", 20, 200),
+            launch(2, 15), gpu(2, "ncclDevKernel_AllGather_RING_LL", 100, 200, stream=20),  # overlaps the matmul
+            launch(3, 990), gpu(3, "void at::native::vectorized_elementwise_kernel<4>", 1100, 100),  # runs late
+            launch(4, 1010), gpu(4, "void at::native::cunn_SoftMaxForward<8>", 1210, 50),
+            launch(5, 1020), gpu(5, "Memcpy DtoD (Device -> Device)", 1300, 10, cat="gpu_memcpy"),
+            {"ph": "i", "cat": "Trace", "name": "PyTorch Profiler", "ts": 0}]
+
+
+def test_trace_report_counts_kernels_for_the_stage_that_launched_them(tmp_path: Path) -> None:
+    import gzip
+
+    import trace_report
+
+    path = tmp_path / "actor_train_step2_rank0-of-2.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": _trace_events()}, f)
+    stages = {s.name: s for s in trace_report.stages_of(trace_report.load_events(path))}
+    assert set(stages) == {"actor_update", "ref_compute_log_prob", "(whole trace)"}  # aten::mm is torch's
+    assert stages["(whole trace)"].busy_us == 440 and stages["(whole trace)"].by_kind["memcpy"] == 10
+    update, ref = stages["actor_update"], stages["ref_compute_log_prob"]
+    # busy: the union 20-300 (matmul and NCCL overlap) plus 1100-1200, launched inside the update but run after it
+    assert update.busy_us == 380 and dict(update.by_kind) == {"matmul": 200, "nccl": 200, "other": 100}
+    assert ref.busy_us == 60 and dict(ref.by_kind) == {"log-softmax": 50, "memcpy": 10}
+    text = trace_report.report(path, top=2)
+    assert "| actor_update | 0.001 | 0.000 | 38 | 0.000 |" in text
+    assert "`nvjet_tst_128x256_64x4_2x1_v_bz_coopA_NTN` | matmul" in text and "Memcpy" not in text  # top 2 only
+
+
+def test_trace_report_reads_a_real_torch_profiler_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    import trace_report
+
+    with (torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof,
+          torch.profiler.record_function("actor_update"), torch.profiler.record_function("mini_batch0")):
+        a = torch.randn(64, 64)
+        (a @ a).sum()
+    prof.export_chrome_trace(str(tmp_path / "cpu.json"))
+    assert trace_report.main([str(tmp_path / "cpu.json")]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("| actor_update", "| mini_batch0"))]
+    assert len(rows) == 2 and all(" 0.000 | 0 |" in r for r in rows)  # a CPU-only trace: no GPU time
+    assert "| (whole trace) |" in out
+    (tmp_path / "bad.json").write_text('{"traceEvents": 3}')
+    with pytest.raises(ValueError, match="bad.json: no traceEvents list"):
+        trace_report.load_events(tmp_path / "bad.json")
+
+
+def _composed(variant: str, gpus: int, tmp_path: Path):
+    """A variant's main_ppo command composed for real (``--cfg job``) and resolved as verl's TaskRunnerV1.run does
+    before any worker reads it: (its arguments, the config, its environment variables)."""
+    from omegaconf import OmegaConf
+
+    a = argparse.Namespace(data="D.parquet", model="M", steps=3, logs=str(tmp_path / "logs"), gpus=gpus, extra=[])
+    cmd, env = gsb.command(variant, a)
+    proc = subprocess.run([*cmd, "--cfg", "job"], capture_output=True, text=True, cwd=tmp_path, timeout=180,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = OmegaConf.create(proc.stdout)
+    OmegaConf.resolve(cfg)
+    return a, cfg, env
+
+
+def test_lora1_variant_runs_the_lora_recipe_with_its_optimizer_on_the_gpu(tmp_path: Path) -> None:
+    _, cfg, env = _composed("lora1", 1, tmp_path)
+    model, actor = cfg.actor_rollout_ref.model, cfg.actor_rollout_ref.actor
+    # the variant's +recipe replaces the bench's r1aqa_grpo (two +recipe entries would fail Hydra's composition)
+    assert (cfg.trainer.experiment_name, model.lora_rank, actor.optim.lr) == ("r1aqa_grpo_lora", 32, 1e-5)
+    assert actor.fsdp_config.optimizer_offload is False and model.enable_gradient_checkpointing is False
+    assert cfg.algorithm.rollout_correction.bypass_mode is True and env == {}
+    assert (cfg.data.train_batch_size, cfg.actor_rollout_ref.rollout.n, cfg.trainer.n_gpus_per_node) == (16, 8, 1)
+
+
+def test_prof_variant_traces_step_2_of_rank_0_through_verls_profiler(tmp_path: Path) -> None:
+    """The ``prof`` variant's overrides, composed by main_ppo and resolved as verl's TaskRunner does, drive verl's
+    own torch profiler: rank 0 writes its step-2 trace where ``report_traces`` looks; rank 1 writes none."""
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.utils.profiler import DistProfiler, DistProfilerExtension, ProfilerConfig
+
+    a, cfg, env = _composed("prof", 2, tmp_path)
+    assert env == {"R1AQA_REF_ON_GPU": "1"}  # winsfast's, profiled
+    assert (cfg.global_profiler.tool, list(cfg.global_profiler.steps)) == ("torch", [2])
+    omega = cfg.actor_rollout_ref.actor.profiler  # what ActorRolloutRefWorker reads (engine_workers.py)
+    config = omega_conf_to_dataclass(omega, dataclass_type=ProfilerConfig)
+    tool = omega_conf_to_dataclass(omega.tool_config[omega.tool])
+
+    class Worker(DistProfilerExtension):
+        def __init__(self, rank: int) -> None:
+            self.rank = rank
+            DistProfilerExtension.__init__(self, DistProfiler(rank=rank, config=config, tool_config=tool,
+                                                              save_file_prefix="actor_rollout_ref"))
+
+        @DistProfiler.annotate(color="red", role="actor_update")
+        def update(self) -> None:
+            import torch
+            x = torch.randn(32, 32)
+            (x @ x).sum()
+
+    for rank in (0, 1):
+        worker = Worker(rank)
+        worker.start_profile(role="train", profile_step=2)
+        worker.update()
+        worker.stop_profile()
+    traces = list(gsb.traces_dir("prof", a).glob("*.json.gz"))
+    assert len(traces) == 1 and "step2_rank0" in traces[0].name
+    summary = gsb.report_traces("prof", a)
+    assert summary == tmp_path / "logs" / "trace-prof-2gpu.md" and "| actor_update |" in summary.read_text()
+    assert gsb.report_traces("winsfast", a) is None  # no profiler, no summary

@@ -24,11 +24,11 @@
 #          (model, data, warm-up, eval before) -> GRPO -> eval after, plots
 #   gpu1:  learning proof GRPO on all tasks, same settings and phases
 #   probe: learning proof, supervised on the correct answers (examples/learning_proof/run.sh probe)
-#   gpu23: 7B GRPO 2 GPUs "winsref" (the known wins + hook R) -> "winsfast" (+ no gradient checkpointing) -> "wins"
-#          (hook R off) -> baseline; a 3-step 7B run takes ~9 min, so a 30-minute session gets the first two (the
-#          7B folder is built once, on a GPU, by whichever queue needs it first)
-#   one:   7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> "wins1ref" (+ hook R: the reference's
-#          weights on the GPU) -> "cpuadam" (GPU $ONE_GPU, default 0)
+#   gpu23: 7B GRPO 2 GPUs: baseline -> "prof" (winsfast with step 2 under the torch profiler) -> "fsdp2fast"
+#          (winsfast on FSDP2) -> "winsfast" again; a 3-step 7B run takes 6-9 min, so a session gets the first three
+#          (the 7B folder is built once, on a GPU, by whichever queue needs it first)
+#   one:   7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> "lora1" (the LoRA recipe, optimizer on
+#          the GPU) -> "wins1ref" (+ hook R: the reference's weights on the GPU) (GPU $ONE_GPU, default 0)
 #   perf1: 7B GRPO 1 GPU "wins1" -> rollout bench -> "wins1ref" (GPU $ONE_GPU, default 1). The twelfth session ran
 #          it beside lp2 (QUEUES=lp2,perf1), with the cores unsplit: the 7B's CPU offload starved the warm-up ~10x
 #   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench -> feature-transfer bench
@@ -46,13 +46,14 @@ CMD=${1:?start, wait or stop}
 HERE=$(cd "$(dirname "$0")" && pwd)
 S=${SESSION_DIR:-/tmp/r1aqa-session}
 
-pack() {  # everything under $S into one archive in $OUT, plus the job list and the 7B table beside it; stack samples
-          # (STACKS=1) as a table in the archive and raw in 1-stacks.tgz (one file back may hold 16 MiB)
+pack() {  # everything under $S but data and profiler traces (their summaries stay) into one archive in $OUT, plus
+          # the job list and the 7B table beside it; stack samples (STACKS=1) as a table in the archive and raw in
+          # 1-stacks.tgz (one file back may hold 16 MiB)
   local out=${OUT:-$PWD/gpu-logs} d; mkdir -p "$out"
   for d in "$S"/*/stacks; do
     [ -d "$d" ] && python3 "$HERE/../stack_report.py" "$d" --groups 12 > "$d/../stacks.md" 2>&1
   done
-  tar -czf "$out/0-logs.tgz" -C "$S" --exclude "*.parquet" --exclude "stacks-*.json" . 2>/dev/null
+  tar -czf "$out/0-logs.tgz" -C "$S" --exclude "*.parquet" --exclude "stacks-*.json" --exclude "traces-*" . 2>/dev/null
   ls "$S"/*/stacks/stacks-*.json > /dev/null 2>&1 && tar -czf "$out/1-stacks.tgz" -C "$S" \
     $(cd "$S" && ls -d */stacks) 2>/dev/null
   cp "$S/jobs.tsv" "$out/jobs.tsv" 2>/dev/null
@@ -304,7 +305,7 @@ QUEUE_probe() {  # learnability probe: supervised on the correct answers of ever
 }
 QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning fits only with the optimizer step on the CPU)
   export CUDA_VISIBLE_DEVICES=${ONE_GPU:-0}
-  step grpo-wins1-1gpu grpo7b 1 wins1; step grpo-wins1ref-1gpu grpo7b 1 wins1ref; step grpo-cpuadam-1gpu grpo7b 1 cpuadam
+  step grpo-wins1-1gpu grpo7b 1 wins1; step grpo-lora1-1gpu grpo7b 1 lora1; step grpo-wins1ref-1gpu grpo7b 1 wins1ref
 }
 QUEUE_perf1() {  # issue 7 on the second GPU of `nvidia-h200-x2`: the 7B step on one GPU (wins1, at most GRPO_CAP s,
                  # default 780), the rollout bench, then wins1ref (hook R)
@@ -312,10 +313,10 @@ QUEUE_perf1() {  # issue 7 on the second GPU of `nvidia-h200-x2`: the 7B step on
   GRPO_CAP=${GRPO_CAP:-780} step grpo-wins1-1gpu grpo7b 1 wins1; step rollout rollout
   step grpo-wins1ref-1gpu grpo7b 1 wins1ref
 }
-QUEUE_gpu23() {
+QUEUE_gpu23() {  # the baseline first (the nineteenth session's was cut), then the profiled winsfast
   export CUDA_VISIBLE_DEVICES=${PAIR_GPUS:-2,3}   # PAIR_GPUS=0,1 on nvidia-h200-x2
-  step grpo-winsref-2gpu grpo7b 2 winsref; step grpo-winsfast-2gpu grpo7b 2 winsfast   # grpo7b builds the 7B once
-  step grpo-wins-2gpu grpo7b 2 wins; step grpo-baseline-2gpu grpo7b 2 baseline
+  step grpo-baseline-2gpu grpo7b 2 baseline; step grpo-prof-2gpu grpo7b 2 prof   # grpo7b builds the 7B once
+  step grpo-fsdp2fast-2gpu grpo7b 2 fsdp2fast; step grpo-winsfast-2gpu grpo7b 2 winsfast
 }
 QUEUE_bench() {
   export CUDA_VISIBLE_DEVICES=${BENCH_GPU:-1}
