@@ -1,18 +1,15 @@
 #!/usr/bin/env bash
-# The same recipe on 1 or 2 H200 (141 GB). Same batch (16 prompts x 8) and maths: only placement changes.
-# Measured on the lent H200s (docs/benchmarks.md, 7B architecture, random weights):
-# - 2 GPUs: FSDP shards fp32 weights + grads + AdamW (~134 GB) over both; the optimizer stays on the GPUs: peak
-#   80.7 GB allocated per GPU, 42.5 s per step with the recipe as is, 29.4 s with the "wins" overrides below
-#   (docs/benchmarks.md).
-# - 1 GPU: weights + grads + AdamW do not fit, and verl's optimizer_offload brings the AdamW state back to the GPU
-#   for each step (CUDA OOM, measured). This script therefore puts the whole actor on FSDP2's CPU offload policy:
-#   weights stream in per layer and the AdamW step runs on the CPU (host RAM >= 192 GB). NOT YET RUN end to end.
-# verl always keeps the reference model's weights in host memory (it streams them per micro-batch).
-#
+# The same recipe on 1 or 2 H200 (141 GB): same batch (16 prompts x 8) and maths, only placement changes.
+# 2 GPUs (measured, docs/benchmarks.md: 7B architecture, random weights): FSDP shards fp32 weights, grads and AdamW
+# (~134 GB) over both, the optimizer stays on the GPUs. As is 42.5 s a step (before hooks M, J, P); WINS=1 16.6 s,
+# 80.7 GB a GPU; WINS=fast 13.7 s, 114.7 GB (the reference stays on the GPU, no gradient checkpointing).
+# 1 GPU: AdamW does not fit even with verl's optimizer_offload (OOM, measured), so the actor runs on FSDP2's CPU
+# offload policy (AdamW step on the CPU, host RAM >= 192 GB). NOT YET RUN end to end.
 #   bash examples/train_h200.sh NGPU [extra Hydra overrides]        # NGPU: 1 or 2
 #   bash examples/train_h200.sh 2 trainer.total_training_steps=500
-#   WINS=1 bash examples/train_h200.sh 2                            # + the measured speed-ups (docs/benchmarks.md)
-# Env: as examples/train_8x80gb.sh.
+#   WINS=1 bash examples/train_h200.sh 2                            # + the measured speed-ups
+#   WINS=fast bash examples/train_h200.sh 2                         # + 27 GB a GPU for 18% less step time
+# WINS=1 / fast: grpo_step_bench.py's "wins" / "winsfast" (a test keeps them equal). Env: as train_8x80gb.sh.
 set -euo pipefail
 NGPU=${1:?usage: train_h200.sh NGPU(1|2) [overrides]}; shift
 case $NGPU in 1|2) ;; *) echo "train_h200.sh: NGPU must be 1 or 2 (8 GPUs: examples/train_8x80gb.sh)" >&2; exit 2 ;; esac
@@ -21,14 +18,23 @@ PLACE=()
 [ "$NGPU" = 1 ] && PLACE=(actor_rollout_ref.actor.strategy=fsdp2 actor_rollout_ref.actor.fsdp_config.offload_policy=True
                           actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16)
 # bypass: the rollout's log-probs are the old policy (one update per batch, as R1-AQA); bf16 reference and bigger
-# micro-batches: fewer, lighter weight streams (benchmarks/grpo_step_bench.py "wins")
+# micro-batches: fewer, lighter weight streams; all 128 sequences' KV cache in vLLM at once
 FAST=()
-[ "${WINS:-0}" = 1 ] && FAST=(algorithm.rollout_correction.bypass_mode=True actor_rollout_ref.rollout.calculate_log_probs=True
-                              actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8
-                              actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16
-                              actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16
-                              actor_rollout_ref.ref.fsdp_config.model_dtype=bf16)
+case ${WINS:-0} in 0) ;;
+  1|fast)
+    FAST=(algorithm.rollout_correction.bypass_mode=True actor_rollout_ref.rollout.calculate_log_probs=True
+          actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8
+          actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=32
+          actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16
+          actor_rollout_ref.ref.fsdp_config.model_dtype=bf16
+          actor_rollout_ref.rollout.gpu_memory_utilization=0.5) ;;
+  *) echo "train_h200.sh: WINS must be 0, 1 or fast, not '$WINS'" >&2; exit 2 ;;
+esac
+if [ "${WINS:-0}" = fast ]; then
+  [ "$NGPU" = 2 ] || { echo "train_h200.sh: WINS=fast needs 2 GPUs (114.7 GB a GPU measured on 2); use WINS=1" >&2; exit 2; }
+  FAST+=(actor_rollout_ref.model.enable_gradient_checkpointing=False); export R1AQA_REF_ON_GPU=1
+fi
 exec ${PYTHON:-python3} -m verl.trainer.main_ppo +recipe="${RECIPE:-r1aqa_grpo}" \
   data.train_files="${TRAIN:-$DATA/avqa-train.parquet}" data.val_files="${VAL:-$DATA/mmau-test-mini-v1.parquet}" \
   actor_rollout_ref.model.path="${MODEL:-Qwen/Qwen2-Audio-7B-Instruct}" \
-  trainer.n_gpus_per_node="$NGPU" "${PLACE[@]}" "${FAST[@]}" "$@"
+  trainer.n_gpus_per_node="$NGPU" "${FAST[@]}" "${PLACE[@]}" "$@"

@@ -367,12 +367,42 @@ def test_train_h200_places_the_actor_and_keeps_the_maths(tmp_path, ngpu):
     assert cfg.algorithm.rollout_correction.bypass_mode is False
 
 
-def test_train_h200_wins_adds_the_measured_speed_ups(tmp_path):
-    cfg = run_example("train_h200.sh", ["2"], tmp_path, WINS="1")
+def bench_variant(name: str) -> list[str]:
+    """``benchmarks/grpo_step_bench.py``'s overrides for a variant, later ones winning: what was measured."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import grpo_step_bench
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return grpo_step_bench.merge_overrides(grpo_step_bench.VARIANTS[name][1])
+
+
+@pytest.mark.parametrize(("ngpu", "wins", "variant"), [(2, "1", "wins"), (2, "fast", "winsfast"), (1, "1", "wins1")])
+def test_train_h200_wins_is_the_measured_variant(tmp_path, ngpu, wins, variant):
+    """WINS=1 / fast set exactly the overrides and environment of the benchmark variant the docs quote."""
+    env_seen = tmp_path / "env"
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/bash\necho "${{R1AQA_REF_ON_GPU:-unset}}" > {env_seen}\nexec {PY} "$@"\n')
+    python.chmod(0o755)
+    cfg = run_example("train_h200.sh", [str(ngpu)], tmp_path, WINS=wins, PYTHON=str(python))
     check_with_verl(cfg)
-    assert cfg.algorithm.rollout_correction.bypass_mode is True and cfg.actor_rollout_ref.rollout.calculate_log_probs
-    assert cfg.actor_rollout_ref.ref.fsdp_config.model_dtype == "bf16"
+    measured = bench_variant(variant)
+    for override in measured:
+        key, value = override.split("=", 1)
+        if key.startswith("env:"):
+            assert (key, env_seen.read_text().strip()) == ("env:R1AQA_REF_ON_GPU", value)
+        else:
+            assert str(OmegaConf.select(cfg, key.lstrip("+"))) == value, override
+    if not any(o.startswith("env:") for o in measured):
+        assert env_seen.read_text().strip() == "unset"
     assert (cfg.data.train_batch_size, cfg.actor_rollout_ref.rollout.n) == (16, 8)
+
+
+def test_train_h200_refuses_fast_on_one_gpu_and_unknown_wins(tmp_path):
+    for ngpu, wins, says in [("1", "fast", "needs 2 GPUs"), ("2", "yes", "WINS must be 0, 1 or fast")]:
+        proc = subprocess.run(["bash", str(REPO / "examples" / "train_h200.sh"), ngpu], cwd=tmp_path, check=False,
+                              capture_output=True, text=True, env={**os.environ, "WINS": wins})
+        assert proc.returncode == 2 and says in proc.stderr
 
 
 def test_train_h200_refuses_other_gpu_counts(tmp_path):
