@@ -252,6 +252,76 @@ def test_lora_variant_merges_for_vllm_and_peft_leaves_the_audio_encoder_alone(ti
     assert [n for n in trainable if "language_model" in n or ".layers." in n]
 
 
+def test_lora_sync_sends_merged_weights_under_names_vllms_loader_takes(bare_fsdp_engine, tiny_model_dir, monkeypatch):
+    """The LoRA recipe's weight sync through verl's real FSDPEngine on the CPU: ``_build_module``,
+    ``_build_lora_module`` and ``_build_fsdp_module`` (FSDP1 with verl's LoRA wrap policy; one gloo rank), then
+    ``_merged_lora_per_tensor_param``, what verl streams to vLLM at every sync. Every tensor's name maps onto the
+    checkpoint's through the plugin's vLLM model class, each adapted weight is W + (alpha / r) B A, the audio
+    encoder is sent untouched, and the base weights are restored afterwards."""
+    import torch
+    from safetensors import safe_open
+    from torch.distributed.tensor import DTensor
+    from verl.workers.config import FSDPEngineConfig, HFModelConfig
+    from verl.workers.engine.fsdp import transformer_impl
+
+    from r1aqa_plugin.models.qwen2_audio import verl_hooks
+
+    pytest.importorskip("vllm")
+    from r1aqa_plugin.models.qwen2_audio.vllm_model import Qwen2AudioWithV5Names
+
+    verl_hooks.install()
+    lora = variant("r1aqa_grpo_lora").actor_rollout_ref.model
+
+    class OneRankCPUFSDP(transformer_impl.FSDP):  # FSDP1 refuses CPU tensors only for the rank-0 broadcast
+        def __init__(self, module, **kwargs):
+            super().__init__(module, **{**kwargs, "sync_module_states": False})
+
+    monkeypatch.setattr(transformer_impl, "FSDP", OneRankCPUFSDP)
+    monkeypatch.setattr(transformer_impl, "get_device_id", lambda: torch.device("cpu"))
+    monkeypatch.setattr(transformer_impl, "log_gpu_memory_usage", lambda *a, **k: None)  # asks CUDA for its memory
+    engine = bare_fsdp_engine()
+    engine.model_config = HFModelConfig(path=str(tiny_model_dir), override_config={"attn_implementation": "sdpa"},
+                                        lora_rank=lora.lora_rank, lora_alpha=lora.lora_alpha,
+                                        target_modules=lora.target_modules, exclude_modules=lora.exclude_modules)
+    engine.engine_config = FSDPEngineConfig(model_dtype="fp32")
+    module = engine._build_lora_module(engine._build_module())
+    torch.manual_seed(0)
+    adapters = {}
+    for name, sub in module.named_modules():
+        if hasattr(sub, "lora_B"):
+            torch.nn.init.normal_(sub.lora_B["default"].weight, std=0.05)  # verl starts B at 0: make the merge show
+            adapters[name] = (sub.base_layer.weight.detach().clone(), sub.lora_A["default"].weight.detach().clone(),
+                              sub.lora_B["default"].weight.detach().clone())
+    engine.module = engine._build_fsdp_module(module)
+    engine._is_offload_param = False
+
+    sent = {name: (t.full_tensor() if isinstance(t, DTensor) else t).float()
+            for name, t in engine._merged_lora_per_tensor_param()}
+    with safe_open(str(tiny_model_dir / "model.safetensors"), "pt") as f:
+        checkpoint = {name: f.get_tensor(name).float() for name in f.keys()}
+    mapper = Qwen2AudioWithV5Names.hf_to_vllm_mapper
+    loaded = {mapper._map_name(name): tensor for name, tensor in sent.items()}
+    assert sorted(loaded) == sorted(checkpoint) and len(loaded) == len(sent)
+    assert any(mapper._map_name(name) != name for name in sent)  # verl sends transformers-5 names
+
+    scale = lora.lora_alpha / lora.lora_rank
+    merged = 0
+    for peft_name, (base, a, b) in adapters.items():
+        name = mapper._map_name(peft_name.replace("base_model.model.", "") + ".weight")
+        expected = base + scale * (b @ a)
+        torch.testing.assert_close(loaded[name], expected, rtol=0, atol=1e-5)
+        assert (loaded[name] - base).abs().max() > 1e-3
+        merged += 1
+    assert merged >= 10 and not [n for n in adapters if "audio_tower" in n]
+    for name, tensor in loaded.items():
+        if "audio_tower" in name:
+            assert torch.equal(tensor, checkpoint[name]), name  # no adapter on the encoder: sent as loaded
+    # the base weights were restored after the sync: a second one sends exactly the same tensors, not B A twice
+    again = {mapper._map_name(name): (t.full_tensor() if isinstance(t, DTensor) else t).float()
+             for name, t in engine._merged_lora_per_tensor_param()}
+    assert all(torch.equal(again[name], loaded[name]) for name in loaded)
+
+
 def test_tiny_recipe_stays_small():
     cfg = variant("r1aqa_grpo_tiny")
     assert (cfg.trainer.n_gpus_per_node, cfg.trainer.total_training_steps, cfg.actor_rollout_ref.rollout.n) == (1, 5, 4)
