@@ -445,6 +445,15 @@ def test_reference_hook_fails_loudly_when_verl_changes_where_it_offloads():
         verl_hooks._make_resident_reference(_build_fsdp_module)
 
 
+
+def test_root_lora_merge_hook_fails_loudly_when_verl_stops_skipping_the_root():
+    # hook Q at work: tests/test_recipes.py's weight-sync test (FSDP2 with the LoRA recipe)
+    def fsdp_merge_unmerge(module, do_merge):  # a verl that merges every unit, the root's included
+        return None
+
+    with pytest.raises(verl_hooks.AdapterError, match="hook Q: .*fsdp_merge_unmerge changed"):
+        verl_hooks._make_root_lora_merge(fsdp_merge_unmerge)
+
 # ------------------------------------------------------------------------- hook L: tie_word_embeddings at the top
 def test_model_config_gets_tie_word_embeddings_from_text_config(tiny_model_dir):
     from transformers import AutoConfig

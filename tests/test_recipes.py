@@ -252,15 +252,18 @@ def test_lora_variant_merges_for_vllm_and_peft_leaves_the_audio_encoder_alone(ti
     assert [n for n in trainable if "language_model" in n or ".layers." in n]
 
 
-def test_lora_sync_sends_merged_weights_under_names_vllms_loader_takes(bare_fsdp_engine, tiny_model_dir, monkeypatch):
-    """The LoRA recipe's weight sync through verl's real FSDPEngine on the CPU: ``_build_module``,
-    ``_build_lora_module`` and ``_build_fsdp_module`` (FSDP1 with verl's LoRA wrap policy; one gloo rank), then
-    ``_merged_lora_per_tensor_param``, what verl streams to vLLM at every sync. Every tensor's name maps onto the
-    checkpoint's through the plugin's vLLM model class, each adapted weight is W + (alpha / r) B A, the audio
-    encoder is sent untouched, and the base weights are restored afterwards."""
+@pytest.mark.parametrize(("strategy", "lora"), [("fsdp", True), ("fsdp2", True), ("fsdp", False), ("fsdp2", False)])
+def test_weight_sync_sends_names_vllms_loader_takes_and_lora_merged(bare_fsdp_engine, tiny_model_dir, monkeypatch,
+                                                                     strategy, lora):
+    """What verl streams to vLLM at every sync, through its real FSDPEngine on one CPU rank: ``_build_module``,
+    ``_build_lora_module`` (the LoRA recipe's settings) and ``_build_fsdp_module`` (verl's wrap policy), then
+    ``get_per_tensor_param``. Every tensor's name maps onto the checkpoint's through the plugin's vLLM model class
+    (FSDP2 is ``grpo_step_bench``'s ``fsdp2fast``); with LoRA each adapted weight is W + (alpha / r) B A, the audio
+    encoder is sent untouched, and the base weights are restored after the sync."""
     import torch
     from safetensors import safe_open
     from torch.distributed.tensor import DTensor
+    from verl.utils import fsdp_utils
     from verl.workers.config import FSDPEngineConfig, HFModelConfig
     from verl.workers.engine.fsdp import transformer_impl
 
@@ -270,55 +273,64 @@ def test_lora_sync_sends_merged_weights_under_names_vllms_loader_takes(bare_fsdp
     from r1aqa_plugin.models.qwen2_audio.vllm_model import Qwen2AudioWithV5Names
 
     verl_hooks.install()
-    lora = variant("r1aqa_grpo_lora").actor_rollout_ref.model
+    recipe = variant("r1aqa_grpo_lora").actor_rollout_ref.model
 
     class OneRankCPUFSDP(transformer_impl.FSDP):  # FSDP1 refuses CPU tensors only for the rank-0 broadcast
         def __init__(self, module, **kwargs):
             super().__init__(module, **{**kwargs, "sync_module_states": False})
 
     monkeypatch.setattr(transformer_impl, "FSDP", OneRankCPUFSDP)
-    monkeypatch.setattr(transformer_impl, "get_device_id", lambda: torch.device("cpu"))
-    monkeypatch.setattr(transformer_impl, "log_gpu_memory_usage", lambda *a, **k: None)  # asks CUDA for its memory
+    for where in (transformer_impl, fsdp_utils):
+        monkeypatch.setattr(where, "get_device_id", lambda: torch.device("cpu"))
+    # the model already lives where the sync reads it; these move it to and from CUDA or ask CUDA for its memory
+    for name in ("load_fsdp_model_to_gpu", "offload_fsdp_model_to_cpu", "log_gpu_memory_usage"):
+        monkeypatch.setattr(transformer_impl, name, lambda *a, **k: None)
     engine = bare_fsdp_engine()
+    lora_keys = dict(lora_rank=recipe.lora_rank, lora_alpha=recipe.lora_alpha, target_modules=recipe.target_modules,
+                     exclude_modules=recipe.exclude_modules, lora={"merge": True}) if lora else {}
     engine.model_config = HFModelConfig(path=str(tiny_model_dir), override_config={"attn_implementation": "sdpa"},
-                                        lora_rank=lora.lora_rank, lora_alpha=lora.lora_alpha,
-                                        target_modules=lora.target_modules, exclude_modules=lora.exclude_modules)
-    engine.engine_config = FSDPEngineConfig(model_dtype="fp32")
-    module = engine._build_lora_module(engine._build_module())
-    torch.manual_seed(0)
+                                        **lora_keys)
+    engine.engine_config = FSDPEngineConfig(strategy=strategy, model_dtype="fp32")
+    engine._is_lora, engine._is_offload_param, engine._uses_fsdp2_cpu_offload_policy = lora, False, False
+    engine._qat_enabled = False
+    module = engine._build_module()
     adapters = {}
-    for name, sub in module.named_modules():
-        if hasattr(sub, "lora_B"):
-            torch.nn.init.normal_(sub.lora_B["default"].weight, std=0.05)  # verl starts B at 0: make the merge show
-            adapters[name] = (sub.base_layer.weight.detach().clone(), sub.lora_A["default"].weight.detach().clone(),
-                              sub.lora_B["default"].weight.detach().clone())
+    if lora:
+        module = engine._build_lora_module(module)
+        torch.manual_seed(0)
+        for name, sub in module.named_modules():
+            if hasattr(sub, "lora_B"):
+                torch.nn.init.normal_(sub.lora_B["default"].weight, std=0.05)  # verl starts B at 0: make it show
+                adapters[name] = (sub.base_layer.weight.detach().clone(), sub.lora_A["default"].weight.detach().clone(),
+                                  sub.lora_B["default"].weight.detach().clone())
     engine.module = engine._build_fsdp_module(module)
-    engine._is_offload_param = False
-
-    sent = {name: (t.full_tensor() if isinstance(t, DTensor) else t).float()
-            for name, t in engine._merged_lora_per_tensor_param()}
-    with safe_open(str(tiny_model_dir / "model.safetensors"), "pt") as f:
-        checkpoint = {name: f.get_tensor(name).float() for name in f.keys()}
     mapper = Qwen2AudioWithV5Names.hf_to_vllm_mapper
-    loaded = {mapper._map_name(name): tensor for name, tensor in sent.items()}
-    assert sorted(loaded) == sorted(checkpoint) and len(loaded) == len(sent)
-    assert any(mapper._map_name(name) != name for name in sent)  # verl sends transformers-5 names
 
-    scale = lora.lora_alpha / lora.lora_rank
-    merged = 0
-    for peft_name, (base, a, b) in adapters.items():
-        name = mapper._map_name(peft_name.replace("base_model.model.", "") + ".weight")
-        expected = base + scale * (b @ a)
-        torch.testing.assert_close(loaded[name], expected, rtol=0, atol=1e-5)
-        assert (loaded[name] - base).abs().max() > 1e-3
-        merged += 1
-    assert merged >= 10 and not [n for n in adapters if "audio_tower" in n]
+    sent_dtypes = set()
+
+    def sync() -> dict:
+        stream, _ = engine.get_per_tensor_param()
+        sent = {name: t.full_tensor() if isinstance(t, DTensor) else t for name, t in stream}
+        sent_dtypes.update(t.dtype for t in sent.values())
+        assert any(mapper._map_name(name) != name for name in sent)  # verl sends transformers-5 names
+        return {mapper._map_name(name): tensor.float() for name, tensor in sent.items()}
+
+    loaded = sync()
+    with safe_open(str(tiny_model_dir / "model.safetensors"), "pt") as f:
+        checkpoint = {name: f.get_tensor(name).float() for name in f.keys()}  # noqa: SIM118 (not a dict)
+    assert sorted(loaded) == sorted(checkpoint)
+    adapted = {mapper._map_name(n.replace("base_model.model.", "") + ".weight"): a for n, a in adapters.items()}
+    scale = recipe.lora_alpha / recipe.lora_rank
+    # verl casts FSDP2's merged DTensors to bf16 (what vLLM holds): within a bf16 rounding of the merge
+    tolerance = {"rtol": 2**-8, "atol": 1e-6} if torch.bfloat16 in sent_dtypes else {"rtol": 0, "atol": 1e-5}
+    for name, (base, a, b) in adapted.items():
+        torch.testing.assert_close(loaded[name], base + scale * (b @ a), **tolerance, msg=name)
+    assert len(adapted) >= (10 if lora else 0) and not [n for n in adapted if "audio_tower" in n]
     for name, tensor in loaded.items():
-        if "audio_tower" in name:
-            assert torch.equal(tensor, checkpoint[name]), name  # no adapter on the encoder: sent as loaded
-    # the base weights were restored after the sync: a second one sends exactly the same tensors, not B A twice
-    again = {mapper._map_name(name): (t.full_tensor() if isinstance(t, DTensor) else t).float()
-             for name, t in engine._merged_lora_per_tensor_param()}
+        if name not in adapted:
+            assert torch.equal(tensor, checkpoint[name]), name  # as loaded: the encoder, norms, embeddings
+    # the base weights were restored after the sync: a second one sends the same tensors, not B A added twice
+    again = sync()
     assert all(torch.equal(again[name], loaded[name]) for name in loaded)
 
 

@@ -7,7 +7,7 @@ FSDP workers, agent-loop workers, the vLLM server actor and vLLM's own worker pr
 Each patch names its target module and attribute. Installing never imports a target: a patch is applied when its
 module is imported (at once if it already is), so the driver does not pay for vLLM's import. Applying checks the
 attribute exists, wraps it once (idempotent), logs what it patched, and raises ``AdapterError`` when verl has
-changed. Every wrapper but M's, N's and R's is a no-op for models other than Qwen2-Audio.
+changed. Every wrapper but M's, N's, Q's and R's is a no-op for models other than Qwen2-Audio.
 
 Hooks (see docs/adapter.md): A processor accepted, B processor callable after rollout, C prompt builder is
 multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, F an auto class for the actor,
@@ -17,10 +17,12 @@ encoder (verl 0.9.1's FSDP engine ignores the flag), L ``tie_word_embeddings`` w
 log-probs in chunked kernels where verl would loop over tokens in Python (no flash-attn), N the v1 replay buffer
 polls for finished rollouts every 0.2 s, not 2 s, O the reward call's position ids without a second processor run
 (Qwen2-Audio's positions do not depend on the audio), P the actor's audio features travel cut after each clip's
-frames and are padded back to Whisper's 30 s window in the model's forward, R the reference policy keeps its
-weights on the GPU when asked (``R1AQA_REF_ON_GPU=1``), W every vLLM worker runs the name-mapping model class. (G,
-the dataset, and H, the recipes' settings, are not patches.) M, N and R are not Qwen2-Audio-specific: M computes the
-same values as the code it replaces, N only shortens a wait, R is off unless asked for, for any model.
+frames and are padded back to Whisper's 30 s window in the model's forward, Q under FSDP2 the LoRA merge for vLLM
+covers the root unit's layers too (the audio projector), R the reference policy keeps its weights on the GPU when
+asked (``R1AQA_REF_ON_GPU=1``), W every vLLM worker runs the name-mapping model class. (G, the dataset, and H, the
+recipes' settings, are not patches.) M, N, Q and R are not Qwen2-Audio-specific: M computes the same values as the
+code it replaces, N only shortens a wait, Q only merges what verl left unmerged, R is off unless asked for, for any
+model.
 """
 
 from __future__ import annotations
@@ -379,6 +381,41 @@ def _make_resident_reference(original: Callable[..., Any]) -> Callable[..., Any]
     return _build_fsdp_module
 
 
+# What hook Q relies on in verl's source: under FSDP2 the LoRA merge visits each FSDP unit but the root, whose own
+# LoRA layers (Qwen2-Audio's audio projector) it therefore never merges
+_ROOT_MERGE_FACT = 'if isinstance(submodule, FSDPModule) and name != "":  # skip root model'
+
+
+def _make_root_lora_merge(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook Q: verl 0.9.1 merges LoRA adapters for the vLLM sync (``lora.merge: true``) unit by unit under FSDP2
+    and skips the root unit, so adapters on layers only the root owns are trained but never reach vLLM: with the
+    LoRA recipe on FSDP2, the audio projector's. Merge (and unmerge) those too; layers already done are left
+    alone, so FSDP1 and models without such layers see no change."""
+    import inspect
+
+    if _ROOT_MERGE_FACT not in inspect.getsource(original):
+        raise AdapterError(f"r1aqa hook Q: verl {_version('verl')}'s fsdp_merge_unmerge changed (no longer skips the "
+                           "root unit under FSDP2?); the adapter supports verl " + ", ".join(TESTED_VERL))
+
+    @functools.wraps(original)
+    def fsdp_merge_unmerge(module: Any, do_merge: bool) -> None:
+        original(module, do_merge)
+        from verl.utils import fsdp_utils
+
+        if fsdp_utils.fsdp_version(module) != 2:
+            return
+        from peft.tuners.lora import LoraLayer
+
+        left = [m for m in module.modules() if isinstance(m, LoraLayer) and getattr(m, "merged", False) != do_merge]
+        if left:
+            # the merge works on the DTensor parameters in place, as verl's own per-unit merge does
+            fsdp_utils._merge_or_unmerge_lora_(module, merge=do_merge)
+            _trace("hook Q", f"{'merged' if do_merge else 'unmerged'} {len(left)} LoRA layer(s) of FSDP2's root "
+                             "unit, which verl skips (Qwen2-Audio: the audio projector)")
+
+    return fsdp_merge_unmerge
+
+
 SCORE_FEATURES_ENV = "R1AQA_SCORE_WITHOUT_FEATURES"
 _scoring: contextvars.ContextVar[bool] = contextvars.ContextVar("r1aqa_scoring", default=False)
 # What hook O relies on in verl's source: the reward call builds multi-modal inputs only to compute position ids,
@@ -533,6 +570,8 @@ def _build_patches() -> list[Patch]:
               "actor.freeze_vision_tower freezes the Qwen2-Audio audio encoder"),
         Patch("R", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_fsdp_module",
               _make_resident_reference, "the reference keeps its weights on the GPU when R1AQA_REF_ON_GPU=1"),
+        Patch("Q", "verl.utils.fsdp_utils", "fsdp_merge_unmerge", _make_root_lora_merge,
+              "under FSDP2 the LoRA merge for vLLM covers the root unit's layers too (the audio projector)"),
         Patch("L", "verl.workers.config.model", "HFModelConfig.__post_init__", _make_model_config_init,
               "Qwen2-Audio's tie_word_embeddings at the top of the model config"),
         Patch("N", "verl.trainer.ppo.v1.replay_buffer", "ReplayBuffer.__init__", _make_replay_poll,
