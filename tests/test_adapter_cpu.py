@@ -454,6 +454,26 @@ def test_root_lora_merge_hook_fails_loudly_when_verl_stops_skipping_the_root():
     with pytest.raises(verl_hooks.AdapterError, match="hook Q: .*fsdp_merge_unmerge changed"):
         verl_hooks._make_root_lora_merge(fsdp_merge_unmerge)
 
+
+def test_fsdp2_wrap_targets_come_deepest_first_only_when_nested():
+    # hook S at work on two ranks: tests/test_recipes.py (verl's FSDP2 engine, tests/support/fsdp2_sync_two_ranks.py)
+    from torch import nn
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.Linear(2, 2)
+
+    model = nn.Module()
+    model.encoder, model.decoder = nn.ModuleList([Layer(), Layer()]), nn.ModuleList([Layer()])
+    picked = [model.encoder[0], model.encoder[0].attn, model.encoder[1], model.encoder[1].attn, model.decoder[0]]
+    select = verl_hooks._make_bottom_up_wrap(lambda m, classes: list(picked))
+    ordered = select(model, ["Layer", "Linear"])
+    assert ordered == [model.encoder[0].attn, model.encoder[1].attn, model.encoder[0], model.encoder[1],
+                       model.decoder[0]]  # children before their layer; ties keep verl's order
+    flat = [model.encoder[0], model.encoder[1], model.decoder[0]]
+    assert verl_hooks._make_bottom_up_wrap(lambda m, classes: list(flat))(model, ["Layer"]) == flat
+
 # ------------------------------------------------------------------------- hook L: tie_word_embeddings at the top
 def test_model_config_gets_tie_word_embeddings_from_text_config(tiny_model_dir):
     from transformers import AutoConfig

@@ -334,6 +334,26 @@ def test_weight_sync_sends_names_vllms_loader_takes_and_lora_merged(bare_fsdp_en
     assert all(torch.equal(again[name], loaded[name]) for name in loaded)
 
 
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_fsdp2_on_two_ranks_wraps_qwen2_audio_and_syncs_the_merged_weights(tiny_model_dir, tmp_path, mode):
+    """verl's FSDP2 engine on two gloo ranks (tests/support/fsdp2_sync_two_ranks.py): the wrap of Qwen2-Audio, which
+    failed without hook S ("Cannot concatenate overlapping meshes"), and one weight sync: every name reaches the
+    plugin's vLLM loader, the other weights as loaded, and each LoRA weight within a bf16 rounding of W + (alpha/r) B A
+    (the projector's only with hook Q)."""
+    pytest.importorskip("vllm")
+    script = REPO / "tests" / "support" / "fsdp2_sync_two_ranks.py"
+    proc = subprocess.run([PY, str(script), str(tiny_model_dir), str(tmp_path), mode], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "hook S: FSDP2 wraps its" in proc.stdout
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["names_match"] and result["others_as_loaded"], result
+    if mode == "lora":
+        assert result["adapted"] >= 10 and result["worst_relative_error"] <= 2**-7, result
+        assert "hook Q: merged 1 LoRA layer(s) of FSDP2's root unit" in proc.stdout
+    else:
+        assert result["adapted"] == 0
+
 def test_tiny_recipe_stays_small():
     cfg = variant("r1aqa_grpo_tiny")
     assert (cfg.trainer.n_gpus_per_node, cfg.trainer.total_training_steps, cfg.actor_rollout_ref.rollout.n) == (1, 5, 4)

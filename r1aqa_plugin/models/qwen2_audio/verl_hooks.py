@@ -7,7 +7,7 @@ FSDP workers, agent-loop workers, the vLLM server actor and vLLM's own worker pr
 Each patch names its target module and attribute. Installing never imports a target: a patch is applied when its
 module is imported (at once if it already is), so the driver does not pay for vLLM's import. Applying checks the
 attribute exists, wraps it once (idempotent), logs what it patched, and raises ``AdapterError`` when verl has
-changed. Every wrapper but M's, N's, Q's and R's is a no-op for models other than Qwen2-Audio.
+changed. Every wrapper but M's, N's, Q's, R's and S's is a no-op for models other than Qwen2-Audio.
 
 Hooks (see docs/adapter.md): A processor accepted, B processor callable after rollout, C prompt builder is
 multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, F an auto class for the actor,
@@ -19,10 +19,10 @@ polls for finished rollouts every 0.2 s, not 2 s, O the reward call's position i
 (Qwen2-Audio's positions do not depend on the audio), P the actor's audio features travel cut after each clip's
 frames and are padded back to Whisper's 30 s window in the model's forward, Q under FSDP2 the LoRA merge for vLLM
 covers the root unit's layers too (the audio projector), R the reference policy keeps its weights on the GPU when
-asked (``R1AQA_REF_ON_GPU=1``), W every vLLM worker runs the name-mapping model class. (G, the dataset, and H, the
-recipes' settings, are not patches.) M, N, Q and R are not Qwen2-Audio-specific: M computes the same values as the
-code it replaces, N only shortens a wait, Q only merges what verl left unmerged, R is off unless asked for, for any
-model.
+asked (``R1AQA_REF_ON_GPU=1``), S FSDP2 wraps nested units deepest first (on two or more ranks it failed), W every
+vLLM worker runs the name-mapping model class. (G, the dataset, and H, the recipes' settings, are not patches.) M, N,
+Q, R and S are not Qwen2-Audio-specific: M computes the same values as the code it replaces, N only shortens a
+wait, Q only merges what verl left unmerged, R is off unless asked for, S only reorders nested units, for any model.
 """
 
 from __future__ import annotations
@@ -416,6 +416,28 @@ def _make_root_lora_merge(original: Callable[..., Any]) -> Callable[..., Any]:
     return fsdp_merge_unmerge
 
 
+def _make_bottom_up_wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook S: verl 0.9.1's FSDP2 wraps, in ``named_modules`` order, every module whose class is in the model's
+    ``_no_split_modules``. Qwen2-Audio lists ``Qwen2AudioAttention`` there beside ``Qwen2AudioEncoderLayer``, which
+    holds it, so the layer is sharded first and sharding its attention again fails on two or more ranks ("Cannot
+    concatenate overlapping meshes"). Order the targets deepest first: every unit verl chose is kept, and FSDP2 nests
+    them bottom-up as it nests the layers under the root. Lists without nesting are returned as they are."""
+
+    @functools.wraps(original)
+    def _select_fsdp2_wrap_targets(model: Any, fsdp_transformer_layer_cls_to_wrap: Any) -> list[Any]:
+        targets = original(model, fsdp_transformer_layer_cls_to_wrap)
+        chosen = {id(m) for m in targets}
+        names = {id(m): name for name, m in model.named_modules() if id(m) in chosen}
+        paths = [names.get(id(m), "") for m in targets]
+        if not any(inner.startswith(outer + ".") for outer in paths for inner in paths if outer):
+            return targets
+        ordered = sorted(targets, key=lambda m: -names.get(id(m), "").count("."))  # stable: ties keep verl's order
+        _trace("hook S", f"FSDP2 wraps its {len(targets)} units deepest first (some sit inside others)")
+        return ordered
+
+    return _select_fsdp2_wrap_targets
+
+
 SCORE_FEATURES_ENV = "R1AQA_SCORE_WITHOUT_FEATURES"
 _scoring: contextvars.ContextVar[bool] = contextvars.ContextVar("r1aqa_scoring", default=False)
 # What hook O relies on in verl's source: the reward call builds multi-modal inputs only to compute position ids,
@@ -570,6 +592,8 @@ def _build_patches() -> list[Patch]:
               "actor.freeze_vision_tower freezes the Qwen2-Audio audio encoder"),
         Patch("R", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_fsdp_module",
               _make_resident_reference, "the reference keeps its weights on the GPU when R1AQA_REF_ON_GPU=1"),
+        Patch("S", "verl.utils.fsdp_utils", "_select_fsdp2_wrap_targets", _make_bottom_up_wrap,
+              "FSDP2 wraps nested units deepest first (Qwen2-Audio's encoder attention sits in its layer)"),
         Patch("Q", "verl.utils.fsdp_utils", "fsdp_merge_unmerge", _make_root_lora_merge,
               "under FSDP2 the LoRA merge for vLLM covers the root unit's layers too (the audio projector)"),
         Patch("L", "verl.workers.config.model", "HFModelConfig.__post_init__", _make_model_config_init,
