@@ -456,7 +456,7 @@ def test_root_lora_merge_hook_fails_loudly_when_verl_stops_skipping_the_root():
 
 
 def test_fsdp2_wrap_targets_come_deepest_first_only_when_nested():
-    # hook S at work on two ranks: tests/test_recipes.py (verl's FSDP2 engine, tests/support/fsdp2_sync_two_ranks.py)
+    # hook S at work on two ranks: tests/test_recipes.py (verl's FSDP2 engine, tests/support/cpu_fsdp_engine.py)
     from torch import nn
 
     class Layer(nn.Module):

@@ -252,6 +252,16 @@ def test_lora_variant_merges_for_vllm_and_peft_leaves_the_audio_encoder_alone(ti
     assert [n for n in trainable if "language_model" in n or ".layers." in n]
 
 
+def cpu_fsdp_engine():
+    """tests/support/cpu_fsdp_engine.py: verl's FSDPEngine steered to CPU ranks, and its build and sync steps."""
+    sys.path.insert(0, str(REPO / "tests" / "support"))
+    try:
+        import cpu_fsdp_engine
+    finally:
+        sys.path.remove(str(REPO / "tests" / "support"))
+    return cpu_fsdp_engine
+
+
 @pytest.mark.parametrize(("strategy", "lora"), [("fsdp", True), ("fsdp2", True), ("fsdp", False), ("fsdp2", False)])
 def test_weight_sync_sends_names_vllms_loader_takes_and_lora_merged(bare_fsdp_engine, tiny_model_dir, monkeypatch,
                                                                      strategy, lora):
@@ -262,10 +272,6 @@ def test_weight_sync_sends_names_vllms_loader_takes_and_lora_merged(bare_fsdp_en
     encoder is sent untouched, and the base weights are restored after the sync."""
     import torch
     from safetensors import safe_open
-    from torch.distributed.tensor import DTensor
-    from verl.utils import fsdp_utils
-    from verl.workers.config import FSDPEngineConfig, HFModelConfig
-    from verl.workers.engine.fsdp import transformer_impl
 
     from r1aqa_plugin.models.qwen2_audio import verl_hooks
 
@@ -273,44 +279,18 @@ def test_weight_sync_sends_names_vllms_loader_takes_and_lora_merged(bare_fsdp_en
     from r1aqa_plugin.models.qwen2_audio.vllm_model import Qwen2AudioWithV5Names
 
     verl_hooks.install()
+    support = cpu_fsdp_engine()
     recipe = variant("r1aqa_grpo_lora").actor_rollout_ref.model
-
-    class OneRankCPUFSDP(transformer_impl.FSDP):  # FSDP1 refuses CPU tensors only for the rank-0 broadcast
-        def __init__(self, module, **kwargs):
-            super().__init__(module, **{**kwargs, "sync_module_states": False})
-
-    monkeypatch.setattr(transformer_impl, "FSDP", OneRankCPUFSDP)
-    for where in (transformer_impl, fsdp_utils):
-        monkeypatch.setattr(where, "get_device_id", lambda: torch.device("cpu"))
-    # the model already lives where the sync reads it; these move it to and from CUDA or ask CUDA for its memory
-    for name in ("load_fsdp_model_to_gpu", "offload_fsdp_model_to_cpu", "log_gpu_memory_usage"):
-        monkeypatch.setattr(transformer_impl, name, lambda *a, **k: None)
+    assert {k: recipe[k] for k in ("lora_rank", "lora_alpha", "target_modules", "exclude_modules")} == {
+        k: v for k, v in support.LORA.items() if k != "lora"}  # the support module's copy is the recipe's
+    support.steer_to_cpu(monkeypatch.setattr)
     engine = bare_fsdp_engine()
-    lora_keys = dict(lora_rank=recipe.lora_rank, lora_alpha=recipe.lora_alpha, target_modules=recipe.target_modules,
-                     exclude_modules=recipe.exclude_modules, lora={"merge": True}) if lora else {}
-    engine.model_config = HFModelConfig(path=str(tiny_model_dir), override_config={"attn_implementation": "sdpa"},
-                                        **lora_keys)
-    engine.engine_config = FSDPEngineConfig(strategy=strategy, model_dtype="fp32")
-    engine._is_lora, engine._is_offload_param, engine._uses_fsdp2_cpu_offload_policy = lora, False, False
-    engine._qat_enabled = False
-    module = engine._build_module()
-    adapters = {}
-    if lora:
-        module = engine._build_lora_module(module)
-        torch.manual_seed(0)
-        for name, sub in module.named_modules():
-            if hasattr(sub, "lora_B"):
-                torch.nn.init.normal_(sub.lora_B["default"].weight, std=0.05)  # verl starts B at 0: make it show
-                adapters[name] = (sub.base_layer.weight.detach().clone(), sub.lora_A["default"].weight.detach().clone(),
-                                  sub.lora_B["default"].weight.detach().clone())
-    engine.module = engine._build_fsdp_module(module)
+    adapters = support.build(engine, str(tiny_model_dir), strategy, support.LORA if lora else None)
     mapper = Qwen2AudioWithV5Names.hf_to_vllm_mapper
-
     sent_dtypes = set()
 
     def sync() -> dict:
-        stream, _ = engine.get_per_tensor_param()
-        sent = {name: t.full_tensor() if isinstance(t, DTensor) else t for name, t in stream}
+        sent = support.sync(engine)
         sent_dtypes.update(t.dtype for t in sent.values())
         assert any(mapper._map_name(name) != name for name in sent)  # verl sends transformers-5 names
         return {mapper._map_name(name): tensor.float() for name, tensor in sent.items()}
@@ -336,12 +316,12 @@ def test_weight_sync_sends_names_vllms_loader_takes_and_lora_merged(bare_fsdp_en
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_fsdp2_on_two_ranks_wraps_qwen2_audio_and_syncs_the_merged_weights(tiny_model_dir, tmp_path, mode):
-    """verl's FSDP2 engine on two gloo ranks (tests/support/fsdp2_sync_two_ranks.py): the wrap of Qwen2-Audio, which
+    """verl's FSDP2 engine on two gloo ranks (tests/support/cpu_fsdp_engine.py): the wrap of Qwen2-Audio, which
     failed without hook S ("Cannot concatenate overlapping meshes"), and one weight sync: every name reaches the
     plugin's vLLM loader, the other weights as loaded, and each LoRA weight within a bf16 rounding of W + (alpha/r) B A
     (the projector's only with hook Q)."""
     pytest.importorskip("vllm")
-    script = REPO / "tests" / "support" / "fsdp2_sync_two_ranks.py"
+    script = REPO / "tests" / "support" / "cpu_fsdp_engine.py"
     proc = subprocess.run([PY, str(script), str(tiny_model_dir), str(tmp_path), mode], capture_output=True, text=True,
                           timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -1,0 +1,120 @@
+"""verl's real FSDPEngine on CPU ranks (gloo), for tests of what it syncs to vLLM: build, LoRA, wrap, one sync.
+
+Imported by tests/test_recipes.py (one rank, in the test process) and run as a script for two ranks:
+
+    python tests/support/cpu_fsdp_engine.py MODEL_DIR WORK_DIR {full,lora}
+
+On two ranks verl 0.9.1's FSDP2 wrap of Qwen2-Audio failed without hook S, and the projector's LoRA adapter never
+reached vLLM without hook Q; rank 0 writes what it saw to WORK_DIR/result.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+# the LoRA recipe's settings (recipes/r1aqa_grpo_lora.yaml), with verl's merge into the synced weights
+LORA = {"lora_rank": 32, "lora_alpha": 64, "target_modules": "all-linear", "exclude_modules": ".*audio_tower.*",
+        "lora": {"merge": True}}
+
+
+def steer_to_cpu(set_attr: Callable[[Any, str, Any], None]) -> None:
+    """Let verl's engine run where the model lives, on the CPU: its device id, its CUDA staging and memory log step
+    aside, and FSDP1 skips the rank-0 broadcast it refuses CPU tensors for. ``set_attr``: setattr or monkeypatch's."""
+    from verl.utils import fsdp_utils
+    from verl.workers.engine.fsdp import transformer_impl
+
+    class CPUFSDP(transformer_impl.FSDP):
+        def __init__(self, module: Any, **kwargs: Any) -> None:
+            super().__init__(module, **{**kwargs, "sync_module_states": False})
+
+    set_attr(transformer_impl, "FSDP", CPUFSDP)
+    for where in (transformer_impl, fsdp_utils):
+        set_attr(where, "get_device_id", lambda: torch.device("cpu"))
+    for name in ("load_fsdp_model_to_gpu", "offload_fsdp_model_to_cpu", "log_gpu_memory_usage"):
+        set_attr(transformer_impl, name, lambda *a, **k: None)
+
+
+def build(engine: Any, model_dir: str, strategy: str, lora: dict | None) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Build the engine's module as verl's worker does (LoRA if asked, B randomised so that the merge shows) and wrap
+    it; return each LoRA layer's (W, A, B) from before the wrap."""
+    from verl.workers.config import FSDPEngineConfig, HFModelConfig
+
+    engine.model_config = HFModelConfig(path=model_dir, override_config={"attn_implementation": "sdpa"},
+                                        **(lora or {}))
+    engine.engine_config = FSDPEngineConfig(strategy=strategy, model_dtype="fp32")
+    engine._is_lora, engine._is_offload_param, engine._uses_fsdp2_cpu_offload_policy = bool(lora), False, False
+    engine._qat_enabled = False
+    module = engine._build_module()
+    adapters = {}
+    if lora:
+        module = engine._build_lora_module(module)
+        torch.manual_seed(0)
+        for name, sub in module.named_modules():
+            if hasattr(sub, "lora_B"):
+                torch.nn.init.normal_(sub.lora_B["default"].weight, std=0.05)  # verl starts B at 0
+                adapters[name] = tuple(w.detach().clone() for w in (sub.base_layer.weight, sub.lora_A["default"].weight,
+                                                                    sub.lora_B["default"].weight))
+    engine.module = engine._build_fsdp_module(module)
+    return adapters
+
+
+def sync(engine: Any) -> dict[str, torch.Tensor]:
+    """One weight sync as verl streams it to vLLM: {name as sent: full tensor, in the dtype sent}."""
+    from torch.distributed.tensor import DTensor
+
+    stream, _ = engine.get_per_tensor_param()
+    return {name: t.full_tensor() if isinstance(t, DTensor) else t for name, t in stream}
+
+
+def _rank(rank: int, world: int, model_dir: str, work: str, mode: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{work}/pg", rank=rank, world_size=world)
+    from safetensors import safe_open
+    from torch.distributed.device_mesh import init_device_mesh
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
+
+    from r1aqa_plugin.models.qwen2_audio import verl_hooks
+    from r1aqa_plugin.models.qwen2_audio.vllm_model import Qwen2AudioWithV5Names
+
+    verl_hooks.install()
+    steer_to_cpu(setattr)
+    engine = FSDPEngine.__new__(FSDPEngine)
+    engine.device_mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("fsdp",))
+    engine.use_remove_padding, engine.ulysses_sequence_parallel_size = False, 1
+    adapters = build(engine, model_dir, "fsdp2", LORA if mode == "lora" else None)
+    sent = {name: t.float() for name, t in sync(engine).items()}
+    if rank == 0:  # the other ranks build on the meta device and get rank 0's weights by broadcast
+        mapper = Qwen2AudioWithV5Names.hf_to_vllm_mapper
+        with safe_open(str(Path(model_dir) / "model.safetensors"), "pt") as f:
+            checkpoint = {name: f.get_tensor(name).float() for name in f.keys()}  # noqa: SIM118 (not a dict)
+        loaded = {mapper._map_name(name): tensor for name, tensor in sent.items()}
+        scale = LORA["lora_alpha"] / LORA["lora_rank"]
+        adapted = {mapper._map_name(n.replace("base_model.model.", "") + ".weight"): base + scale * (b @ a)
+                   for n, (base, a, b) in adapters.items()}
+        errors = {name: ((loaded[name] - want).abs() / (want.abs() + 1e-3)).max().item()
+                  for name, want in adapted.items()}
+        result = {"names_match": sorted(loaded) == sorted(checkpoint), "adapted": len(adapted),
+                  "worst_relative_error": max(errors.values(), default=0.0),
+                  "worst": max(errors, key=errors.get, default=None),
+                  "others_as_loaded": all(torch.equal(t, checkpoint[n]) for n, t in loaded.items() if n not in adapted)}
+        (Path(work) / "result.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def main() -> int:
+    """Spawn two ranks and print rank 0's result."""
+    model_dir, work, mode = sys.argv[1:4]
+    mp.spawn(_rank, args=(2, model_dir, work, mode), nprocs=2)
+    print((Path(work) / "result.json").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
