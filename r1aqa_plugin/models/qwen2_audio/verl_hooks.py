@@ -426,12 +426,11 @@ def _make_bottom_up_wrap(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def _select_fsdp2_wrap_targets(model: Any, fsdp_transformer_layer_cls_to_wrap: Any) -> list[Any]:
         targets = original(model, fsdp_transformer_layer_cls_to_wrap)
-        chosen = {id(m) for m in targets}
-        names = {id(m): name for name, m in model.named_modules() if id(m) in chosen}
-        paths = [names.get(id(m), "") for m in targets]
+        path = {id(m): name for name, m in model.named_modules()}
+        paths = [path[id(m)] for m in targets]
         if not any(inner.startswith(outer + ".") for outer in paths for inner in paths if outer):
             return targets
-        ordered = sorted(targets, key=lambda m: -names.get(id(m), "").count("."))  # stable: ties keep verl's order
+        ordered = sorted(targets, key=lambda m: -path[id(m)].count("."))  # stable: ties keep verl's order
         _trace("hook S", f"FSDP2 wraps its {len(targets)} units deepest first (some sit inside others)")
         return ordered
 
