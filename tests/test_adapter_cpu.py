@@ -445,7 +445,6 @@ def test_reference_hook_fails_loudly_when_verl_changes_where_it_offloads():
         verl_hooks._make_resident_reference(_build_fsdp_module)
 
 
-
 def test_root_lora_merge_hook_fails_loudly_when_verl_stops_skipping_the_root():
     # hook Q at work: tests/test_recipes.py's weight-sync test (FSDP2 with the LoRA recipe)
     def fsdp_merge_unmerge(module, do_merge):  # a verl that merges every unit, the root's included
@@ -473,6 +472,7 @@ def test_fsdp2_wrap_targets_come_deepest_first_only_when_nested():
                        model.decoder[0]]  # children before their layer; ties keep verl's order
     flat = [model.encoder[0], model.encoder[1], model.decoder[0]]
     assert verl_hooks._make_bottom_up_wrap(lambda m, classes: list(flat))(model, ["Layer"]) == flat
+
 
 # ------------------------------------------------------------------------- hook L: tie_word_embeddings at the top
 def test_model_config_gets_tie_word_embeddings_from_text_config(tiny_model_dir):

@@ -271,7 +271,6 @@ def test_weight_sync_sends_names_vllms_loader_takes_and_lora_merged(bare_fsdp_en
     (FSDP2 is ``grpo_step_bench``'s ``fsdp2fast``); with LoRA each adapted weight is W + (alpha / r) B A, the audio
     encoder is sent untouched, and the base weights are restored after the sync."""
     import torch
-    from safetensors import safe_open
 
     from r1aqa_plugin.models.qwen2_audio import verl_hooks
 
@@ -296,15 +295,13 @@ def test_weight_sync_sends_names_vllms_loader_takes_and_lora_merged(bare_fsdp_en
         return {mapper._map_name(name): tensor.float() for name, tensor in sent.items()}
 
     loaded = sync()
-    with safe_open(str(tiny_model_dir / "model.safetensors"), "pt") as f:
-        checkpoint = {name: f.get_tensor(name).float() for name in f.keys()}  # noqa: SIM118 (not a dict)
+    checkpoint = support.checkpoint(str(tiny_model_dir))
     assert sorted(loaded) == sorted(checkpoint)
-    adapted = {mapper._map_name(n.replace("base_model.model.", "") + ".weight"): a for n, a in adapters.items()}
-    scale = recipe.lora_alpha / recipe.lora_rank
+    adapted = support.merged(adapters, mapper)
     # verl casts FSDP2's merged DTensors to bf16 (what vLLM holds): within a bf16 rounding of the merge
     tolerance = {"rtol": 2**-8, "atol": 1e-6} if torch.bfloat16 in sent_dtypes else {"rtol": 0, "atol": 1e-5}
-    for name, (base, a, b) in adapted.items():
-        torch.testing.assert_close(loaded[name], base + scale * (b @ a), **tolerance, msg=name)
+    for name, want in adapted.items():
+        torch.testing.assert_close(loaded[name], want, **tolerance, msg=name)
     assert len(adapted) >= (10 if lora else 0) and not [n for n in adapted if "audio_tower" in n]
     for name, tensor in loaded.items():
         if name not in adapted:
@@ -333,6 +330,7 @@ def test_fsdp2_on_two_ranks_wraps_qwen2_audio_and_syncs_the_merged_weights(tiny_
         assert "hook Q: merged 1 LoRA layer(s) of FSDP2's root unit" in proc.stdout
     else:
         assert result["adapted"] == 0
+
 
 def test_tiny_recipe_stays_small():
     cfg = variant("r1aqa_grpo_tiny")

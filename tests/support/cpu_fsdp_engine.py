@@ -74,9 +74,23 @@ def sync(engine: Any) -> dict[str, torch.Tensor]:
     return {name: t.full_tensor() if isinstance(t, DTensor) else t for name, t in stream}
 
 
+def checkpoint(model_dir: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors in fp32, under its original names (what vLLM's loader ends up with)."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(model_dir) / "model.safetensors"), "pt") as f:
+        return {name: f.get_tensor(name).float() for name in f.keys()}  # noqa: SIM118 (not a dict)
+
+
+def merged(adapters: dict[str, tuple[torch.Tensor, ...]], mapper: Any) -> dict[str, torch.Tensor]:
+    """What each LoRA layer's weight must arrive as, W + (alpha / r) B A, under the name vLLM's loader gives it."""
+    scale = LORA["lora_alpha"] / LORA["lora_rank"]
+    return {mapper._map_name(n.replace("base_model.model.", "") + ".weight"): base + scale * (b @ a)
+            for n, (base, a, b) in adapters.items()}
+
+
 def _rank(rank: int, world: int, model_dir: str, work: str, mode: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{work}/pg", rank=rank, world_size=world)
-    from safetensors import safe_open
     from torch.distributed.device_mesh import init_device_mesh
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
 
@@ -92,18 +106,15 @@ def _rank(rank: int, world: int, model_dir: str, work: str, mode: str) -> None:
     sent = {name: t.float() for name, t in sync(engine).items()}
     if rank == 0:  # the other ranks build on the meta device and get rank 0's weights by broadcast
         mapper = Qwen2AudioWithV5Names.hf_to_vllm_mapper
-        with safe_open(str(Path(model_dir) / "model.safetensors"), "pt") as f:
-            checkpoint = {name: f.get_tensor(name).float() for name in f.keys()}  # noqa: SIM118 (not a dict)
+        stored = checkpoint(model_dir)
         loaded = {mapper._map_name(name): tensor for name, tensor in sent.items()}
-        scale = LORA["lora_alpha"] / LORA["lora_rank"]
-        adapted = {mapper._map_name(n.replace("base_model.model.", "") + ".weight"): base + scale * (b @ a)
-                   for n, (base, a, b) in adapters.items()}
+        adapted = merged(adapters, mapper)
         errors = {name: ((loaded[name] - want).abs() / (want.abs() + 1e-3)).max().item()
                   for name, want in adapted.items()}
-        result = {"names_match": sorted(loaded) == sorted(checkpoint), "adapted": len(adapted),
+        result = {"names_match": sorted(loaded) == sorted(stored), "adapted": len(adapted),
                   "worst_relative_error": max(errors.values(), default=0.0),
                   "worst": max(errors, key=errors.get, default=None),
-                  "others_as_loaded": all(torch.equal(t, checkpoint[n]) for n, t in loaded.items() if n not in adapted)}
+                  "others_as_loaded": all(torch.equal(t, stored[n]) for n, t in loaded.items() if n not in adapted)}
         (Path(work) / "result.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 
