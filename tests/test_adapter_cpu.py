@@ -474,6 +474,24 @@ def test_fsdp2_wrap_targets_come_deepest_first_only_when_nested():
     assert verl_hooks._make_bottom_up_wrap(lambda m, classes: list(flat))(model, ["Layer"]) == flat
 
 
+def test_fsdp2_wrap_targets_leave_the_audio_position_table_to_its_parent(tiny_model_dir):
+    # the forward that failed without it: tests/test_recipes.py, test_weight_sync_sends_names_... (fsdp2)
+    from transformers import AutoConfig, Qwen2AudioForConditionalGeneration
+    from verl.utils import fsdp_utils
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.tie_word_embeddings = False  # as hook L sets it from text_config
+    model = Qwen2AudioForConditionalGeneration(config)
+    classes = list(model._no_split_modules)
+    verls = getattr(fsdp_utils._select_fsdp2_wrap_targets, "__wrapped__", fsdp_utils._select_fsdp2_wrap_targets)
+    verl_picks = verls(model, classes)
+    picked = verl_hooks._make_bottom_up_wrap(verls)(model, classes)
+    table = model.model.audio_tower.embed_positions
+    assert any(m is table for m in verl_picks) and not any(m is table for m in picked)
+    assert {id(m) for m in picked} == {id(m) for m in verl_picks} - {id(table)}
+    assert any(m is model.model.language_model.embed_tokens for m in picked) and any(m is model.lm_head for m in picked)
+
+
 # ------------------------------------------------------------------------- hook L: tie_word_embeddings at the top
 def test_model_config_gets_tie_word_embeddings_from_text_config(tiny_model_dir):
     from transformers import AutoConfig

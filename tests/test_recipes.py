@@ -269,7 +269,8 @@ def test_weight_sync_sends_names_vllms_loader_takes_and_lora_merged(bare_fsdp_en
     ``_build_lora_module`` (the LoRA recipe's settings) and ``_build_fsdp_module`` (verl's wrap policy), then
     ``get_per_tensor_param``. Every tensor's name maps onto the checkpoint's through the plugin's vLLM model class
     (FSDP2 is ``grpo_step_bench``'s ``fsdp2fast``); with LoRA each adapted weight is W + (alpha / r) B A, the audio
-    encoder is sent untouched, and the base weights are restored after the sync."""
+    encoder is sent untouched, and the base weights are restored after the sync. The wrapped module's forward and
+    backward on audio then agree with a plain model holding the synced weights."""
     import torch
 
     from r1aqa_plugin.models.qwen2_audio import verl_hooks
@@ -309,12 +310,17 @@ def test_weight_sync_sends_names_vllms_loader_takes_and_lora_merged(bare_fsdp_en
     # the base weights were restored after the sync: a second one sends the same tensors, not B A added twice
     again = sync()
     assert all(torch.equal(again[name], loaded[name]) for name in loaded)
+    # the actor's forward and backward on audio compute what a plain model with the synced weights computes (under
+    # FSDP2 this failed on the H200 until hook S left the encoder's position table to the root unit); one perturbed
+    # matrix (0.01 noise) moves this gap to ~0.65
+    assert support.forward_gap(engine, support.sync(engine), str(tiny_model_dir)) < 0.1
 
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_fsdp2_on_two_ranks_wraps_qwen2_audio_and_syncs_the_merged_weights(tiny_model_dir, tmp_path, mode):
     """verl's FSDP2 engine on two gloo ranks (tests/support/cpu_fsdp_engine.py): the wrap of Qwen2-Audio, which
-    failed without hook S ("Cannot concatenate overlapping meshes"), and one weight sync: every name reaches the
+    failed without hook S ("Cannot concatenate overlapping meshes"), one forward and backward on audio on both ranks
+    (as a plain model with the synced weights computes it), and one weight sync: every name reaches the
     plugin's vLLM loader, the other weights as loaded, and each LoRA weight within a bf16 rounding of W + (alpha/r) B A
     (the projector's only with hook Q)."""
     pytest.importorskip("vllm")
@@ -324,7 +330,7 @@ def test_fsdp2_on_two_ranks_wraps_qwen2_audio_and_syncs_the_merged_weights(tiny_
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "hook S: FSDP2 wraps its" in proc.stdout
     result = json.loads((tmp_path / "result.json").read_text())
-    assert result["names_match"] and result["others_as_loaded"], result
+    assert result["names_match"] and result["others_as_loaded"] and result["forward_gap"] < 0.1, result
     if mode == "lora":
         assert result["adapted"] >= 10 and result["worst_relative_error"] <= 2**-7, result
         assert "hook Q: merged 1 LoRA layer(s) of FSDP2's root unit" in proc.stdout

@@ -1,11 +1,13 @@
-"""verl's real FSDPEngine on CPU ranks (gloo), for tests of what it syncs to vLLM: build, LoRA, wrap, one sync.
+"""verl's real FSDPEngine on CPU ranks (gloo), for tests of what it syncs to vLLM and how its module runs: build,
+LoRA, wrap, one sync, one forward and backward on audio.
 
 Imported by tests/test_recipes.py (one rank, in the test process) and run as a script for two ranks:
 
     python tests/support/cpu_fsdp_engine.py MODEL_DIR WORK_DIR {full,lora}
 
-On two ranks verl 0.9.1's FSDP2 wrap of Qwen2-Audio failed without hook S, and the projector's LoRA adapter never
-reached vLLM without hook Q; rank 0 writes what it saw to WORK_DIR/result.json.
+On two ranks verl 0.9.1's FSDP2 wrap of Qwen2-Audio failed without hook S, its forward failed without hook S's
+position-table fix (one rank too), and the projector's LoRA adapter never reached vLLM without hook Q; rank 0
+writes what it saw to WORK_DIR/result.json.
 """
 
 from __future__ import annotations
@@ -89,6 +91,37 @@ def merged(adapters: dict[str, tuple[torch.Tensor, ...]], mapper: Any) -> dict[s
             for n, (base, a, b) in adapters.items()}
 
 
+def audio_batch(model_dir: str) -> dict[str, torch.Tensor]:
+    """Two prompts with 2 s and 3 s clips through the checkpoint's processor: the actor's forward inputs."""
+    import numpy as np
+    from transformers import AutoProcessor
+
+    rng = np.random.default_rng(0)
+    clips = [(0.1 * rng.standard_normal(16000 * s)).astype(np.float32) for s in (2, 3)]
+    text = "<|audio_bos|><|AUDIO|><|audio_eos|>Which sound is it?"
+    return dict(AutoProcessor.from_pretrained(model_dir)(text=[text] * 2, audio=clips, sampling_rate=16000,
+                                                         return_tensors="pt", padding=True))
+
+
+def forward_gap(engine: Any, sent: dict[str, torch.Tensor], model_dir: str) -> float:
+    """Forward and backward through the wrapped module, as verl's actor and reference passes call it (bf16 autocast;
+    every rank must call it); return the largest logit difference from a plain transformers model holding the synced
+    weights, over the logits' standard deviation."""
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    batch = audio_batch(model_dir)
+    module = engine.module
+    with torch.autocast("cpu", dtype=getattr(engine, "_autocast_dtype", torch.bfloat16)):
+        logits = module(**batch).logits
+    logits.float().pow(2).mean().backward()
+    module.zero_grad(set_to_none=True)
+    plain = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    plain.load_state_dict({name: t.float() for name, t in sent.items()}, strict=True)
+    with torch.no_grad():
+        want = plain(**batch).logits
+    return ((logits.detach().float() - want).abs().max() / want.std()).item()
+
+
 def _rank(rank: int, world: int, model_dir: str, work: str, mode: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{work}/pg", rank=rank, world_size=world)
     from torch.distributed.device_mesh import init_device_mesh
@@ -104,6 +137,7 @@ def _rank(rank: int, world: int, model_dir: str, work: str, mode: str) -> None:
     engine.use_remove_padding, engine.ulysses_sequence_parallel_size = False, 1
     adapters = build(engine, model_dir, "fsdp2", LORA if mode == "lora" else None)
     sent = {name: t.float() for name, t in sync(engine).items()}
+    gap = forward_gap(engine, sent, model_dir)
     if rank == 0:  # the other ranks build on the meta device and get rank 0's weights by broadcast
         mapper = Qwen2AudioWithV5Names.hf_to_vllm_mapper
         stored = checkpoint(model_dir)
@@ -113,7 +147,7 @@ def _rank(rank: int, world: int, model_dir: str, work: str, mode: str) -> None:
                   for name, want in adapted.items()}
         result = {"names_match": sorted(loaded) == sorted(stored), "adapted": len(adapted),
                   "worst_relative_error": max(errors.values(), default=0.0),
-                  "worst": max(errors, key=errors.get, default=None),
+                  "worst": max(errors, key=errors.get, default=None), "forward_gap": gap,
                   "others_as_loaded": all(torch.equal(t, stored[n]) for n, t in loaded.items() if n not in adapted)}
         (Path(work) / "result.json").write_text(json.dumps(result))
     dist.destroy_process_group()

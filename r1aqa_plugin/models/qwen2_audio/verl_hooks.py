@@ -19,10 +19,12 @@ polls for finished rollouts every 0.2 s, not 2 s, O the reward call's position i
 (Qwen2-Audio's positions do not depend on the audio), P the actor's audio features travel cut after each clip's
 frames and are padded back to Whisper's 30 s window in the model's forward, Q under FSDP2 the LoRA merge for vLLM
 covers the root unit's layers too (the audio projector), R the reference policy keeps its weights on the GPU when
-asked (``R1AQA_REF_ON_GPU=1``), S FSDP2 wraps nested units deepest first (on two or more ranks it failed), W every
-vLLM worker runs the name-mapping model class. (G, the dataset, and H, the recipes' settings, are not patches.) M, N,
-Q, R and S are not Qwen2-Audio-specific: M computes the same values as the code it replaces, N only shortens a
-wait, Q only merges what verl left unmerged, R is off unless asked for, S only reorders nested units, for any model.
+asked (``R1AQA_REF_ON_GPU=1``), S FSDP2 wraps nested units deepest first (on two or more ranks it failed) and leaves
+the audio encoder's position table to the root unit (read without a call, it was never gathered), W every vLLM
+worker runs the name-mapping model class. (G, the dataset, and H, the recipes' settings, are not patches.) M, N, Q,
+R and S's ordering are not Qwen2-Audio-specific: M computes the same values as the code it replaces, N only shortens
+a wait, Q only merges what verl left unmerged, R is off unless asked for, S only reorders nested units, for any
+model.
 """
 
 from __future__ import annotations
@@ -417,21 +419,35 @@ def _make_root_lora_merge(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _make_bottom_up_wrap(original: Callable[..., Any]) -> Callable[..., Any]:
-    """Hook S: verl 0.9.1's FSDP2 wraps, in ``named_modules`` order, every module whose class is in the model's
-    ``_no_split_modules``. Qwen2-Audio lists ``Qwen2AudioAttention`` there beside ``Qwen2AudioEncoderLayer``, which
-    holds it, so the layer is sharded first and sharding its attention again fails on two or more ranks ("Cannot
-    concatenate overlapping meshes"). Order the targets deepest first: every unit verl chose is kept, and FSDP2 nests
-    them bottom-up as it nests the layers under the root. Lists without nesting are returned as they are."""
+    """Hook S: verl 0.9.1's FSDP2 wrap targets, corrected twice for Qwen2-Audio.
+
+    - verl shards, in ``named_modules`` order, every module whose class is in the model's ``_no_split_modules``.
+      Qwen2-Audio lists ``Qwen2AudioAttention`` beside ``Qwen2AudioEncoderLayer``, which holds it, so the layer is
+      sharded first and sharding its attention again fails on two or more ranks ("Cannot concatenate overlapping
+      meshes"). The targets are ordered deepest first: every unit verl chose is kept, and FSDP2 nests them bottom-up
+      as it nests the layers under the root.
+    - verl also shards every ``nn.Embedding`` of an untied model on its own. The audio encoder's position table is
+      one, but the encoder reads ``embed_positions.weight`` without calling the module, so FSDP2's gather never runs
+      and the first forward fails ("mixed torch.Tensor and DTensor", seen on the H200, 2026-11-30). The table
+      (1500 x d_model) stays in its parent unit, the root, which FSDP2 gathers before every forward.
+    """
 
     @functools.wraps(original)
     def _select_fsdp2_wrap_targets(model: Any, fsdp_transformer_layer_cls_to_wrap: Any) -> list[Any]:
+        from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
+
         targets = original(model, fsdp_transformer_layer_cls_to_wrap)
+        tables = {id(m.embed_positions) for m in model.modules() if isinstance(m, Qwen2AudioEncoder)}
+        kept = [m for m in targets if id(m) not in tables]
+        if len(kept) < len(targets):
+            _trace("hook S", "FSDP2 leaves the audio encoder's position table to its parent unit (the encoder reads "
+                             "its weight without calling it, so a unit of its own would never be gathered)")
         path = {id(m): name for name, m in model.named_modules()}
-        paths = [path[id(m)] for m in targets]
+        paths = [path[id(m)] for m in kept]
         if not any(inner.startswith(outer + ".") for outer in paths for inner in paths if outer):
-            return targets
-        ordered = sorted(targets, key=lambda m: -path[id(m)].count("."))  # stable: ties keep verl's order
-        _trace("hook S", f"FSDP2 wraps its {len(targets)} units deepest first (some sit inside others)")
+            return kept
+        ordered = sorted(kept, key=lambda m: -path[id(m)].count("."))  # stable: ties keep verl's order
+        _trace("hook S", f"FSDP2 wraps its {len(kept)} units deepest first (some sit inside others)")
         return ordered
 
     return _select_fsdp2_wrap_targets
@@ -592,7 +608,7 @@ def _build_patches() -> list[Patch]:
         Patch("R", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_fsdp_module",
               _make_resident_reference, "the reference keeps its weights on the GPU when R1AQA_REF_ON_GPU=1"),
         Patch("S", "verl.utils.fsdp_utils", "_select_fsdp2_wrap_targets", _make_bottom_up_wrap,
-              "FSDP2 wraps nested units deepest first (Qwen2-Audio's encoder attention sits in its layer)"),
+              "FSDP2 wraps nested units deepest first and leaves the encoder's position table to its parent"),
         Patch("Q", "verl.utils.fsdp_utils", "fsdp_merge_unmerge", _make_root_lora_merge,
               "under FSDP2 the LoRA merge for vLLM covers the root unit's layers too (the audio projector)"),
         Patch("L", "verl.workers.config.model", "HFModelConfig.__post_init__", _make_model_config_init,
