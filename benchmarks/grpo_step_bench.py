@@ -109,12 +109,14 @@ VARIANTS["fsdp2fast"] = (("2 GPUs: winsfast on FSDP2: its state dict is the shar
                          VARIANTS["winsfast"][1] + ["actor_rollout_ref.actor.strategy=fsdp2"])
 VARIANTS["lora1"] = (("1 GPU: the LoRA recipe (r1aqa_grpo_lora: rank 32, encoder frozen, merged into vLLM) with "
                       "bypass, micro, kvmem, no checkpointing; the optimizer state is small, so it stays on the GPU. "
-                      "Not R1-AQA's maths (full fine-tuning); never run on a GPU before. Step 16-22 s = 16-22 GPU-s: "
-                      "update 7-10 s (forward + input gradients, 4 x params x tokens, no weight gradients), reference "
-                      "3.5-4.5 (the actor with adapters off), generation 4.0-4.6, sync with the merge 1.5-3; peak "
-                      "45-70 GB"),
+                      "Not R1-AQA's maths (full fine-tuning). First run (2026-11-30, verl's in-place merge): 51.8 s, "
+                      "of which the sync 27.5 and the update 16.2. With hook T (out-of-place merge): sync 1.5-4 s, "
+                      "step 26-30 s, the rest unchanged"),
                      ["+recipe=r1aqa_grpo_lora", *VARIANTS["bypass"][1], *VARIANTS["micro"][1], *VARIANTS["kvmem"][1],
                       "actor_rollout_ref.actor.fsdp_config.optimizer_offload=False", *VARIANTS["nockpt"][1]])
+VARIANTS["lora1verl"] = ("lora1 with hook T off: verl's in-place merge and host-memory backup of the weights at "
+                         "each sync (27.5 s on 2026-11-30), for the side-by-side ratio",
+                         [*VARIANTS["lora1"][1], "env:R1AQA_LORA_SYNC_OUT_OF_PLACE=0"])
 # torch profiler on step 2's training worker, rank 0 (verl's own; it marks the reference pass and the update);
 # the traces go to LOGS/traces-VARIANT-NGPU and their summary (trace_report.py) to LOGS/trace-VARIANT-NGPU.md
 PROFILE = ["global_profiler.tool=torch", "global_profiler.steps=[2]", "actor_rollout_ref.actor.profiler.enable=True",

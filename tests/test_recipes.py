@@ -269,11 +269,13 @@ def test_weight_sync_sends_names_vllms_loader_takes_and_lora_merged(bare_fsdp_en
     ``_build_lora_module`` (the LoRA recipe's settings) and ``_build_fsdp_module`` (verl's wrap policy), then
     ``get_per_tensor_param``. Every tensor's name maps onto the checkpoint's through the plugin's vLLM model class
     (FSDP2 is ``grpo_step_bench``'s ``fsdp2fast``); with LoRA each adapted weight is W + (alpha / r) B A, the audio
-    encoder is sent untouched, and the base weights are restored after the sync. The wrapped module's forward and
-    backward on audio then agree with a plain model holding the synced weights."""
+    encoder is sent untouched, and the base weights are restored after the sync; hook T's out-of-place merge sends
+    what verl's in-place merge sends, without calling it. The wrapped module's forward and backward on audio then
+    agree with a plain model holding the synced weights."""
     import torch
+    from verl.workers.engine.fsdp import transformer_impl
 
-    from r1aqa_plugin.models.qwen2_audio import verl_hooks
+    from r1aqa_plugin.models.qwen2_audio import lora_sync, verl_hooks
 
     pytest.importorskip("vllm")
     from r1aqa_plugin.models.qwen2_audio.vllm_model import Qwen2AudioWithV5Names
@@ -284,6 +286,14 @@ def test_weight_sync_sends_names_vllms_loader_takes_and_lora_merged(bare_fsdp_en
     assert {k: recipe[k] for k in ("lora_rank", "lora_alpha", "target_modules", "exclude_modules")} == {
         k: v for k, v in support.LORA.items() if k != "lora"}  # the support module's copy is the recipe's
     support.steer_to_cpu(monkeypatch.setattr)
+    in_place = []  # calls of verl's in-place merge with its host-memory backup
+    verls_merge = transformer_impl.merged_lora_context
+
+    def counted(*args, **kwargs):
+        in_place.append(1)
+        return verls_merge(*args, **kwargs)
+
+    monkeypatch.setattr(transformer_impl, "merged_lora_context", counted)
     engine = bare_fsdp_engine()
     adapters = support.build(engine, str(tiny_model_dir), strategy, support.LORA if lora else None)
     mapper = Qwen2AudioWithV5Names.hf_to_vllm_mapper
@@ -310,19 +320,28 @@ def test_weight_sync_sends_names_vllms_loader_takes_and_lora_merged(bare_fsdp_en
     # the base weights were restored after the sync: a second one sends the same tensors, not B A added twice
     again = sync()
     assert all(torch.equal(again[name], loaded[name]) for name in loaded)
+    if lora:  # hook T merged out of place; verl's own in-place merge (hook T off) sends the same, within a rounding
+        assert not in_place
+        monkeypatch.setenv(lora_sync.OUT_OF_PLACE_ENV, "0")
+        by_verl = sync()
+        monkeypatch.delenv(lora_sync.OUT_OF_PLACE_ENV)
+        assert in_place and sorted(by_verl) == sorted(loaded)
+        for name, tensor in by_verl.items():
+            torch.testing.assert_close(tensor, loaded[name], rtol=2 * tolerance["rtol"], atol=tolerance["atol"],
+                                       msg=name)
     # the actor's forward and backward on audio compute what a plain model with the synced weights computes (under
     # FSDP2 this failed on the H200 until hook S left the encoder's position table to the root unit); one perturbed
     # matrix (0.01 noise) moves this gap to ~0.65
     assert support.forward_gap(engine, support.sync(engine), str(tiny_model_dir)) < 0.1
 
 
-@pytest.mark.parametrize("mode", ["full", "lora"])
+@pytest.mark.parametrize("mode", ["full", "lora", "lora-in-place"])
 def test_fsdp2_on_two_ranks_wraps_qwen2_audio_and_syncs_the_merged_weights(tiny_model_dir, tmp_path, mode):
     """verl's FSDP2 engine on two gloo ranks (tests/support/cpu_fsdp_engine.py): the wrap of Qwen2-Audio, which
     failed without hook S ("Cannot concatenate overlapping meshes"), one forward and backward on audio on both ranks
     (as a plain model with the synced weights computes it), and one weight sync: every name reaches the
     plugin's vLLM loader, the other weights as loaded, and each LoRA weight within a bf16 rounding of W + (alpha/r) B A
-    (the projector's only with hook Q)."""
+    (the projector's with hook T, or with hook Q when verl's own in-place merge runs)."""
     pytest.importorskip("vllm")
     script = REPO / "tests" / "support" / "cpu_fsdp_engine.py"
     proc = subprocess.run([PY, str(script), str(tiny_model_dir), str(tmp_path), mode], capture_output=True, text=True,
@@ -331,10 +350,13 @@ def test_fsdp2_on_two_ranks_wraps_qwen2_audio_and_syncs_the_merged_weights(tiny_
     assert "hook S: FSDP2 wraps its" in proc.stdout
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["names_match"] and result["others_as_loaded"] and result["forward_gap"] < 0.1, result
-    if mode == "lora":
+    if mode.startswith("lora"):
         assert result["adapted"] >= 10 and result["worst_relative_error"] <= 2**-7, result
+    if mode == "lora":  # hook T covers the projector's adapter with the rest
+        assert "hook T: LoRA sync: 15 adapted weights merged out of place" in proc.stdout
+    if mode == "lora-in-place":  # verl's own merge (hook T off) reaches it with hook Q
         assert "hook Q: merged 1 LoRA layer(s) of FSDP2's root unit" in proc.stdout
-    else:
+    if mode == "full":
         assert result["adapted"] == 0
 
 

@@ -3,7 +3,9 @@ LoRA, wrap, one sync, one forward and backward on audio.
 
 Imported by tests/test_recipes.py (one rank, in the test process) and run as a script for two ranks:
 
-    python tests/support/cpu_fsdp_engine.py MODEL_DIR WORK_DIR {full,lora}
+    python tests/support/cpu_fsdp_engine.py MODEL_DIR WORK_DIR {full,lora,lora-in-place}
+
+(lora-in-place: the LoRA recipe with hook T off, so verl merges the adapters in place for the sync.)
 
 On two ranks verl 0.9.1's FSDP2 wrap of Qwen2-Audio failed without hook S, its forward failed without hook S's
 position-table fix (one rank too), and the projector's LoRA adapter never reached vLLM without hook Q; rank 0
@@ -13,6 +15,7 @@ writes what it saw to WORK_DIR/result.json.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -135,7 +138,7 @@ def _rank(rank: int, world: int, model_dir: str, work: str, mode: str) -> None:
     engine = FSDPEngine.__new__(FSDPEngine)
     engine.device_mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("fsdp",))
     engine.use_remove_padding, engine.ulysses_sequence_parallel_size = False, 1
-    adapters = build(engine, model_dir, "fsdp2", LORA if mode == "lora" else None)
+    adapters = build(engine, model_dir, "fsdp2", LORA if mode.startswith("lora") else None)
     sent = {name: t.float() for name, t in sync(engine).items()}
     gap = forward_gap(engine, sent, model_dir)
     if rank == 0:  # the other ranks build on the meta device and get rank 0's weights by broadcast
@@ -156,6 +159,10 @@ def _rank(rank: int, world: int, model_dir: str, work: str, mode: str) -> None:
 def main() -> int:
     """Spawn two ranks and print rank 0's result."""
     model_dir, work, mode = sys.argv[1:4]
+    if mode == "lora-in-place":
+        from r1aqa_plugin.models.qwen2_audio.lora_sync import OUT_OF_PLACE_ENV
+
+        os.environ[OUT_OF_PLACE_ENV] = "0"  # the spawned ranks inherit it
     mp.spawn(_rank, args=(2, model_dir, work, mode), nprocs=2)
     print((Path(work) / "result.json").read_text())
     return 0

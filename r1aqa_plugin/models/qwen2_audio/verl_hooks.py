@@ -7,7 +7,7 @@ FSDP workers, agent-loop workers, the vLLM server actor and vLLM's own worker pr
 Each patch names its target module and attribute. Installing never imports a target: a patch is applied when its
 module is imported (at once if it already is), so the driver does not pay for vLLM's import. Applying checks the
 attribute exists, wraps it once (idempotent), logs what it patched, and raises ``AdapterError`` when verl has
-changed. Every wrapper but M's, N's, Q's, R's and S's is a no-op for models other than Qwen2-Audio.
+changed. Every wrapper but M's, N's, Q's, R's, S's and T's is a no-op for models other than Qwen2-Audio.
 
 Hooks (see docs/adapter.md): A processor accepted, B processor callable after rollout, C prompt builder is
 multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, F an auto class for the actor,
@@ -20,11 +20,12 @@ polls for finished rollouts every 0.2 s, not 2 s, O the reward call's position i
 frames and are padded back to Whisper's 30 s window in the model's forward, Q under FSDP2 the LoRA merge for vLLM
 covers the root unit's layers too (the audio projector), R the reference policy keeps its weights on the GPU when
 asked (``R1AQA_REF_ON_GPU=1``), S FSDP2 wraps nested units deepest first (on two or more ranks it failed) and leaves
-the audio encoder's position table to the root unit (read without a call, it was never gathered), W every vLLM
-worker runs the name-mapping model class. (G, the dataset, and H, the recipes' settings, are not patches.) M, N, Q,
-R and S's ordering are not Qwen2-Audio-specific: M computes the same values as the code it replaces, N only shortens
-a wait, Q only merges what verl left unmerged, R is off unless asked for, S only reorders nested units, for any
-model.
+the audio encoder's position table to the root unit (read without a call, it was never gathered), T the LoRA
+recipe's sync sends W + s B A as new tensors instead of merging into the live weights behind a host-memory backup,
+W every vLLM worker runs the name-mapping model class. (G, the dataset, and H, the recipes' settings, are not
+patches.) M, N, Q, R, S's ordering and T are not Qwen2-Audio-specific: M computes the same values as the code it
+replaces, N only shortens a wait, Q only merges what verl left unmerged, R is off unless asked for, S only reorders
+nested units, T sends the tensors verl's merge would send, for any model.
 """
 
 from __future__ import annotations
@@ -418,6 +419,62 @@ def _make_root_lora_merge(original: Callable[..., Any]) -> Callable[..., Any]:
     return fsdp_merge_unmerge
 
 
+_LORA_SYNC_FACTS = ("merged_lora_context(self.module, backup_adapters=True)", "normalize_peft_param_name(",
+                    "convert_weight_keys(", "self._is_offload_param")
+
+
+def _make_out_of_place_lora_sync(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook T: verl 0.9.1 merges the LoRA adapters into the live weights for each vLLM sync and restores them from
+    a full host-memory backup (27.5 s a step for the 7B on one H200); send W + s B A as new tensors instead and
+    leave the weights alone (lora_sync.py). Falls back to verl's merge, with a log line, where that is not exact."""
+    import inspect
+
+    source = inspect.getsource(original)
+    missing = [fact for fact in _LORA_SYNC_FACTS if fact not in source]
+    if missing:
+        raise AdapterError(f"r1aqa hook T: verl {_version('verl')}'s FSDPEngine._merged_lora_per_tensor_param changed "
+                           f"(no {missing[0]!r}); the adapter supports verl " + ", ".join(TESTED_VERL))
+
+    @functools.wraps(original)
+    def _merged_lora_per_tensor_param(self: Any) -> Any:
+        import torch
+        from torch.distributed.tensor import DTensor
+        from verl.workers.engine.fsdp import transformer_impl as impl
+
+        from r1aqa_plugin.models.qwen2_audio import lora_sync
+
+        if not lora_sync.out_of_place_enabled():
+            yield from original(self)
+            return
+        state_dict = self.module.state_dict()
+        plan, why = lora_sync.merge_plan(self.module, set(state_dict))
+        if why is not None:
+            _trace("hook T", f"verl's own in-place LoRA merge for this sync: {why}")
+            del state_dict
+            yield from original(self)
+            return
+        keys = impl.normalize_peft_param_name({k: k for k in state_dict})  # {name sent: key}, LoRA tensors dropped
+        keys = impl.convert_weight_keys(keys, getattr(self.module, "_fsdp_wrapped_module", self.module))
+        names = {key: name for name, key in keys.items()}
+        device = impl.get_device_id()
+
+        def materialize(tensor: Any, dtype: Any) -> Any:
+            if isinstance(tensor, DTensor):
+                return tensor.to(device, non_blocking=True).full_tensor().to(dtype or torch.bfloat16,
+                                                                             non_blocking=True)
+            # a copy: plain state-dict tensors alias the live weights, which the next update changes
+            return tensor.detach().to(dtype) if dtype not in (None, tensor.dtype) else tensor.detach().clone()
+
+        _trace("hook T", f"LoRA sync: {len(plan)} adapted weights merged out of place, the live weights untouched")
+        try:
+            yield from lora_sync.stream(state_dict, plan, names, materialize)
+        finally:
+            if self._is_offload_param:
+                impl.offload_fsdp_model_to_cpu(self.module)
+
+    return _merged_lora_per_tensor_param
+
+
 def _make_bottom_up_wrap(original: Callable[..., Any]) -> Callable[..., Any]:
     """Hook S: verl 0.9.1's FSDP2 wrap targets, corrected twice for Qwen2-Audio.
 
@@ -609,6 +666,9 @@ def _build_patches() -> list[Patch]:
               _make_resident_reference, "the reference keeps its weights on the GPU when R1AQA_REF_ON_GPU=1"),
         Patch("S", "verl.utils.fsdp_utils", "_select_fsdp2_wrap_targets", _make_bottom_up_wrap,
               "FSDP2 wraps nested units deepest first and leaves the encoder's position table to its parent"),
+        Patch("T", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._merged_lora_per_tensor_param",
+              _make_out_of_place_lora_sync, "the LoRA sync sends W + s B A as new tensors (no in-place merge, no "
+              "host-memory backup of the weights)"),
         Patch("Q", "verl.utils.fsdp_utils", "fsdp_merge_unmerge", _make_root_lora_merge,
               "under FSDP2 the LoRA merge for vLLM covers the root unit's layers too (the audio projector)"),
         Patch("L", "verl.workers.config.model", "HFModelConfig.__post_init__", _make_model_config_init,
