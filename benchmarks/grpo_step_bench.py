@@ -117,6 +117,10 @@ VARIANTS["lora1"] = (("1 GPU: the LoRA recipe (r1aqa_grpo_lora: rank 32, encoder
 VARIANTS["lora1verl"] = ("lora1 with hook T off: verl's in-place merge and host-memory backup of the weights at "
                          "each sync (27.5 s on 2026-11-30), for the side-by-side ratio",
                          [*VARIANTS["lora1"][1], "env:R1AQA_LORA_SYNC_OUT_OF_PLACE=0"])
+VARIANTS["lora1fsdp2"] = (("lora1 on FSDP2: verl's FSDP1 LoRA wrap makes every lora_A and lora_B Linear an FSDP unit "
+                           "of its own (394 more units on the 7B), FSDP2 wraps layers only. A weak hypothesis for "
+                           "lora1's slow update (16.2 s against 7-10 predicted): update 16.2 -> 10-16 s"),
+                          [*VARIANTS["lora1"][1], "actor_rollout_ref.actor.strategy=fsdp2"])
 # torch profiler on step 2's training worker, rank 0 (verl's own; it marks the reference pass and the update);
 # the traces go to LOGS/traces-VARIANT-NGPU and their summary (trace_report.py) to LOGS/trace-VARIANT-NGPU.md
 PROFILE = ["global_profiler.tool=torch", "global_profiler.steps=[2]", "actor_rollout_ref.actor.profiler.enable=True",

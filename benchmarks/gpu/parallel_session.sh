@@ -30,7 +30,8 @@
 #   one:   7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> "wins1ref" (+ hook R: the reference's
 #          weights on the GPU) (GPU $ONE_GPU, default 0)
 #   lora:  7B GRPO 1 GPU, the LoRA recipe (optimizer on the GPU): "lora1" (hook T's out-of-place merge for the
-#          sync) -> "lora1verl" (verl's in-place merge) (GPU $LORA_GPU, default 1): QUEUES=one,lora on nvidia-h200-x2
+#          sync) -> "lora1fsdp2" (the same on FSDP2) -> "lora1verl" (verl's in-place merge) (GPU $LORA_GPU,
+#          default 1): QUEUES=one,lora on nvidia-h200-x2
 #   perf1: 7B GRPO 1 GPU "wins1" -> rollout bench -> "wins1ref" (GPU $ONE_GPU, default 1). The twelfth session ran
 #          it beside lp2 (QUEUES=lp2,perf1), with the cores unsplit: the 7B's CPU offload starved the warm-up ~10x
 #   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench -> feature-transfer bench
@@ -311,7 +312,8 @@ QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning fits only with the optimiz
 }
 QUEUE_lora() {  # the LoRA recipe on one GPU: hook T's out-of-place merge, then verl's in-place merge (hook T off)
   export CUDA_VISIBLE_DEVICES=${LORA_GPU:-1}
-  step grpo-lora1-1gpu grpo7b 1 lora1; step grpo-lora1verl-1gpu grpo7b 1 lora1verl
+  step grpo-lora1-1gpu grpo7b 1 lora1; step grpo-lora1fsdp2-1gpu grpo7b 1 lora1fsdp2
+  step grpo-lora1verl-1gpu grpo7b 1 lora1verl
 }
 QUEUE_perf1() {  # issue 7 on the second GPU of `nvidia-h200-x2`: the 7B step on one GPU (wins1, at most GRPO_CAP s,
                  # default 780), the rollout bench, then wins1ref (hook R)
