@@ -1,5 +1,6 @@
-"""Hooks P and R on a CUDA GPU: what the CPU tests cannot show (bf16 kernels, FSDP's real wrapping). Skipped
-without CUDA; run on the lent H200 with ``python -m pytest -m gpu tests/test_gpu_hooks.py``."""
+"""Hooks P, R, S and T on a CUDA GPU: what the CPU tests cannot show (bf16 kernels, FSDP's real wrapping, FSDP2's
+CPU offload policy). Skipped without CUDA; run on the lent H200 with ``python -m pytest -m gpu
+tests/test_gpu_hooks.py``."""
 
 from __future__ import annotations
 
@@ -41,3 +42,35 @@ def test_reference_weights_stay_on_the_gpu_only_when_asked(bare_fsdp_engine, mon
     module = engine._build_fsdp_module(engine._build_module())
     assert bool(module.cpu_offload.offload_params) is not on_gpu
     assert {p.device.type for p in module.parameters()} == ({"cuda"} if on_gpu else {"cpu"})
+
+
+@pytest.mark.parametrize(("strategy", "lora", "options"), [
+    ("fsdp2", False, {"offload_policy": True}),  # grpo_step_bench's wins1: full fine-tuning on one GPU
+    ("fsdp", True, {}),  # lora1: the LoRA recipe as shipped, hook T's sync from FSDP1's full state dict
+    ("fsdp2", True, {}),  # lora1fsdp2
+], ids=["fsdp2-offload-full", "fsdp-lora", "fsdp2-lora"])
+def test_verls_engine_runs_and_syncs_qwen2_audio_on_the_gpu(bare_fsdp_engine, tiny_model_dir, strategy, lora,
+                                                            options):
+    """verl's FSDPEngine on one GPU as the 7B runs use it: the forward and backward on audio agree with a plain model
+    holding the weights the sync sends (under FSDP2 the first forward failed on the H200 until hook S left the
+    encoder's position table to the root unit), and with LoRA each adapted weight arrives as W + (alpha / r) B A
+    (hook T)."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+    import cpu_fsdp_engine as support  # its build, sync and forward check run on any device
+
+    verl_hooks.install()
+    torch.cuda.set_device(0)
+    engine = bare_fsdp_engine("cuda")
+    adapters = support.build(engine, str(tiny_model_dir), strategy, support.LORA if lora else None, **options)
+    assert engine._uses_fsdp2_cpu_offload_policy is bool(options.get("offload_policy"))
+    sent = {name: t.float().cpu() for name, t in support.sync(engine).items()}
+    assert support.forward_gap(engine, sent, str(tiny_model_dir)) < 0.1
+    if lora:
+        from r1aqa_plugin.models.qwen2_audio.vllm_model import Qwen2AudioWithV5Names
+
+        mapper = Qwen2AudioWithV5Names.hf_to_vllm_mapper
+        loaded = {mapper._map_name(name): tensor for name, tensor in sent.items()}
+        for name, want in support.merged(adapters, mapper).items():
+            torch.testing.assert_close(loaded[name], want.float().cpu(), rtol=2**-7, atol=1e-5, msg=name)

@@ -27,8 +27,8 @@
 #   gpu23: 7B GRPO 2 GPUs: baseline -> "prof" (winsfast with step 2 under the torch profiler) -> "fsdp2fast"
 #          (winsfast on FSDP2) -> "winsfast" again; a 3-step 7B run takes 6-9 min, so a session gets the first three
 #          (the 7B folder is built once, on a GPU, by whichever queue needs it first)
-#   one:   7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> "wins1ref" (+ hook R: the reference's
-#          weights on the GPU) (GPU $ONE_GPU, default 0)
+#   one:   tests/test_gpu_hooks.py, then 7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> "wins1ref"
+#          (+ hook R: the reference's weights on the GPU) (GPU $ONE_GPU, default 0)
 #   lora:  7B GRPO 1 GPU, the LoRA recipe (optimizer on the GPU): "lora1" (hook T's out-of-place merge for the
 #          sync) -> "lora1fsdp2" (the same on FSDP2) -> "lora1verl" (verl's in-place merge) (GPU $LORA_GPU,
 #          default 1): QUEUES=one,lora on nvidia-h200-x2
@@ -147,7 +147,8 @@ dedup_small() {  # hook I at the learning proof's reference micro-batch (128 row
 feature_transfer() {  # hook P side by side: one step's actor features as full 30 s windows or cut, incl. the GPU copy
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/feature_transfer_bench.py" --json "$S/feature-transfer${LP_TAG:-}.json"
 }
-gpu_hooks() {  # tests/test_gpu_hooks.py: hooks P and R on the GPU (bf16 logits; FSDP1's real reference wrapping)
+gpu_hooks() {  # tests/test_gpu_hooks.py: hooks P, R, S and T on the GPU (bf16 logits; FSDP's real wrapping, FSDP2's
+              # CPU offload policy, the LoRA sync)
   ( cd "$REPO" && timeout -k 10 "$(left 5)" python3 -m pytest -m gpu tests/test_gpu_hooks.py -v -p no:cacheprovider \
       --basetemp="$W/pt-gpu-hooks" )
 }
@@ -308,6 +309,7 @@ QUEUE_probe() {  # learnability probe: supervised on the correct answers of ever
 }
 QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning fits only with the optimizer step on the CPU)
   export CUDA_VISIBLE_DEVICES=${ONE_GPU:-0}
+  [ "${HOOK_TESTS:-1}" = 0 ] || step gpu-hooks gpu_hooks   # ~1 min: FSDP2's CPU offload and hook T on the tiny model
   step grpo-wins1-1gpu grpo7b 1 wins1; step grpo-wins1ref-1gpu grpo7b 1 wins1ref
 }
 QUEUE_lora() {  # the LoRA recipe on one GPU: hook T's out-of-place merge, then verl's in-place merge (hook T off)

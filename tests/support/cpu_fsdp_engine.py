@@ -47,14 +47,16 @@ def steer_to_cpu(set_attr: Callable[[Any, str, Any], None]) -> None:
         set_attr(transformer_impl, name, lambda *a, **k: None)
 
 
-def build(engine: Any, model_dir: str, strategy: str, lora: dict | None) -> dict[str, tuple[torch.Tensor, ...]]:
+def build(engine: Any, model_dir: str, strategy: str, lora: dict | None,
+          **engine_options: Any) -> dict[str, tuple[torch.Tensor, ...]]:
     """Build the engine's module as verl's worker does (LoRA if asked, B randomised so that the merge shows) and wrap
-    it; return each LoRA layer's (W, A, B) from before the wrap."""
+    it; return each LoRA layer's (W, A, B) from before the wrap. ``engine_options``: more FSDPEngineConfig fields
+    (``offload_policy=True``: FSDP2's CPU offload, GPU only)."""
     from verl.workers.config import FSDPEngineConfig, HFModelConfig
 
     engine.model_config = HFModelConfig(path=model_dir, override_config={"attn_implementation": "sdpa"},
                                         **(lora or {}))
-    engine.engine_config = FSDPEngineConfig(strategy=strategy, model_dtype="fp32")
+    engine.engine_config = FSDPEngineConfig(strategy=strategy, model_dtype="fp32", **engine_options)
     engine._is_lora, engine._is_offload_param, engine._uses_fsdp2_cpu_offload_policy = bool(lora), False, False
     engine._qat_enabled = False
     module = engine._build_module()
@@ -112,13 +114,14 @@ def forward_gap(engine: Any, sent: dict[str, torch.Tensor], model_dir: str) -> f
     weights, over the logits' standard deviation."""
     from transformers import Qwen2AudioForConditionalGeneration
 
-    batch = audio_batch(model_dir)
+    device = engine.device_mesh.device_type
+    batch = {k: v.to(device) for k, v in audio_batch(model_dir).items()}
     module = engine.module
-    with torch.autocast("cpu", dtype=getattr(engine, "_autocast_dtype", torch.bfloat16)):
+    with torch.autocast(device, dtype=getattr(engine, "_autocast_dtype", torch.bfloat16)):
         logits = module(**batch).logits
     logits.float().pow(2).mean().backward()
     module.zero_grad(set_to_none=True)
-    plain = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    plain = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).to(device)
     plain.load_state_dict({name: t.float() for name, t in sent.items()}, strict=True)
     with torch.no_grad():
         want = plain(**batch).logits
