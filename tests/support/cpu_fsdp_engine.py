@@ -1,7 +1,8 @@
 """verl's real FSDPEngine on CPU ranks (gloo), for tests of what it syncs to vLLM and how its module runs: build,
 LoRA, wrap, one sync, one forward and backward on audio.
 
-Imported by tests/test_recipes.py (one rank, in the test process) and run as a script for two ranks:
+Imported by tests/test_recipes.py (one rank, in the test process) and by tests/test_gpu_hooks.py (``build``, ``sync``
+and ``forward_gap`` on one CUDA rank, without the CPU steering), and run as a script for two ranks:
 
     python tests/support/cpu_fsdp_engine.py MODEL_DIR WORK_DIR {full,lora,lora-in-place}
 
