@@ -25,9 +25,11 @@ def test_cut_features_give_the_same_bf16_logits_on_the_gpu():
     assert check["equal"], f"max |diff| {check['max_abs_diff']}"
 
 
+@pytest.mark.parametrize("strategy", ["fsdp", "fsdp2"])
 @pytest.mark.parametrize("on_gpu", [False, True])
-def test_reference_weights_stay_on_the_gpu_only_when_asked(bare_fsdp_engine, monkeypatch, on_gpu):
-    """Hook R with FSDP1's real wrapping: verl's reference engine offloads its weights to the CPU unless asked."""
+def test_reference_weights_stay_on_the_gpu_only_when_asked(bare_fsdp_engine, monkeypatch, on_gpu, strategy):
+    """Hook R with FSDP's real wrapping (FSDP2: wins1ref): verl's reference engine offloads its weights to the CPU
+    unless asked."""
     import torch
     from verl.workers.config import FSDPEngineConfig
 
@@ -38,10 +40,14 @@ def test_reference_weights_stay_on_the_gpu_only_when_asked(bare_fsdp_engine, mon
         monkeypatch.delenv(verl_hooks.REF_ON_GPU_ENV, raising=False)
     torch.cuda.set_device(0)
     engine = bare_fsdp_engine("cuda")
-    engine.engine_config = FSDPEngineConfig(strategy="fsdp", forward_only=True)
+    engine.engine_config = FSDPEngineConfig(strategy=strategy, forward_only=True)
     module = engine._build_fsdp_module(engine._build_module())
-    assert bool(module.cpu_offload.offload_params) is not on_gpu
-    assert {p.device.type for p in module.parameters()} == ({"cuda"} if on_gpu else {"cpu"})
+    if strategy == "fsdp":
+        assert bool(module.cpu_offload.offload_params) is not on_gpu
+    else:
+        assert getattr(engine, "_uses_fsdp2_cpu_offload_policy", False) is not on_gpu  # set only when offloading
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in module.parameters()]
+    assert {p.device.type for p in local} == ({"cuda"} if on_gpu else {"cpu"})
 
 
 @pytest.mark.parametrize(("strategy", "lora", "options"), [
