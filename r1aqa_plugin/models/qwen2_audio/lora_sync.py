@@ -91,22 +91,22 @@ def merged_weight(base: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor
 
 
 def stream(state_dict: dict[str, Any], plan: dict[str, Adapted], names: dict[str, str],
-           materialize: Any) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name sent, tensor) for every key ``names`` keeps: adapted weights merged out of place and cast as
-    ``materialize`` casts the rest. ``materialize(tensor, dtype)`` turns a state-dict entry into the full tensor
-    verl would send, in ``dtype`` (None: verl's own choice)."""
-    for key, sent_name in names.items():
-        entry = plan.get(key)
-        if entry is None:
-            yield sent_name, materialize(state_dict[key], None)
-            continue
-        full = [materialize(state_dict[k], torch.float32) for k in (entry.base, entry.lora_a, entry.lora_b)]
-        weight = merged_weight(*full, entry)
-        yield sent_name, materialize(weight, _sent_dtype(state_dict[key]))
-
-
-def _sent_dtype(entry: Any) -> torch.dtype:
+           gather: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name sent, tensor) for every key ``names`` keeps, in the dtype verl sends it: adapted weights merged
+    out of place, the rest as they are. ``gather(entry)`` turns a state-dict entry into its full tensor on the
+    sending device (a DTensor's ``full_tensor()``; a plain tensor itself)."""
     from torch.distributed.tensor import DTensor
 
-    # verl sends FSDP2's (DTensor) weights in bf16 and FSDP1's as they are: the same here
-    return torch.bfloat16 if isinstance(entry, DTensor) else entry.dtype
+    for key, sent_name in names.items():
+        entry = state_dict[key]
+        # verl sends FSDP2's (DTensor) weights in bf16 and FSDP1's in their own dtype: the same here
+        dtype = torch.bfloat16 if isinstance(entry, DTensor) else entry.dtype
+        adapted = plan.get(key)
+        if adapted is not None:
+            full = [gather(state_dict[k]) for k in (adapted.base, adapted.lora_a, adapted.lora_b)]
+            yield sent_name, merged_weight(*full, adapted).to(dtype)  # a new tensor already
+        elif isinstance(entry, DTensor):
+            yield sent_name, gather(entry).to(dtype)  # full_tensor() gathered a copy
+        else:
+            # a copy: plain state-dict tensors alias the live weights, which the next update changes
+            yield sent_name, entry.detach().clone()

@@ -437,7 +437,6 @@ def _make_out_of_place_lora_sync(original: Callable[..., Any]) -> Callable[..., 
 
     @functools.wraps(original)
     def _merged_lora_per_tensor_param(self: Any) -> Any:
-        import torch
         from torch.distributed.tensor import DTensor
         from verl.workers.engine.fsdp import transformer_impl as impl
 
@@ -458,16 +457,12 @@ def _make_out_of_place_lora_sync(original: Callable[..., Any]) -> Callable[..., 
         names = {key: name for name, key in keys.items()}
         device = impl.get_device_id()
 
-        def materialize(tensor: Any, dtype: Any) -> Any:
-            if isinstance(tensor, DTensor):
-                return tensor.to(device, non_blocking=True).full_tensor().to(dtype or torch.bfloat16,
-                                                                             non_blocking=True)
-            # a copy: plain state-dict tensors alias the live weights, which the next update changes
-            return tensor.detach().to(dtype) if dtype not in (None, tensor.dtype) else tensor.detach().clone()
+        def gather(tensor: Any) -> Any:
+            return tensor.to(device, non_blocking=True).full_tensor() if isinstance(tensor, DTensor) else tensor
 
         _trace("hook T", f"LoRA sync: {len(plan)} adapted weights merged out of place, the live weights untouched")
         try:
-            yield from lora_sync.stream(state_dict, plan, names, materialize)
+            yield from lora_sync.stream(state_dict, plan, names, gather)
         finally:
             if self._is_offload_param:
                 impl.offload_fsdp_model_to_cpu(self.module)
