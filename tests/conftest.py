@@ -48,6 +48,21 @@ def mmau_dir() -> Path:
     return MMAU_DIR
 
 
+@pytest.fixture(scope="session")
+def fsdp_engine_support():
+    """tests/support/cpu_fsdp_engine.py: verl's FSDPEngine steered to CPU ranks, and its build, sync and forward
+    check (which also run on one CUDA rank)."""
+    import sys
+
+    support = str(REPO / "tests" / "support")
+    sys.path.insert(0, support)
+    try:
+        import cpu_fsdp_engine
+    finally:
+        sys.path.remove(support)
+    return cpu_fsdp_engine
+
+
 @pytest.fixture
 def bare_fsdp_engine(tiny_model_dir: Path, tmp_path: Path):
     """A factory of verl's FSDPEngine holding only what ``_build_module`` and ``_build_fsdp_module`` read, on the

@@ -55,17 +55,15 @@ def test_reference_weights_stay_on_the_gpu_only_when_asked(bare_fsdp_engine, mon
     ("fsdp", True, {}),  # lora1: the LoRA recipe as shipped, hook T's sync from FSDP1's full state dict
     ("fsdp2", True, {}),  # lora1fsdp2
 ], ids=["fsdp2-offload-full", "fsdp-lora", "fsdp2-lora"])
-def test_verls_engine_runs_and_syncs_qwen2_audio_on_the_gpu(bare_fsdp_engine, tiny_model_dir, strategy, lora,
-                                                            options):
+def test_verls_engine_runs_and_syncs_qwen2_audio_on_the_gpu(bare_fsdp_engine, fsdp_engine_support, tiny_model_dir,
+                                                            strategy, lora, options):
     """verl's FSDPEngine on one GPU as the 7B runs use it: the forward and backward on audio agree with a plain model
     holding the weights the sync sends (under FSDP2 the first forward failed on the H200 until hook S left the
     encoder's position table to the root unit), and with LoRA each adapted weight arrives as W + (alpha / r) B A
     (hook T)."""
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
-    import cpu_fsdp_engine as support  # its build, sync and forward check run on any device
-
+    support = fsdp_engine_support  # its build, sync and forward check run on any device
     verl_hooks.install()
     torch.cuda.set_device(0)
     engine = bare_fsdp_engine("cuda")

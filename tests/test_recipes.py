@@ -252,19 +252,9 @@ def test_lora_variant_merges_for_vllm_and_peft_leaves_the_audio_encoder_alone(ti
     assert [n for n in trainable if "language_model" in n or ".layers." in n]
 
 
-def cpu_fsdp_engine():
-    """tests/support/cpu_fsdp_engine.py: verl's FSDPEngine steered to CPU ranks, and its build and sync steps."""
-    sys.path.insert(0, str(REPO / "tests" / "support"))
-    try:
-        import cpu_fsdp_engine
-    finally:
-        sys.path.remove(str(REPO / "tests" / "support"))
-    return cpu_fsdp_engine
-
-
 @pytest.mark.parametrize(("strategy", "lora"), [("fsdp", True), ("fsdp2", True), ("fsdp", False), ("fsdp2", False)])
-def test_weight_sync_sends_names_vllms_loader_takes_and_lora_merged(bare_fsdp_engine, tiny_model_dir, monkeypatch,
-                                                                     strategy, lora):
+def test_weight_sync_sends_names_vllms_loader_takes_and_lora_merged(bare_fsdp_engine, fsdp_engine_support,
+                                                                     tiny_model_dir, monkeypatch, strategy, lora):
     """What verl streams to vLLM at every sync, through its real FSDPEngine on one CPU rank: ``_build_module``,
     ``_build_lora_module`` (the LoRA recipe's settings) and ``_build_fsdp_module`` (verl's wrap policy), then
     ``get_per_tensor_param``. Every tensor's name maps onto the checkpoint's through the plugin's vLLM model class
@@ -281,7 +271,7 @@ def test_weight_sync_sends_names_vllms_loader_takes_and_lora_merged(bare_fsdp_en
     from r1aqa_plugin.models.qwen2_audio.vllm_model import Qwen2AudioWithV5Names
 
     verl_hooks.install()
-    support = cpu_fsdp_engine()
+    support = fsdp_engine_support
     recipe = variant("r1aqa_grpo_lora").actor_rollout_ref.model
     assert {k: recipe[k] for k in ("lora_rank", "lora_alpha", "target_modules", "exclude_modules")} == {
         k: v for k, v in support.LORA.items() if k != "lora"}  # the support module's copy is the recipe's

@@ -312,7 +312,8 @@ QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning fits only with the optimiz
   [ "${HOOK_TESTS:-1}" = 0 ] || step gpu-hooks gpu_hooks   # ~1 min: FSDP2's CPU offload and hook T on the tiny model
   step grpo-wins1-1gpu grpo7b 1 wins1; step grpo-wins1ref-1gpu grpo7b 1 wins1ref
 }
-QUEUE_lora() {  # the LoRA recipe on one GPU: hook T's out-of-place merge, then verl's in-place merge (hook T off)
+QUEUE_lora() {  # the LoRA recipe on one GPU: hook T's out-of-place merge on FSDP1, then on FSDP2, then verl's
+               # in-place merge (hook T off)
   export CUDA_VISIBLE_DEVICES=${LORA_GPU:-1}
   step grpo-lora1-1gpu grpo7b 1 lora1; step grpo-lora1fsdp2-1gpu grpo7b 1 lora1fsdp2
   step grpo-lora1verl-1gpu grpo7b 1 lora1verl
