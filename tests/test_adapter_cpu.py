@@ -454,6 +454,15 @@ def test_root_lora_merge_hook_fails_loudly_when_verl_stops_skipping_the_root():
         verl_hooks._make_root_lora_merge(fsdp_merge_unmerge)
 
 
+def test_trainable_kept_hook_fails_loudly_when_verl_disables_adapters_another_way():
+    # hook U at work: tests/test_recipes.py's weight-sync tests run the LoRA reference pass first (FSDP2 failed there)
+    def disable_adapter(self):  # a verl that switches the adapters off itself
+        return self.module.disable_adapter_layers()
+
+    with pytest.raises(verl_hooks.AdapterError, match="hook U: .*disable_adapter changed"):
+        verl_hooks._make_trainable_kept(disable_adapter)
+
+
 def test_fsdp2_wrap_targets_come_deepest_first_only_when_nested():
     # hook S at work on two ranks: tests/test_recipes.py (verl's FSDP2 engine, tests/support/cpu_fsdp_engine.py)
     from torch import nn

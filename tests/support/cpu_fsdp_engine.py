@@ -1,5 +1,6 @@
 """verl's real FSDPEngine on CPU ranks (gloo), for tests of what it syncs to vLLM and how its module runs: build,
-LoRA, wrap, one sync, one forward and backward on audio.
+LoRA, wrap, one sync, then the actor's passes on audio (with LoRA the reference pass first, then a forward and
+backward).
 
 Imported by tests/test_recipes.py (one rank, in the test process) and by tests/test_gpu_hooks.py (``build``, ``sync``
 and ``forward_gap`` on one CUDA rank, without the CPU steering), and run as a script for two ranks:
@@ -9,7 +10,8 @@ and ``forward_gap`` on one CUDA rank, without the CPU steering), and run as a sc
 (lora-in-place: the LoRA recipe with hook T off, so verl merges the adapters in place for the sync.)
 
 On two ranks verl 0.9.1's FSDP2 wrap of Qwen2-Audio failed without hook S, its forward failed without hook S's
-position-table fix (one rank too), and the projector's LoRA adapter never reached vLLM without hook Q; rank 0
+position-table fix (one rank too), its first LoRA update failed without hook U when the reference pass came first,
+and the projector's LoRA adapter never reached vLLM without hook Q; rank 0
 writes what it saw to WORK_DIR/result.json.
 """
 
@@ -110,23 +112,36 @@ def audio_batch(model_dir: str) -> dict[str, torch.Tensor]:
 
 
 def forward_gap(engine: Any, sent: dict[str, torch.Tensor], model_dir: str) -> float:
-    """Forward and backward through the wrapped module, as verl's actor and reference passes call it (bf16 autocast;
-    every rank must call it); return the largest logit difference from a plain transformers model holding the synced
-    weights, over the logits' standard deviation."""
+    """The passes verl's actor runs, through the wrapped module under its bf16 autocast (every rank must call it):
+    with LoRA first the reference pass (no grad, adapters off: in bypass mode the module's first forward, hook U),
+    then a forward and backward. Return the largest logit difference from a plain transformers model, holding the
+    checkpoint for the reference pass and the synced weights for the other, over the logits' standard deviation."""
     from transformers import Qwen2AudioForConditionalGeneration
 
     device = engine.device_mesh.device_type
     batch = {k: v.to(device) for k, v in audio_batch(model_dir).items()}
     module = engine.module
-    with torch.autocast(device, dtype=getattr(engine, "_autocast_dtype", torch.bfloat16)):
+    autocast = torch.autocast(device, dtype=getattr(engine, "_autocast_dtype", torch.bfloat16))
+    got = {}
+    if engine._is_lora:
+        with torch.no_grad(), engine.disable_adapter(), autocast:
+            got["checkpoint"] = module(**batch).logits.float()
+    with autocast:
         logits = module(**batch).logits
     logits.float().pow(2).mean().backward()
+    trained = [p for p in module.parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None and p.grad.dtype == p.dtype for p in trained)
     module.zero_grad(set_to_none=True)
-    plain = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).to(device)
-    plain.load_state_dict({name: t.float() for name, t in sent.items()}, strict=True)
-    with torch.no_grad():
-        want = plain(**batch).logits
-    return ((logits.detach().float() - want).abs().max() / want.std()).item()
+    got["sent"] = logits.detach().float()
+    gaps = []
+    for weights, have in got.items():
+        plain = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).to(device)
+        if weights == "sent":
+            plain.load_state_dict({name: t.float() for name, t in sent.items()}, strict=True)
+        with torch.no_grad():
+            want = plain(**batch).logits
+        gaps.append(((have - want).abs().max() / want.std()).item())
+    return max(gaps)
 
 
 def _rank(rank: int, world: int, model_dir: str, work: str, mode: str) -> None:

@@ -7,7 +7,7 @@ FSDP workers, agent-loop workers, the vLLM server actor and vLLM's own worker pr
 Each patch names its target module and attribute. Installing never imports a target: a patch is applied when its
 module is imported (at once if it already is), so the driver does not pay for vLLM's import. Applying checks the
 attribute exists, wraps it once (idempotent), logs what it patched, and raises ``AdapterError`` when verl has
-changed. Every wrapper but M's, N's, Q's, R's, S's and T's is a no-op for models other than Qwen2-Audio.
+changed. Every wrapper but M's, N's, Q's, R's, S's, T's and U's is a no-op for models other than Qwen2-Audio.
 
 Hooks (see docs/adapter.md): A processor accepted, B processor callable after rollout, C prompt builder is
 multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, F an auto class for the actor,
@@ -22,10 +22,11 @@ covers the root unit's layers too (the audio projector), R the reference policy 
 asked (``R1AQA_REF_ON_GPU=1``), S FSDP2 wraps nested units deepest first (on two or more ranks it failed) and leaves
 the audio encoder's position table to the root unit (read without a call, it was never gathered), T the LoRA
 recipe's sync sends W + s B A as new tensors instead of merging into the live weights behind a host-memory backup,
-W every vLLM worker runs the name-mapping model class. (G, the dataset, and H, the recipes' settings, are not
-patches.) M, N, Q, R, S's ordering and T are not Qwen2-Audio-specific: M computes the same values as the code it
+U the LoRA reference pass leaves the adapters trainable for FSDP2 (its first forward reads the flags), W every vLLM
+worker runs the name-mapping model class. (G, the dataset, and H, the recipes' settings, are not
+patches.) M, N, Q, R, S's ordering, T and U are not Qwen2-Audio-specific: M computes the same values as the code it
 replaces, N only shortens a wait, Q only merges what verl left unmerged, R is off unless asked for, S only reorders
-nested units, T sends the tensors verl's merge would send, for any model.
+nested units, T sends the tensors verl's merge would send, U only keeps flags as they were, for any model.
 """
 
 from __future__ import annotations
@@ -470,6 +471,42 @@ def _make_out_of_place_lora_sync(original: Callable[..., Any]) -> Callable[..., 
     return _merged_lora_per_tensor_param
 
 
+_DISABLE_ADAPTER_FACT = "return self.module.disable_adapter()"
+
+
+def _make_trainable_kept(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook U: peft's ``disable_adapter`` also sets ``requires_grad=False`` on every adapter weight, and verl 0.9.1
+    runs the LoRA reference pass inside it. Under FSDP2, when that pass is the module's first forward (bypass mode
+    skips the old-log-prob pass), FSDP2's lazy init finds no trainable parameter in any unit, so it neither reduces
+    the gradients in fp32 nor casts them back, and the first update fails ("attempting to assign a gradient with
+    dtype BFloat16 to a tensor with grad_dtype Float"; the twenty-first GPU session). Inside the context the flags
+    stay as they were: peft's own switch turns the adapters off, and verl's pass runs under no_grad."""
+    import contextlib
+    import inspect
+
+    if _DISABLE_ADAPTER_FACT not in inspect.getsource(original):
+        raise AdapterError(f"r1aqa hook U: verl {_version('verl')}'s FSDPEngine.disable_adapter changed (no "
+                           f"{_DISABLE_ADAPTER_FACT!r}); the adapter supports verl " + ", ".join(TESTED_VERL))
+
+    @functools.wraps(original)
+    @contextlib.contextmanager
+    def disable_adapter(self: Any) -> Any:
+        from verl.utils.fsdp_utils import fsdp_version
+
+        trainable = [p for p in self.module.parameters() if p.requires_grad]
+        with original(self) as inner:
+            if fsdp_version(self.module) == 2:
+                dropped = [p for p in trainable if not p.requires_grad]
+                for param in dropped:
+                    param.requires_grad_(True)
+                if dropped:
+                    _trace("hook U", f"{len(dropped)} LoRA parameters stay trainable while the adapters are off "
+                                     "(FSDP2 reads the flags at its first forward)")
+            yield inner
+
+    return disable_adapter
+
+
 def _make_bottom_up_wrap(original: Callable[..., Any]) -> Callable[..., Any]:
     """Hook S: verl 0.9.1's FSDP2 wrap targets, corrected twice for Qwen2-Audio.
 
@@ -664,6 +701,8 @@ def _build_patches() -> list[Patch]:
         Patch("T", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._merged_lora_per_tensor_param",
               _make_out_of_place_lora_sync, "the LoRA sync sends W + s B A as new tensors (no in-place merge, no "
               "host-memory backup of the weights)"),
+        Patch("U", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine.disable_adapter", _make_trainable_kept,
+              "the LoRA reference pass leaves the adapters' requires_grad alone (FSDP2's first forward reads it)"),
         Patch("Q", "verl.utils.fsdp_utils", "fsdp_merge_unmerge", _make_root_lora_merge,
               "under FSDP2 the LoRA merge for vLLM covers the root unit's layers too (the audio projector)"),
         Patch("L", "verl.workers.config.model", "HFModelConfig.__post_init__", _make_model_config_init,
