@@ -153,6 +153,15 @@ def test_parallel_session_refuses_the_learning_proof_beside_the_cpu_offloaded_7b
     assert not (tmp_path / "s").exists()  # nothing started
 
 
+def test_parallel_session_refuses_a_second_7b_run_beside_the_cpu_offloaded_7b(tmp_path: Path) -> None:
+    env = {**os.environ, "SESSION_DIR": str(tmp_path / "s"), "QUEUES": "one,lora"}
+    env.pop("MIX_OK", None)
+    script = str(BENCH / "gpu" / "parallel_session.sh")
+    refused = subprocess.run(["bash", script, "start", "1"], env=env, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2 and "refused: queue lora" in refused.stderr and "host memory" in refused.stderr
+    assert not (tmp_path / "s").exists()
+
+
 def _queue_calls(tmp_path: Path, queue: str, stubs: str, env_extra: dict[str, str]) -> list[str]:
     """Run one queue of parallel_session.sh with the phases replaced by ``stubs`` (bash functions that append their
     arguments to $S/calls) to the end; the calls, sorted (the queue runs its jobs side by side)."""

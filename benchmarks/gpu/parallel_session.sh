@@ -31,7 +31,7 @@
 #          (+ hook R: the reference's weights on the GPU) (GPU $ONE_GPU, default 0)
 #   lora:  7B GRPO 1 GPU, the LoRA recipe (optimizer on the GPU): "lora1" (hook T's out-of-place merge for the
 #          sync) -> "lora1fsdp2" (the same on FSDP2) -> "lora1verl" (verl's in-place merge) (GPU $LORA_GPU,
-#          default 1): QUEUES=one,lora on nvidia-h200-x2
+#          default 1); not beside queue one on a host under 400 GB (nvidia-h200-x2: the host ran out)
 #   perf1: 7B GRPO 1 GPU "wins1" -> rollout bench -> "wins1ref" (GPU $ONE_GPU, default 1). The twelfth session ran
 #          it beside lp2 (QUEUES=lp2,perf1), with the cores unsplit: the 7B's CPU offload starved the warm-up ~10x
 #   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench -> feature-transfer bench
@@ -64,15 +64,25 @@ pack() {  # everything under $S but data and profiler traces (their summaries st
     python3 "$HERE/../grpo_step_bench.py" table "$S"/grpo-*gpu.log | tee "$out/grpo-table.md"
 }
 
-mix_refused() {  # the learning proof beside a 7B run with the CPU offload: refused unless MIX_OK=1 (twelfth session:
-                # even on its own GPU the warm-up ran ~10x slower and never reached GRPO, docs/gpu-runs.md)
-  local q lp="" offload="" queues=${QUEUES:-gpu23,one,bench}
+mix_refused() {  # the 7B run with the CPU offload (queue one or perf1) beside the learning proof or another 7B run:
+                # refused unless MIX_OK=1. Twelfth session: beside it, even on its own GPU, the learning proof's warm-up
+                # ran ~10x slower and never reached GRPO. Twenty-first session: its fp32 weights, gradients and Adam
+                # held ~200 GB of the 251 GB host, and beside the LoRA queue Ray's memory monitor killed both
+                # (docs/gpu-runs.md)
+  local q lp="" other="" offload="" queues=${QUEUES:-gpu23,one,bench}
   for q in ${queues//,/ }; do
-    case $q in lp*|gpu0|gpu1|probe) lp=$q ;; one|perf1) offload=$q ;; esac
+    case $q in lp*|gpu0|gpu1|probe) lp=$q ;; one|perf1) offload=$q ;; lora|gpu23|x8) other=$q ;; esac
   done
-  [ -n "$lp" ] && [ -n "$offload" ] && [ "${MIX_OK:-0}" != 1 ] || return 1
-  echo "refused: queue $lp (the learning proof) beside queue $offload (the 7B with its optimizer step on the CPU)" \
-       "starves the learning proof; run them in separate sessions, or set MIX_OK=1" >&2
+  # a host of 400 GB or more (nvidia-h200-x4: 512) holds the offloaded 7B and another 7B run
+  [ -n "$other" ] && [ "$(awk '/MemTotal/ {print int($2 / 1048576)}' /proc/meminfo)" -ge 400 ] && other=""
+  [ -n "$offload" ] && [ -n "$lp$other" ] && [ "${MIX_OK:-0}" != 1 ] || return 1
+  if [ -n "$lp" ]; then
+    echo "refused: queue $lp (the learning proof) beside queue $offload (the 7B with its optimizer step on the CPU)" \
+         "starves the learning proof; run them in separate sessions, or set MIX_OK=1" >&2
+  else
+    echo "refused: queue $other (a 7B run) beside queue $offload (the 7B with its optimizer step on the CPU, ~200 GB" \
+         "of host memory): the host runs out; run them in separate sessions, or set MIX_OK=1" >&2
+  fi
 }
 
 case $CMD in
