@@ -660,6 +660,18 @@ def test_lora1_variant_runs_the_lora_recipe_with_its_optimizer_on_the_gpu(tmp_pa
     assert (cfg.data.train_batch_size, cfg.actor_rollout_ref.rollout.n, cfg.trainer.n_gpus_per_node) == (16, 8, 1)
 
 
+def test_wins1acc_reaches_verls_engine_config_with_one_gradient_reduction_a_step(tmp_path: Path) -> None:
+    _, cfg, _ = _composed("wins1acc", 1, tmp_path)
+    actor = cfg.actor_rollout_ref.actor
+    engine = actor.fsdp_config  # the actor's FSDPEngineConfig, as verl's worker builds it from this node
+    assert engine.use_no_sync_for_gradient_accumulation is True and engine.offload_policy is True
+    assert (actor.strategy, actor.ppo_micro_batch_size_per_gpu) == ("fsdp2", 32)
+    # verl's Hydra default is the other way round: without the variant every micro-batch reduces its gradients
+    (tmp_path / "plain").mkdir()
+    _, plain, _ = _composed("wins1", 1, tmp_path / "plain")
+    assert plain.actor_rollout_ref.actor.fsdp_config.use_no_sync_for_gradient_accumulation is False
+
+
 def test_prof_variant_traces_step_2_of_rank_0_through_verls_profiler(tmp_path: Path) -> None:
     """The ``prof`` variant's overrides, composed by main_ppo and resolved as verl's TaskRunner does, drive verl's
     own torch profiler: rank 0 writes its step-2 trace where ``report_traces`` looks; rank 1 writes none."""
@@ -695,3 +707,16 @@ def test_prof_variant_traces_step_2_of_rank_0_through_verls_profiler(tmp_path: P
     summary = gsb.report_traces("prof", a)
     assert summary == tmp_path / "logs" / "trace-prof-2gpu.md" and "| actor_update |" in summary.read_text()
     assert gsb.report_traces("winsfast", a) is None  # no profiler, no summary
+
+
+def test_grpo7b_samples_stacks_only_when_asked(tmp_path: Path) -> None:
+    # python3 stands in for grpo_step_bench.py (and for the ray stop at the end, which records nothing)
+    stubs = ('make7b() { :; }\n'
+             'python3() { case "$1" in *grpo_step_bench.py) echo "bench $8 ${12} stacks=${R1AQA_STACKS_DIR:-}'
+             ' path=${PYTHONPATH%%:*}" >> "$S/calls" ;; esac; }\n'
+             'QUEUE_t() { STACKS=1 grpo7b 1 wins1acc; grpo7b 2 wins; }\n')
+    calls = _queue_calls(tmp_path, "t", stubs, {})
+    stacks = tmp_path / "s" / "grpo-wins1acc-1gpu" / "stacks"
+    sampler = BENCH / "stack_sampler"
+    assert calls[1].startswith("bench 2 wins stacks= path=") and str(sampler) not in calls[1]
+    assert calls[0] == f"bench 1 wins1acc stacks={stacks} path={sampler}"

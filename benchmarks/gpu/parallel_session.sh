@@ -27,8 +27,9 @@
 #   gpu23: 7B GRPO 2 GPUs: baseline -> "prof" (winsfast with step 2 under the torch profiler) -> "fsdp2fast"
 #          (winsfast on FSDP2) -> "winsfast" again; a 3-step 7B run takes 6-9 min, so a session gets the first three
 #          (the 7B folder is built once, on a GPU, by whichever queue needs it first)
-#   one:   tests/test_gpu_hooks.py, then 7B GRPO 1 GPU "wins1" (wins + the optimizer step on the CPU) -> "wins1ref"
-#          (+ hook R: the reference's weights on the GPU) (GPU $ONE_GPU, default 0)
+#   one:   tests/test_gpu_hooks.py, then 7B GRPO 1 GPU "wins1acc" (wins + the optimizer step on the CPU + one
+#          gradient reduction a step, stack samples on) -> "wins1" (a reduction a micro-batch) (GPU $ONE_GPU,
+#          default 0); ~200 GB of host memory: alone on nvidia-h200-x2
 #   lora:  7B GRPO 1 GPU, the LoRA recipe (optimizer on the GPU): "lora1" (hook T's out-of-place merge for the
 #          sync) -> "lora1fsdp2" (the same on FSDP2) -> "lora1verl" (verl's in-place merge) (GPU $LORA_GPU,
 #          default 1); not beside queue one on a host under 400 GB (nvidia-h200-x2: the host ran out)
@@ -133,9 +134,12 @@ make7b() {  # on the GPU (random init there takes seconds, on the CPU minutes); 
 }
 
 grpo7b() {  # grpo7b NGPU VARIANTS: benchmarks/grpo_step_bench.py at R1-AQA's shape (STEPS, default 3); GRPO_CAP
-            # (seconds) bounds one run, so a stuck variant leaves the queue's later jobs their time
+            # (seconds) bounds one run, so a stuck variant leaves the queue's later jobs their time; STACKS=1
+            # samples every process's stacks (packed as grpo-VARIANTS-NGPU/stacks.md by stack_report.py)
   make7b || return 1
   local t; t=$(left 5); [ -n "${GRPO_CAP:-}" ] && [ "$GRPO_CAP" -lt "$t" ] && t=$GRPO_CAP
+  [ "${STACKS:-0}" = 1 ] && local R1AQA_STACKS_DIR=$S/grpo-${2//,/+}-$1gpu/stacks \
+    PYTHONPATH=$REPO/benchmarks/stack_sampler:$PYTHONPATH && export R1AQA_STACKS_DIR PYTHONPATH
   python3 "$REPO/benchmarks/grpo_step_bench.py" run --model "$W/7b" --data "$W/syn10.parquet" --gpus "$1" \
     --steps "${STEPS:-3}" --variants "$2" --logs "$S" --cwd "$W" --timeout "$t" \
     --json "$S/grpo-${2//,/+}-$1gpu.json" --extra "trainer.default_local_dir=$W/ckpt-7b-$2-$1gpu"
@@ -157,7 +161,7 @@ dedup_small() {  # hook I at the learning proof's reference micro-batch (128 row
 feature_transfer() {  # hook P side by side: one step's actor features as full 30 s windows or cut, incl. the GPU copy
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/feature_transfer_bench.py" --json "$S/feature-transfer${LP_TAG:-}.json"
 }
-gpu_hooks() {  # tests/test_gpu_hooks.py: hooks P, R, S and T on the GPU (bf16 logits; FSDP's real wrapping, FSDP2's
+gpu_hooks() {  # tests/test_gpu_hooks.py: hooks P, R, S, T and U on the GPU (bf16 logits; FSDP's real wrapping, FSDP2's
               # CPU offload policy, the LoRA sync)
   ( cd "$REPO" && timeout -k 10 "$(left 5)" python3 -m pytest -m gpu tests/test_gpu_hooks.py -v -p no:cacheprovider \
       --basetemp="$W/pt-gpu-hooks" )
@@ -317,10 +321,11 @@ QUEUE_probe() {  # learnability probe: supervised on the correct answers of ever
   export CUDA_VISIBLE_DEVICES=${PROBE_GPU:-0} LP_ARM=lp-probe PROBE_STEPS=600   # ~1.2 s a step on a busy host
   step lp-probe-prep lp prep && step lp-probe lp probe
 }
-QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning fits only with the optimizer step on the CPU)
+QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning fits only with the optimizer step on the CPU): wins1acc with
+              # stack samples (one gradient reduction a step), then wins1 (one a micro-batch) for the side by side
   export CUDA_VISIBLE_DEVICES=${ONE_GPU:-0}
-  [ "${HOOK_TESTS:-1}" = 0 ] || step gpu-hooks gpu_hooks   # ~1 min: FSDP2's CPU offload and hook T on the tiny model
-  step grpo-wins1-1gpu grpo7b 1 wins1; step grpo-wins1ref-1gpu grpo7b 1 wins1ref
+  [ "${HOOK_TESTS:-1}" = 0 ] || step gpu-hooks gpu_hooks   # ~1.5 min: FSDP2's CPU offload, hooks T and U, tiny model
+  STACKS=${STACKS:-1} step grpo-wins1acc-1gpu grpo7b 1 wins1acc; step grpo-wins1-1gpu grpo7b 1 wins1
 }
 QUEUE_lora() {  # the LoRA recipe on one GPU: hook T's out-of-place merge on FSDP1, then on FSDP2, then verl's
                # in-place merge (hook T off)
