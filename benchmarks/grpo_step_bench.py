@@ -120,8 +120,8 @@ VARIANTS["fsdp2fast"] = (("2 GPUs: winsfast on FSDP2: its state dict is the shar
 VARIANTS["lora1"] = (("1 GPU: the LoRA recipe (r1aqa_grpo_lora: rank 32, encoder frozen, merged into vLLM) with "
                       "bypass, micro, kvmem, no checkpointing; the optimizer state is small, so it stays on the GPU. "
                       "Not R1-AQA's maths (full fine-tuning). First run (2026-11-30, verl's in-place merge): 51.8 s, "
-                      "of which the sync 27.5 and the update 16.2. With hook T (out-of-place merge): sync 1.5-4 s, "
-                      "step 26-30 s, the rest unchanged"),
+                      "of which the sync 27.5 and the update 16.2. With hook T (out-of-place merge, twenty-first "
+                      "session): 37.2 s, sync 1.45, update 26.9 beside another 7B start-up"),
                      ["+recipe=r1aqa_grpo_lora", *VARIANTS["bypass"][1], *VARIANTS["micro"][1], *VARIANTS["kvmem"][1],
                       "actor_rollout_ref.actor.fsdp_config.optimizer_offload=False", *VARIANTS["nockpt"][1]])
 VARIANTS["lora1verl"] = ("lora1 with hook T off: verl's in-place merge and host-memory backup of the weights at "
