@@ -32,7 +32,7 @@
 #          default 0); ~200 GB of host memory: alone on nvidia-h200-x2
 #   lora:  7B GRPO 1 GPU, the LoRA recipe (optimizer on the GPU): "lora1" (hook T's out-of-place merge for the
 #          sync) -> "lora1fsdp2" (the same on FSDP2) -> "lora1verl" (verl's in-place merge) (GPU $LORA_GPU,
-#          default 1); not beside queue one on a host under 400 GB (nvidia-h200-x2: the host ran out)
+#          default 1); not beside queue one on a host under 400 GiB (nvidia-h200-x2: the host ran out)
 #   perf1: 7B GRPO 1 GPU "wins1" -> rollout bench -> "wins1ref" (GPU $ONE_GPU, default 1). The twelfth session ran
 #          it beside lp2 (QUEUES=lp2,perf1), with the cores unsplit: the 7B's CPU offload starved the warm-up ~10x
 #   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench -> feature-transfer bench
@@ -74,7 +74,7 @@ mix_refused() {  # the 7B run with the CPU offload (queue one or perf1) beside t
   for q in ${queues//,/ }; do
     case $q in lp*|gpu0|gpu1|probe) lp=$q ;; one|perf1) offload=$q ;; lora|gpu23|x8) other=$q ;; esac
   done
-  # a host of 400 GB or more (nvidia-h200-x4: 512) holds the offloaded 7B and another 7B run
+  # a host of 400 GiB or more (nvidia-h200-x4: 512) holds the offloaded 7B and another 7B run
   [ -n "$other" ] && [ "$(awk '/MemTotal/ {print int($2 / 1048576)}' /proc/meminfo)" -ge 400 ] && other=""
   [ -n "$offload" ] && [ -n "$lp$other" ] && [ "${MIX_OK:-0}" != 1 ] || return 1
   if [ -n "$lp" ]; then
