@@ -23,10 +23,10 @@ asked (``R1AQA_REF_ON_GPU=1``), S FSDP2 wraps nested units deepest first (on two
 the audio encoder's position table to the root unit (read without a call, it was never gathered), T the LoRA
 recipe's sync sends W + s B A as new tensors instead of merging into the live weights behind a host-memory backup,
 U the LoRA reference pass leaves the adapters trainable for FSDP2 (its first forward reads the flags), W every vLLM
-worker runs the name-mapping model class. (G, the dataset, and H, the recipes' settings, are not
-patches.) M, N, Q, R, S's ordering, T and U are not Qwen2-Audio-specific: M computes the same values as the code it
-replaces, N only shortens a wait, Q only merges what verl left unmerged, R is off unless asked for, S only reorders
-nested units, T sends the tensors verl's merge would send, U only keeps flags as they were, for any model.
+worker runs the name-mapping model class. (G, the dataset, and H, the recipes' settings, are not patches.) M, N, Q,
+R, S's ordering, T and U are not Qwen2-Audio-specific: M computes the same values as the code it replaces, N only
+shortens a wait, Q only merges what verl left unmerged, R is off unless asked for, S only reorders nested units, T
+sends the tensors verl's merge would send, U only keeps flags as they were, for any model.
 """
 
 from __future__ import annotations
