@@ -716,3 +716,17 @@ def test_grpo7b_samples_stacks_only_when_asked(tmp_path: Path) -> None:
     sampler = BENCH / "stack_sampler"
     assert calls[1].startswith("bench 2 wins stacks= path=") and str(sampler) not in calls[1]
     assert calls[0] == f"bench 1 wins1acc stacks={stacks} path={sampler}"
+
+
+def test_fsdp_unit_overhead_prints_a_slope_per_wrapping(tmp_path: Path) -> None:
+    out = tmp_path / "units.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "fsdp_unit_overhead.py"), "--device", "cpu", "--units", "2,6",
+                           "--repeats", "2", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| wrap | 2 units, ms | 6 units, ms | us a unit |" in proc.stdout
+    rows = {r["wrap"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"plain", "fsdp1", "fsdp2"}
+    assert all(r["ms_6"] > 0 for r in rows.values())
+    bad = subprocess.run([sys.executable, str(BENCH / "fsdp_unit_overhead.py"), "--units", "6,2"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "fewer first" in bad.stderr

@@ -27,7 +27,7 @@
 #   gpu23: 7B GRPO 2 GPUs: baseline -> "prof" (winsfast with step 2 under the torch profiler) -> "fsdp2fast"
 #          (winsfast on FSDP2) -> "winsfast" again; a 3-step 7B run takes 6-9 min, so a session gets the first three
 #          (the 7B folder is built once, on a GPU, by whichever queue needs it first)
-#   one:   tests/test_gpu_hooks.py, then 7B GRPO 1 GPU "wins1acc" (wins + the optimizer step on the CPU + one
+#   one:   tests/test_gpu_hooks.py, fsdp_unit_overhead.py, then 7B GRPO 1 GPU "wins1acc" (wins + the optimizer step on the CPU + one
 #          gradient reduction a step, stack samples on) -> "wins1" (a reduction a micro-batch) (GPU $ONE_GPU,
 #          default 0); ~200 GB of host memory: alone on nvidia-h200-x2
 #   lora:  7B GRPO 1 GPU, the LoRA recipe (optimizer on the GPU): "lora1" (hook T's out-of-place merge for the
@@ -160,6 +160,9 @@ dedup_small() {  # hook I at the learning proof's reference micro-batch (128 row
 }
 feature_transfer() {  # hook P side by side: one step's actor features as full 30 s windows or cut, incl. the GPU copy
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/feature_transfer_bench.py" --json "$S/feature-transfer${LP_TAG:-}.json"
+}
+unit_overhead() {  # host time per FSDP1 / FSDP2 unit on the GPU (the LoRA update's suspect: FSDP1 wraps every adapter)
+  timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/fsdp_unit_overhead.py" --device cuda --json "$S/unit-overhead.json"
 }
 gpu_hooks() {  # tests/test_gpu_hooks.py: hooks P, R, S, T and U on the GPU (bf16 logits; FSDP's real wrapping, FSDP2's
               # CPU offload policy, the LoRA sync)
@@ -325,6 +328,7 @@ QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning fits only with the optimiz
               # stack samples (one gradient reduction a step), then wins1 (one a micro-batch) for the side by side
   export CUDA_VISIBLE_DEVICES=${ONE_GPU:-0}
   [ "${HOOK_TESTS:-1}" = 0 ] || step gpu-hooks gpu_hooks   # ~1.5 min: FSDP2's CPU offload, hooks T and U, tiny model
+  step unit-overhead unit_overhead   # seconds
   STACKS=${STACKS:-1} step grpo-wins1acc-1gpu grpo7b 1 wins1acc; step grpo-wins1-1gpu grpo7b 1 wins1
 }
 QUEUE_lora() {  # the LoRA recipe on one GPU: hook T's out-of-place merge on FSDP1, then on FSDP2, then verl's
