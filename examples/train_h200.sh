@@ -3,8 +3,8 @@
 # 2 GPUs (measured, docs/benchmarks.md: 7B architecture, random weights): FSDP shards fp32 weights, grads and AdamW
 # (~134 GB) over both, the optimizer stays on the GPUs. As is 42.5 s a step (before hooks M, J, P); WINS=1 16.6 s,
 # 80.7 GB a GPU; WINS=fast 13.7 s, 114.7 GB (the reference stays on the GPU, no gradient checkpointing).
-# 1 GPU: AdamW does not fit even with verl's optimizer_offload (OOM, measured), so the actor runs on FSDP2's CPU
-# offload policy (AdamW step on the CPU, host RAM >= 192 GB). NOT YET RUN end to end (docs/recipes.md).
+# 1 GPU: AdamW does not fit even with verl's optimizer_offload (OOM), so the actor runs on FSDP2's CPU offload policy
+# (AdamW on the CPU; 176 GB of host RAM; step 1 took 437 s, steady state not measured yet: docs/recipes.md).
 #   bash examples/train_h200.sh NGPU [extra Hydra overrides]        # NGPU: 1 or 2
 #   bash examples/train_h200.sh 2 trainer.total_training_steps=500
 #   WINS=1 bash examples/train_h200.sh 2                            # + the measured speed-ups
