@@ -108,6 +108,12 @@ VARIANTS["wins1acc"] = (("1 GPU: wins1 + accgpu + update micro-batches of 32: pe
                           "never added there; update -20..-60% against wins1, peak 50-65 GB"),
                          VARIANTS["wins1"][1] + VARIANTS["accgpu"][1]
                          + ["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32"])
+VARIANTS["wins1v"] = (("1 GPU: wins with verl's optimizer offload and hook V (R1AQA_OPTIMIZER_STREAM=1): the AdamW "
+                        "state stays in host memory and the step runs by 1 GB chunks of parameters, so the fp32 weights "
+                        "and gradients (67 GB) stay on the GPU and the rest of the step is wins' on one GPU; step "
+                        "30-36 s, peak 75-90 GB, ~70 GB of pinned host memory for the state"),
+                       VARIANTS["wins"][1] + ["actor_rollout_ref.actor.fsdp_config.optimizer_offload=True",
+                                              "env:R1AQA_OPTIMIZER_STREAM=1"])
 VARIANTS["winsref"] = ("2 GPUs: wins + refgpu (the reference's weights stay on the GPU)",
                        VARIANTS["wins"][1] + VARIANTS["refgpu"][1])
 VARIANTS["wins1ref"] = ("1 GPU: wins1 + refgpu", VARIANTS["wins1"][1] + VARIANTS["refgpu"][1])

@@ -668,6 +668,14 @@ def test_wins1acc_reaches_verls_engine_config_with_one_gradient_reduction_a_step
     assert plain.actor_rollout_ref.actor.fsdp_config.use_no_sync_for_gradient_accumulation is False
 
 
+def test_wins1v_offloads_only_the_optimizer_state_and_streams_it(tmp_path: Path) -> None:
+    _, cfg, env = _composed("wins1v", 1, tmp_path)
+    actor = cfg.actor_rollout_ref.actor
+    assert env == {"R1AQA_OPTIMIZER_STREAM": "1"}  # hook V, read in the FSDP worker
+    assert actor.fsdp_config.optimizer_offload is True and actor.fsdp_config.param_offload is False
+    assert actor.strategy == "fsdp" and not actor.fsdp_config.offload_policy
+
+
 def test_prof_variant_traces_step_2_of_rank_0_through_verls_profiler(tmp_path: Path) -> None:
     """The ``prof`` variant's overrides, composed by main_ppo and resolved as verl's TaskRunner does, drive verl's
     own torch profiler: rank 0 writes its step-2 trace where ``report_traces`` looks; rank 1 writes none."""

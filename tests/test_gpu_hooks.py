@@ -1,6 +1,6 @@
-"""Hooks P, R, S and T on a CUDA GPU: what the CPU tests cannot show (bf16 kernels, FSDP's real wrapping, FSDP2's
-CPU offload policy). Skipped without CUDA; run on the lent H200 with ``python -m pytest -m gpu
-tests/test_gpu_hooks.py``."""
+"""Hooks P, R, S, T, U and V on a CUDA GPU: what the CPU tests cannot show (bf16 kernels, FSDP's real wrapping,
+FSDP2's CPU offload policy, optimizer state moved between host and GPU). Skipped without CUDA; run on the lent
+H200 with ``python -m pytest -m gpu tests/test_gpu_hooks.py``."""
 
 from __future__ import annotations
 
@@ -78,3 +78,37 @@ def test_verls_engine_runs_and_syncs_qwen2_audio_on_the_gpu(bare_fsdp_engine, fs
         loaded = {mapper._map_name(name): tensor for name, tensor in sent.items()}
         for name, want in support.merged(adapters, mapper).items():
             torch.testing.assert_close(loaded[name], want.float().cpu(), rtol=2**-7, atol=1e-5, msg=name)
+
+
+def test_streamed_optimizer_step_matches_a_plain_step_and_holds_one_chunk_on_the_gpu():
+    """Hook V on CUDA: AdamW by chunks of 8 MB equals one AdamW step over every parameter, the moments end in host
+    memory, and the GPU's peak holds one chunk's moments instead of all of them."""
+    import torch
+
+    from r1aqa_plugin.models.qwen2_audio import streamed_step
+
+    def build():
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(1024, 1024, device="cuda")) for _ in range(16)]  # 4 MB each
+        return params, torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+
+    (plain, opt_plain), (chunked, opt_chunked) = build(), build()
+    peaks = []
+    for step in range(2):
+        for params in (plain, chunked):
+            torch.manual_seed(step)
+            for p in params:
+                p.grad = torch.randn_like(p)
+        opt_plain.step()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        assert streamed_step.streamed_step(opt_chunked, opt_chunked.step, 8 * 2**20) == 8
+        peaks.append(torch.cuda.max_memory_allocated() - base)
+    assert all(torch.equal(p, q) for p, q in zip(plain, chunked))
+    moments = [v for state in opt_chunked.state.values() for v in state.values() if v.dim() > 0]
+    assert len(moments) == 32 and {v.device.type for v in moments} == {"cpu"}
+    assert all(torch.equal(opt_plain.state[p]["exp_avg_sq"].cpu(), opt_chunked.state[q]["exp_avg_sq"])
+               for p, q in zip(plain, chunked))
+    # all moments would be 128 MB on the GPU (plus the optimizer's temporaries); one chunk's are 16 MB
+    assert max(peaks) < 80 * 2**20, peaks

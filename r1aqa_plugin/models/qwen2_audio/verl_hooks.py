@@ -7,7 +7,7 @@ FSDP workers, agent-loop workers, the vLLM server actor and vLLM's own worker pr
 Each patch names its target module and attribute. Installing never imports a target: a patch is applied when its
 module is imported (at once if it already is), so the driver does not pay for vLLM's import. Applying checks the
 attribute exists, wraps it once (idempotent), logs what it patched, and raises ``AdapterError`` when verl has
-changed. Every wrapper but M's, N's, Q's, R's, S's, T's and U's is a no-op for models other than Qwen2-Audio.
+changed. Every wrapper but M's, N's, Q's, R's, S's, T's, U's and V's is a no-op for models other than Qwen2-Audio.
 
 Hooks (see docs/adapter.md): A processor accepted, B processor callable after rollout, C prompt builder is
 multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, F an auto class for the actor,
@@ -22,11 +22,13 @@ covers the root unit's layers too (the audio projector), R the reference policy 
 asked (``R1AQA_REF_ON_GPU=1``), S FSDP2 wraps nested units deepest first (on two or more ranks it failed) and leaves
 the audio encoder's position table to the root unit (read without a call, it was never gathered), T the LoRA
 recipe's sync sends W + s B A as new tensors instead of merging into the live weights behind a host-memory backup,
-U the LoRA reference pass leaves the adapters trainable for FSDP2 (its first forward reads the flags), W every vLLM
-worker runs the name-mapping model class. (G, the dataset, and H, the recipes' settings, are not patches.) M, N, Q,
-R, S's ordering, T and U are not Qwen2-Audio-specific: M computes the same values as the code it replaces, N only
-shortens a wait, Q only merges what verl left unmerged, R is off unless asked for, S only reorders nested units, T
-sends the tensors verl's merge would send, U only keeps flags as they were, for any model.
+U the LoRA reference pass leaves the adapters trainable for FSDP2 (its first forward reads the flags), V the
+optimizer state stays in host memory and the step runs a chunk of parameters at a time, when asked
+(``R1AQA_OPTIMIZER_STREAM=1``), W every vLLM worker runs the name-mapping model class. (G, the dataset, and H, the
+recipes' settings, are not patches.) M, N, Q, R, S's ordering, T, U and V are not Qwen2-Audio-specific: M computes
+the same values as the code it replaces, N only shortens a wait, Q only merges what verl left unmerged, R and V are
+off unless asked for, S only reorders nested units, T sends the tensors verl's merge would send, U only keeps flags
+as they were, for any model.
 """
 
 from __future__ import annotations
@@ -507,6 +509,64 @@ def _make_trainable_kept(original: Callable[..., Any]) -> Callable[..., Any]:
     return disable_adapter
 
 
+_TO_FACT = "load_fsdp_optimizer(self.optimizer, device)"
+_STEP_FACT = "self.optimizer.step()"
+
+
+def _make_state_left_on_host(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook V, first half: with ``R1AQA_OPTIMIZER_STREAM=1`` entering train mode leaves the optimizer state in host
+    memory (verl 0.9.1 moves all of it to the GPU there, under ``optimizer_offload``); the step brings it in by
+    chunks (streamed_step.py)."""
+    import inspect
+
+    if _TO_FACT not in inspect.getsource(original):
+        raise AdapterError(f"r1aqa hook V: verl {_version('verl')}'s FSDPEngine.to changed (no {_TO_FACT!r}); the "
+                           "adapter supports verl " + ", ".join(TESTED_VERL))
+
+    @functools.wraps(original)
+    def to(self: Any, device: str, model: bool = True, optimizer: bool = True, grad: bool = True) -> Any:
+        from r1aqa_plugin.models.qwen2_audio import streamed_step
+
+        if optimizer and device != "cpu" and streamed_step.stream_enabled():
+            optimizer = False
+        return original(self, device=device, model=model, optimizer=optimizer, grad=grad)
+
+    return to
+
+
+def _make_streamed_step(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook V, second half: with ``R1AQA_OPTIMIZER_STREAM=1`` verl's optimizer step (after its gradient clipping)
+    updates the parameters a chunk at a time, each chunk's AdamW moments on the GPU only for its own step, so the
+    7B's full fine-tuning fits one H200 with the optimizer state in host memory (streamed_step.py)."""
+    import inspect
+
+    if _STEP_FACT not in inspect.getsource(original):
+        raise AdapterError(f"r1aqa hook V: verl {_version('verl')}'s FSDPEngine.optimizer_step changed (no "
+                           f"{_STEP_FACT!r}); the adapter supports verl " + ", ".join(TESTED_VERL))
+
+    @functools.wraps(original)
+    def optimizer_step(self: Any) -> Any:
+        from r1aqa_plugin.models.qwen2_audio import streamed_step
+
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is None or not streamed_step.stream_enabled():
+            return original(self)
+        step = optimizer.step  # the LR scheduler's wrapper, when one is set, as verl would call it
+        limit = streamed_step.chunk_bytes()
+        counted = []
+        optimizer.step = lambda *args, **kwargs: counted.append(streamed_step.streamed_step(optimizer, step, limit))
+        try:
+            result = original(self)
+        finally:
+            optimizer.step = step
+        if counted:
+            _trace("hook V", f"optimizer step streamed in {counted[0]} chunks of <= {limit / 2**20:.0f} MB of "
+                             "parameters; the state stays in host memory")
+        return result
+
+    return optimizer_step
+
+
 def _make_bottom_up_wrap(original: Callable[..., Any]) -> Callable[..., Any]:
     """Hook S: verl 0.9.1's FSDP2 wrap targets, corrected twice for Qwen2-Audio.
 
@@ -703,6 +763,10 @@ def _build_patches() -> list[Patch]:
               "host-memory backup of the weights)"),
         Patch("U", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine.disable_adapter", _make_trainable_kept,
               "the LoRA reference pass leaves the adapters' requires_grad alone (FSDP2's first forward reads it)"),
+        Patch("V", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine.to", _make_state_left_on_host,
+              "with R1AQA_OPTIMIZER_STREAM=1 train mode leaves the optimizer state in host memory"),
+        Patch("V", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine.optimizer_step", _make_streamed_step,
+              "with R1AQA_OPTIMIZER_STREAM=1 the optimizer step runs a chunk of parameters at a time"),
         Patch("Q", "verl.utils.fsdp_utils", "fsdp_merge_unmerge", _make_root_lora_merge,
               "under FSDP2 the LoRA merge for vLLM covers the root unit's layers too (the audio projector)"),
         Patch("L", "verl.workers.config.model", "HFModelConfig.__post_init__", _make_model_config_init,
