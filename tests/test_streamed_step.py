@@ -127,3 +127,42 @@ def test_hook_v_fails_loudly_when_verl_changes() -> None:
         verl_hooks._make_state_left_on_host(to)
     with pytest.raises(verl_hooks.AdapterError, match="hook V: .*optimizer_step changed"):
         verl_hooks._make_streamed_step(optimizer_step)
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "fsdp2"])
+def test_hook_v_through_verls_fsdp_engine_gives_the_same_weights(bare_fsdp_engine, fsdp_engine_support,
+                                                                  tiny_model_dir, monkeypatch, strategy):
+    """verl's real FSDP engine on one CPU rank (FSDP1's flat parameters, FSDP2's DTensors), its own AdamW and
+    optimizer step: one forward and backward on audio, then the step with and without hook V; the weights agree."""
+    from verl.workers.config.optimizer import FSDPOptimizerConfig
+
+    verl_hooks.install()
+    support = fsdp_engine_support
+    support.steer_to_cpu(monkeypatch.setattr)
+    batch = support.audio_batch(str(tiny_model_dir))
+    chunk_counts = []
+    real = streamed_step.streamed_step
+    monkeypatch.setattr(streamed_step, "streamed_step", lambda *a: chunk_counts.append(real(*a)) or chunk_counts[-1])
+
+    def state(module) -> dict:
+        return {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+                for name, p in module.named_parameters()}
+
+    weights = []
+    for stream in ("0", "1"):
+        monkeypatch.setenv(streamed_step.STREAM_ENV, stream)
+        monkeypatch.setenv(streamed_step.CHUNK_ENV, "0.5")  # 512 KB: the tiny model's units in several chunks
+        engine = bare_fsdp_engine()
+        support.build(engine, str(tiny_model_dir), strategy, None)
+        engine.optimizer_config = FSDPOptimizerConfig(lr=1e-3, clip_grad=1.0)
+        engine.optimizer = engine._build_optimizer(engine.module)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            engine.module(**batch).logits.float().pow(2).mean().backward()
+        before = state(engine.module)
+        engine.optimizer_step()
+        weights.append(state(engine.module))
+        assert sum(not torch.equal(before[n], w) for n, w in weights[-1].items()) > len(before) // 2  # it stepped
+    assert len(chunk_counts) == 1 and chunk_counts[0] > 3  # hook V ran once, in several chunks, only when asked
+    assert weights[0].keys() == weights[1].keys()
+    changed = [n for n in weights[0] if not torch.equal(weights[0][n], weights[1][n])]
+    assert not changed, changed[:5]
