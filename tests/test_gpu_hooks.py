@@ -112,3 +112,41 @@ def test_streamed_optimizer_step_matches_a_plain_step_and_holds_one_chunk_on_the
                for p, q in zip(plain, chunked))
     # all moments would be 128 MB on the GPU (plus the optimizer's temporaries); one chunk's are 16 MB
     assert max(peaks) < 80 * 2**20, peaks
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "fsdp2"])
+def test_streamed_optimizer_step_through_verls_engine_on_the_gpu(bare_fsdp_engine, fsdp_engine_support,
+                                                                tiny_model_dir, monkeypatch, strategy):
+    """Hook V inside verl's FSDP engine on one GPU (FSDP1's flat parameters, FSDP2's DTensors), with verl's own
+    optimizer offload moves around each update: two updates give the weights verl's unstreamed ones give, and the
+    AdamW state stays in host memory even while the actor is in train mode. The gradients are set, not computed, so
+    that both runs step from the same ones (a backward on the GPU need not be deterministic)."""
+    import torch
+    from verl.workers.config.optimizer import FSDPOptimizerConfig
+
+    from r1aqa_plugin.models.qwen2_audio import streamed_step
+
+    verl_hooks.install()
+    torch.cuda.set_device(0)
+    support = fsdp_engine_support
+    weights = []
+    for stream in ("0", "1"):
+        monkeypatch.setenv(streamed_step.STREAM_ENV, stream)
+        monkeypatch.setenv(streamed_step.CHUNK_ENV, "0.5")
+        engine = bare_fsdp_engine("cuda")
+        support.build(engine, str(tiny_model_dir), strategy, None)
+        engine.optimizer_config = FSDPOptimizerConfig(lr=1e-3, clip_grad=1.0)
+        engine.optimizer = engine._build_optimizer(engine.module)
+        for update in range(2):
+            engine.to("cuda", model=False, optimizer=True, grad=False)  # what verl's train mode does on entry
+            state_devices = {v.device.type for s in engine.optimizer.state.values() for v in s.values()
+                             if torch.is_tensor(v) and v.dim() > 0}
+            assert state_devices <= ({"cpu"} if stream == "1" else {"cuda"})
+            for i, p in enumerate(engine.module.parameters()):
+                p.grad = torch.sin(p.detach() * (i + 1 + update))  # the same in both runs, pointwise on DTensors too
+            engine.optimizer_step()
+            engine.to("cpu", model=False, optimizer=True, grad=False)  # and on exit
+            engine.optimizer.zero_grad(set_to_none=True)
+        weights.append({n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu()
+                        for n, p in engine.module.named_parameters()})
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
