@@ -738,3 +738,17 @@ def test_fsdp_unit_overhead_prints_a_slope_per_wrapping(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, str(BENCH / "fsdp_unit_overhead.py"), "--units", "6,2"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "fewer first" in bad.stderr
+
+
+def test_optimizer_stream_bench_prints_each_mode(tmp_path: Path) -> None:
+    out = tmp_path / "stream.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "optimizer_stream_bench.py"), "--device", "cpu", "--full-gb",
+                           "0.004", "--side-gb", "0.002", "--tensor-mb", "0.5", "--chunk-mb", "1", "--repeats", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| mode | params GB | s a step |" in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["mode"], r["params_gb"]) for r in rows] == [("resident", 0.002), ("streamed", 0.002),
+                                                           ("overlapped", 0.002), ("streamed", 0.004),
+                                                           ("overlapped", 0.004)]
+    assert all(r["seconds"] > 0 and r["moved_gb_per_s"] is None for r in rows)  # on a CPU nothing moves

@@ -29,8 +29,9 @@ def _optimizer(params: list[nn.Parameter], foreach: bool) -> torch.optim.Optimiz
                              weight_decay=0.01, foreach=foreach)
 
 
-@pytest.mark.parametrize("foreach", [False, True])
-def test_a_step_by_chunks_equals_one_step_over_every_parameter(foreach: bool) -> None:
+@pytest.mark.parametrize(("foreach", "overlap"), [(False, False), (True, False), (True, True)])
+def test_a_step_by_chunks_equals_one_step_over_every_parameter(foreach: bool, overlap: bool) -> None:
+    # overlap: side streams on CUDA only; on a CPU the same sequential step (the CUDA case: tests/test_gpu_hooks.py)
     plain, chunked = _params(), _params()
     opt_plain, opt_chunked = _optimizer(plain, foreach), _optimizer(chunked, foreach)
     schedules = [torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - 0.1 * step)
@@ -42,7 +43,7 @@ def test_a_step_by_chunks_equals_one_step_over_every_parameter(foreach: bool) ->
         opt_plain.step()
         # 1 KB chunks: (40, 30) alone (a parameter over the limit is a chunk of its own), then (7,), then (300,); the
         # second group's (64, 2) (its (5, 5) has no gradient)
-        counts.append(streamed_step.streamed_step(opt_chunked, opt_chunked.step, 1024))
+        counts.append(streamed_step.streamed_step(opt_chunked, opt_chunked.step, 1024, overlap))
         for p, q in zip(plain, chunked):
             assert torch.equal(p, q)
         with warnings.catch_warnings():

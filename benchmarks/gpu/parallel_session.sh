@@ -27,10 +27,10 @@
 #   gpu23: 7B GRPO 2 GPUs: baseline -> "prof" (winsfast with step 2 under the torch profiler) -> "fsdp2fast"
 #          (winsfast on FSDP2) -> "winsfast" again; a 3-step 7B run takes 6-9 min, so a session gets the first three
 #          (the 7B folder is built once, on a GPU, by whichever queue needs it first)
-#   one:   tests/test_gpu_hooks.py, fsdp_unit_overhead.py, then 7B GRPO 1 GPU "wins1v" (hook V: AdamW's state in
-#          host memory, streamed through the step) -> "wins1acc" (wins + the optimizer step on the CPU + one
-#          gradient reduction a step, stack samples on) -> "wins1" (a reduction a micro-batch) (GPU $ONE_GPU,
-#          default 0); ~200 GB of host memory: alone on nvidia-h200-x2
+#   one:   tests/test_gpu_hooks.py, fsdp_unit_overhead.py, optimizer_stream_bench.py, then 7B GRPO 1 GPU
+#          "wins1v" (hook V: AdamW's state in host memory, streamed through the step) -> "wins1acc" (wins + the
+#          optimizer step on the CPU + one gradient reduction a step, stack samples on) -> "wins1" (a reduction a
+#          micro-batch) (GPU $ONE_GPU, default 0); ~200 GB of host memory: alone on nvidia-h200-x2
 #   lora:  7B GRPO 1 GPU, the LoRA recipe (optimizer on the GPU): "lora1" (hook T's out-of-place merge for the
 #          sync) -> "lora1fsdp2" (the same on FSDP2) -> "lora1verl" (verl's in-place merge) (GPU $LORA_GPU,
 #          default 1); not beside queue one on a host under 400 GiB (nvidia-h200-x2: the host ran out)
@@ -164,6 +164,9 @@ feature_transfer() {  # hook P side by side: one step's actor features as full 3
 }
 unit_overhead() {  # host time per FSDP1 / FSDP2 unit on the GPU (the LoRA update's suspect: FSDP1 wraps every adapter)
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/fsdp_unit_overhead.py" --device cuda --json "$S/unit-overhead.json"
+}
+optimizer_stream() {  # hook V side by side: AdamW with its state on the GPU, streamed, streamed with overlapped copies
+  timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/optimizer_stream_bench.py" --json "$S/optimizer-stream.json"
 }
 gpu_hooks() {  # tests/test_gpu_hooks.py: hooks P, R, S, T and U on the GPU (bf16 logits; FSDP's real wrapping, FSDP2's
               # CPU offload policy, the LoRA sync)
@@ -331,6 +334,7 @@ QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning needs the AdamW state off 
   export CUDA_VISIBLE_DEVICES=${ONE_GPU:-0}
   [ "${HOOK_TESTS:-1}" = 0 ] || step gpu-hooks gpu_hooks   # ~1.5 min: FSDP2's CPU offload, hooks T and U, tiny model
   step unit-overhead unit_overhead   # seconds
+  step optimizer-stream optimizer_stream   # ~2 min: hook V's step at the 7B's size, sequential and overlapped
   step grpo-wins1v-1gpu grpo7b 1 wins1v   # hook V: the weights and gradients on the GPU, AdamW's state on the host
   STACKS=${STACKS:-1} step grpo-wins1acc-1gpu grpo7b 1 wins1acc; step grpo-wins1-1gpu grpo7b 1 wins1
 }

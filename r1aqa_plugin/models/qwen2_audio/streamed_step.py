@@ -19,6 +19,7 @@ import torch
 
 STREAM_ENV = "R1AQA_OPTIMIZER_STREAM"  # "1": hook V on (with verl's actor.fsdp_config.optimizer_offload=True)
 CHUNK_ENV = "R1AQA_OPTIMIZER_STREAM_MB"  # parameter bytes a chunk, in MB (default 1024: 2 GB of fp32 moments)
+OVERLAP_ENV = "R1AQA_OPTIMIZER_STREAM_OVERLAP"  # "1": copies on side CUDA streams, overlapping the steps (off)
 
 
 def stream_enabled() -> bool:
@@ -66,26 +67,80 @@ def move_state(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], dev
                 state[key] = value.to(where, non_blocking=True)
 
 
-def streamed_step(optimizer: torch.optim.Optimizer, step: Callable[[], Any], limit: int) -> int:
+def overlap_enabled() -> bool:
+    """Whether the copies run on side CUDA streams (``R1AQA_OPTIMIZER_STREAM_OVERLAP=1``; off by default)."""
+    return os.environ.get(OVERLAP_ENV) == "1"
+
+
+def _state_tensors(optimizer: torch.optim.Optimizer, chunk: list[torch.Tensor]) -> Iterator[tuple[dict, str]]:
+    for p in chunk:
+        for key, value in optimizer.state.get(p, {}).items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                yield optimizer.state[p], key
+
+
+class _SideStreams:
+    """Hook V's copies beside the steps on CUDA: the next chunk's moments come in on one stream while the current
+    chunk steps, and a stepped chunk's moments go out on another. Each tensor is recorded on every stream that uses
+    it, so the caching allocator does not hand its memory out before those uses are done."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.copy_in, self.copy_out = torch.cuda.Stream(), torch.cuda.Stream()
+
+    def load(self, chunk: list[torch.Tensor]) -> torch.cuda.Event:
+        with torch.cuda.stream(self.copy_in):
+            for state, key in _state_tensors(self.optimizer, chunk):
+                if state[key].device.type == "cpu":
+                    state[key] = state[key].to(chunk[0].device, non_blocking=True)
+            return self.copy_in.record_event()
+
+    def ready(self, chunk: list[torch.Tensor], loaded: torch.cuda.Event) -> None:
+        main = torch.cuda.current_stream()
+        main.wait_event(loaded)
+        for state, key in _state_tensors(self.optimizer, chunk):
+            state[key].record_stream(main)
+
+    def unload(self, chunk: list[torch.Tensor]) -> None:
+        stepped = torch.cuda.current_stream().record_event()
+        with torch.cuda.stream(self.copy_out):
+            self.copy_out.wait_event(stepped)
+            for state, key in _state_tensors(self.optimizer, chunk):
+                if state[key].device.type == "cuda":
+                    state[key].record_stream(self.copy_out)
+                    state[key] = state[key].to("cpu", non_blocking=True)
+
+
+def streamed_step(optimizer: torch.optim.Optimizer, step: Callable[[], Any], limit: int,
+                  overlap: bool = False) -> int:
     """Run ``step`` (the optimizer's own) once per chunk of the parameters that have gradients, each chunk's state on
-    the parameters' device only for its step; the state ends in host memory. Returns the number of chunks."""
+    the parameters' device only for its step; the state ends in host memory. With ``overlap`` (CUDA only) the
+    copies run on side streams beside the steps. Returns the number of chunks."""
     groups = optimizer.param_groups
     kept = [group["params"] for group in groups]
-    n = 0
-    devices = set()
+    plan = [(index, chunk) for index, params in enumerate(kept)
+            for chunk in chunks([p for p in params if p.grad is not None], limit)]
+    on_cuda = any(p.device.type == "cuda" for _, chunk in plan for p in chunk)
+    side = _SideStreams(optimizer) if overlap and on_cuda else None
     try:
-        for index, params in enumerate(kept):
-            for chunk in chunks([p for p in params if p.grad is not None], limit):
-                for j, group in enumerate(groups):
-                    group["params"] = chunk if j == index else []
+        loaded = side.load(plan[0][1]) if side and plan else None
+        for i, (index, chunk) in enumerate(plan):
+            for j, group in enumerate(groups):
+                group["params"] = chunk if j == index else []
+            if side:
+                side.ready(chunk, loaded)
+                if i + 1 < len(plan):
+                    loaded = side.load(plan[i + 1][1])  # the next chunk's moments come in while this one steps
+            else:
                 move_state(optimizer, chunk, None)
-                step()
+            step()
+            if side:
+                side.unload(chunk)
+            else:
                 move_state(optimizer, chunk, "cpu")
-                devices.update(p.device.type for p in chunk)
-                n += 1
     finally:
         for group, params in zip(groups, kept):
             group["params"] = params
-    if "cuda" in devices:
+    if on_cuda:
         torch.cuda.synchronize()  # the moments' copies to (pinned) host memory are done before anyone reads them
-    return n
+    return len(plan)

@@ -554,14 +554,16 @@ def _make_streamed_step(original: Callable[..., Any]) -> Callable[..., Any]:
         step = optimizer.step  # the LR scheduler's wrapper, when one is set, as verl would call it
         limit = streamed_step.chunk_bytes()
         counted = []
-        optimizer.step = lambda *args, **kwargs: counted.append(streamed_step.streamed_step(optimizer, step, limit))
+        overlap = streamed_step.overlap_enabled()
+        optimizer.step = lambda *args, **kwargs: counted.append(
+            streamed_step.streamed_step(optimizer, step, limit, overlap))
         try:
             result = original(self)
         finally:
             optimizer.step = step
         if counted:
             _trace("hook V", f"optimizer step streamed in {counted[0]} chunks of <= {limit / 2**20:.0f} MB of "
-                             "parameters; the state stays in host memory")
+                             f"parameters{' (copies overlapped)' if overlap else ''}; the state stays in host memory")
         return result
 
     return optimizer_step

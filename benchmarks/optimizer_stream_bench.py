@@ -1,0 +1,105 @@
+"""Hook V side by side: one AdamW step with its state on the GPU, streamed from host memory by chunks, and streamed
+with the copies overlapped on side streams.
+
+    python benchmarks/optimizer_stream_bench.py [--full-gb 33.6] [--side-gb 8] [--tensor-mb 900] [--chunk-mb 1024]
+    python benchmarks/optimizer_stream_bench.py --device cpu --full-gb 0.05 --side-gb 0.02 --tensor-mb 4 --chunk-mb 8
+
+The side-by-side rows use ``--side-gb`` of fp32 parameters, small enough for the resident state to fit beside them.
+The ``full`` rows use ``--full-gb`` (33.6 GB: the 7B's 8.4 B parameters) with the tensors ``--tensor-mb`` large, as
+FSDP1 flattens a decoder layer. Each step moves the two moments in and out: 4 bytes x 2 moments x 2 directions a
+parameter. Median of ``--repeats`` after one step that creates the state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from r1aqa_plugin.models.qwen2_audio.streamed_step import streamed_step  # noqa: E402
+
+MODES = ("resident", "streamed", "overlapped")
+
+
+def _params(gb: float, tensor_mb: float, device: torch.device) -> list[torch.nn.Parameter]:
+    """fp32 parameters of ``gb`` in all, ``tensor_mb`` each (the last one smaller), with gradients."""
+    total, each = int(gb * 1e9 / 4), max(1, int(tensor_mb * 2**20 / 4))
+    sizes = [each] * (total // each) + ([total % each] if total % each else [])
+    params = []
+    for n in sizes:
+        p = torch.nn.Parameter(torch.empty(n, device=device).uniform_(-0.02, 0.02))
+        p.grad = torch.empty_like(p).normal_(0, 1e-3)
+        params.append(p)
+    return params
+
+
+def run(mode: str, gb: float, a: argparse.Namespace, device: torch.device) -> dict:
+    """Median seconds of one AdamW step in ``mode`` over ``gb`` of parameters, and the GPU's peak above them."""
+    params = _params(gb, a.tensor_mb, device)
+    base = torch.cuda.memory_allocated() if device.type == "cuda" else 0  # the parameters and their gradients
+    optimizer = torch.optim.AdamW(params, lr=1e-6, weight_decay=0.01)
+    limit = int(a.chunk_mb * 2**20)
+
+    def step() -> None:
+        if mode == "resident":
+            optimizer.step()
+        else:
+            streamed_step(optimizer, optimizer.step, limit, overlap=mode == "overlapped")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step()  # creates the moments (and, streamed, puts them in pinned host memory)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(a.repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    peak = (torch.cuda.max_memory_allocated() - base) / 1e9 if device.type == "cuda" else float("nan")
+    seconds = statistics.median(times)
+    # the moments (as many bytes as the parameters, twice) in and out; on a CPU nothing moves
+    moved = gb * 2 * 2 if mode != "resident" and device.type == "cuda" else 0.0
+    del optimizer, params
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"mode": mode, "params_gb": gb, "seconds": seconds, "moved_gb_per_s": moved / seconds if moved else None,
+            "peak_gb_above_params": peak}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table (and write it as JSON with --json)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--full-gb", type=float, default=33.6, help="fp32 parameter GB of the full rows (7B: 33.6)")
+    parser.add_argument("--side-gb", type=float, default=8.0, help="fp32 parameter GB of the side-by-side rows")
+    parser.add_argument("--tensor-mb", type=float, default=900.0)
+    parser.add_argument("--chunk-mb", type=float, default=1024.0, help="hook V's R1AQA_OPTIMIZER_STREAM_MB")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    a = parser.parse_args(argv)
+    device = torch.device(a.device)
+    rows = [run(mode, a.side_gb, a, device) for mode in MODES]
+    rows += [run(mode, a.full_gb, a, device) for mode in MODES[1:]]
+    print(f"AdamW step on {device.type}, tensors of {a.tensor_mb:.0f} MB, chunks of {a.chunk_mb:.0f} MB; median of "
+          f"{a.repeats}; torch {torch.__version__}\n")
+    print("| mode | params GB | s a step | moments moved, GB/s | GPU peak above params and grads, GB |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        rate = f"{r['moved_gb_per_s']:.1f}" if r["moved_gb_per_s"] else "-"
+        peak = "-" if r["peak_gb_above_params"] != r["peak_gb_above_params"] else f"{r['peak_gb_above_params']:.2f}"
+        print(f"| {r['mode']} | {r['params_gb']:.2f} | {r['seconds']:.3f} | {rate} | {peak} |")
+    if a.json:
+        a.json.write_text(json.dumps({"device": device.type, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
