@@ -115,9 +115,9 @@ def test_streamed_optimizer_step_matches_a_plain_step_and_holds_few_chunks_on_th
     assert max(peaks) < 100 * 2**20, peaks
 
 
-@pytest.mark.parametrize("strategy", ["fsdp", "fsdp2"])
+@pytest.mark.parametrize(("strategy", "overlap"), [("fsdp", "0"), ("fsdp2", "0"), ("fsdp2", "1")])
 def test_streamed_optimizer_step_through_verls_engine_on_the_gpu(bare_fsdp_engine, fsdp_engine_support,
-                                                                tiny_model_dir, monkeypatch, strategy):
+                                                                tiny_model_dir, monkeypatch, strategy, overlap):
     """Hook V inside verl's FSDP engine on one GPU (FSDP1's flat parameters, FSDP2's DTensors), with verl's own
     optimizer offload moves around each update: two updates give the weights verl's unstreamed ones give, and the
     AdamW state stays in host memory even while the actor is in train mode. The gradients are set, not computed, so
@@ -134,6 +134,7 @@ def test_streamed_optimizer_step_through_verls_engine_on_the_gpu(bare_fsdp_engin
     for stream in ("0", "1"):
         monkeypatch.setenv(streamed_step.STREAM_ENV, stream)
         monkeypatch.setenv(streamed_step.CHUNK_ENV, "0.5")
+        monkeypatch.setenv(streamed_step.OVERLAP_ENV, overlap)  # "1": side streams, FSDP2's DTensor moments
         engine = bare_fsdp_engine("cuda")
         support.build(engine, str(tiny_model_dir), strategy, None)
         engine.optimizer_config = FSDPOptimizerConfig(lr=1e-3, clip_grad=1.0)

@@ -79,6 +79,11 @@ def _state_tensors(optimizer: torch.optim.Optimizer, chunk: list[torch.Tensor]) 
                 yield optimizer.state[p], key
 
 
+def _record(tensor: torch.Tensor, stream: torch.cuda.Stream) -> None:
+    """``record_stream`` on a tensor's storage (a DTensor's local shard: FSDP2's moments)."""
+    (tensor.to_local() if hasattr(tensor, "to_local") else tensor).record_stream(stream)
+
+
 class _SideStreams:
     """Hook V's copies beside the steps on CUDA: the next chunk's moments come in on one stream while the current
     chunk steps, and a stepped chunk's moments go out on another. Each tensor is recorded on every stream that uses
@@ -99,7 +104,7 @@ class _SideStreams:
         main = torch.cuda.current_stream()
         main.wait_event(loaded)
         for state, key in _state_tensors(self.optimizer, chunk):
-            state[key].record_stream(main)
+            _record(state[key], main)
 
     def unload(self, chunk: list[torch.Tensor]) -> None:
         stepped = torch.cuda.current_stream().record_event()
@@ -107,7 +112,7 @@ class _SideStreams:
             self.copy_out.wait_event(stepped)
             for state, key in _state_tensors(self.optimizer, chunk):
                 if state[key].device.type == "cuda":
-                    state[key].record_stream(self.copy_out)
+                    _record(state[key], self.copy_out)
                     state[key] = state[key].to("cpu", non_blocking=True)
 
 
