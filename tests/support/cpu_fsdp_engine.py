@@ -133,9 +133,9 @@ def forward_gap(engine: Any, sent: dict[str, torch.Tensor], model_dir: str) -> f
     assert trained and all(p.grad is not None and p.grad.dtype == p.dtype for p in trained)
     module.zero_grad(set_to_none=True)
     got["sent"] = logits.detach().float()
+    plain = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).to(device)
     gaps = []
-    for weights, have in got.items():
-        plain = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    for weights, have in got.items():  # the checkpoint's pass first: the synced weights replace it after
         if weights == "sent":
             plain.load_state_dict({name: t.float() for name, t in sent.items()}, strict=True)
         with torch.no_grad():

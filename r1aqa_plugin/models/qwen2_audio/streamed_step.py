@@ -54,29 +54,27 @@ def chunks(params: list[torch.Tensor], limit: int) -> Iterator[list[torch.Tensor
         yield run
 
 
-def move_state(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], device: torch.device | str | None) -> None:
-    """Move the per-element state (moments, not the scalar step counts) of ``params`` to ``device``, or to each
-    parameter's own device when ``device`` is None."""
+def _state_tensors(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> Iterator[tuple[dict, str]]:
+    """(state, key) of each per-element state tensor of ``params``: the moments, not the scalar step counts."""
     for p in params:
-        state = optimizer.state.get(p)
-        if not state:
-            continue
+        for key, value in optimizer.state.get(p, {}).items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                yield optimizer.state[p], key
+
+
+def move_state(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], device: torch.device | str | None) -> None:
+    """Move the per-element state of ``params`` to ``device``, or to each parameter's own device when ``device`` is
+    None."""
+    for p in params:
         where = p.device if device is None else torch.device(device)
-        for key, value in state.items():
-            if torch.is_tensor(value) and value.dim() > 0 and value.device != where:
-                state[key] = value.to(where, non_blocking=True)
+        for state, key in _state_tensors(optimizer, [p]):
+            if state[key].device != where:
+                state[key] = state[key].to(where, non_blocking=True)
 
 
 def overlap_enabled() -> bool:
     """Whether the copies run on side CUDA streams (``R1AQA_OPTIMIZER_STREAM_OVERLAP=1``; off by default)."""
     return os.environ.get(OVERLAP_ENV) == "1"
-
-
-def _state_tensors(optimizer: torch.optim.Optimizer, chunk: list[torch.Tensor]) -> Iterator[tuple[dict, str]]:
-    for p in chunk:
-        for key, value in optimizer.state.get(p, {}).items():
-            if torch.is_tensor(value) and value.dim() > 0:
-                yield optimizer.state[p], key
 
 
 def _record(tensor: torch.Tensor, stream: torch.cuda.Stream) -> None:

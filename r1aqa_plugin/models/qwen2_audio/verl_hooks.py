@@ -495,15 +495,18 @@ def _make_trainable_kept(original: Callable[..., Any]) -> Callable[..., Any]:
     def disable_adapter(self: Any) -> Any:
         from verl.utils.fsdp_utils import fsdp_version
 
+        if fsdp_version(self.module) != 2:
+            with original(self) as inner:
+                yield inner
+            return
         trainable = [p for p in self.module.parameters() if p.requires_grad]
         with original(self) as inner:
-            if fsdp_version(self.module) == 2:
-                dropped = [p for p in trainable if not p.requires_grad]
-                for param in dropped:
-                    param.requires_grad_(True)
-                if dropped:
-                    _trace("hook U", f"{len(dropped)} LoRA parameters stay trainable while the adapters are off "
-                                     "(FSDP2 reads the flags at its first forward)")
+            dropped = [p for p in trainable if not p.requires_grad]
+            for param in dropped:
+                param.requires_grad_(True)
+            if dropped:
+                _trace("hook U", f"{len(dropped)} LoRA parameters stay trainable while the adapters are off "
+                                 "(FSDP2 reads the flags at its first forward)")
             yield inner
 
     return disable_adapter
