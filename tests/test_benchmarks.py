@@ -176,6 +176,17 @@ def _queue_calls(tmp_path: Path, queue: str, stubs: str, env_extra: dict[str, st
     return sorted((tmp_path / "s" / "calls").read_text().splitlines())
 
 
+@pytest.mark.parametrize("queues", ["one", "one,hooks"])
+def test_queue_one_runs_the_hook_jobs_first_unless_queue_hooks_runs_them_on_the_other_gpu(tmp_path: Path,
+                                                                                       queues: str) -> None:
+    stubs = "".join(f'{f}() {{ echo "{f} gpu=$CUDA_VISIBLE_DEVICES $*" >> "$S/calls"; }}\n'
+                    for f in ("gpu_hooks", "unit_overhead", "optimizer_stream", "grpo7b"))
+    calls = _queue_calls(tmp_path, queues, stubs, {"CPU_SPLIT": "0"})
+    gpu = "0" if queues == "one" else "1"
+    assert calls == sorted([f"gpu_hooks gpu={gpu} ", f"unit_overhead gpu={gpu} ", f"optimizer_stream gpu={gpu} ",
+                            "grpo7b gpu=0 1 wins1v", "grpo7b gpu=0 1 wins1acc", "grpo7b gpu=0 1 wins1"])
+
+
 @pytest.mark.parametrize("sweep", [None, "", "a:small-warm:1e-4 b:small-fmt:3e-4:--kl-coef,0.04,--freeze,lm_head"])
 def test_lps_queue_runs_the_verl_arm_before_eval_and_each_rehearsal(tmp_path: Path, sweep: str | None) -> None:
     # the learning-proof phases and the rehearsal itself replaced by stubs that record their arguments

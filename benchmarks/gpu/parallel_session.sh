@@ -27,7 +27,8 @@
 #   gpu23: 7B GRPO 2 GPUs: baseline -> "prof" (winsfast with step 2 under the torch profiler) -> "fsdp2fast"
 #          (winsfast on FSDP2) -> "winsfast" again; a 3-step 7B run takes 6-9 min, so a session gets the first three
 #          (the 7B folder is built once, on a GPU, by whichever queue needs it first)
-#   one:   tests/test_gpu_hooks.py, fsdp_unit_overhead.py, optimizer_stream_bench.py, then 7B GRPO 1 GPU
+#   hooks: tests/test_gpu_hooks.py, fsdp_unit_overhead.py, optimizer_stream_bench.py (GPU $HOOKS_GPU, default 1)
+#   one:   queue hooks's jobs (unless QUEUES names hooks too), then 7B GRPO 1 GPU
 #          "wins1v" (hook V: AdamW's state in host memory, streamed through the step) -> "wins1acc" (wins + the
 #          optimizer step on the CPU + one gradient reduction a step, stack samples on) -> "wins1" (a reduction a
 #          micro-batch) (GPU $ONE_GPU, default 0); ~200 GB of host memory: alone on nvidia-h200-x2
@@ -330,13 +331,22 @@ QUEUE_probe() {  # learnability probe: supervised on the correct answers of ever
 }
 QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning needs the AdamW state off the GPU): wins1v (hook V streams it
               # through the step), then wins1acc with stack samples (the whole actor on FSDP2's CPU offload, one
-              # gradient reduction a step), then wins1 (one a micro-batch) for the side by side
+              # gradient reduction a step), then wins1 (one a micro-batch) for the side by side; queue hooks's jobs
+              # first unless it runs beside (QUEUES=one,hooks)
   export CUDA_VISIBLE_DEVICES=${ONE_GPU:-0}
+  case ",${QUEUES:-}," in *,hooks,*) ;; *) hook_jobs ;; esac
+  step grpo-wins1v-1gpu grpo7b 1 wins1v   # hook V: the weights and gradients on the GPU, AdamW's state on the host
+  STACKS=${STACKS:-1} step grpo-wins1acc-1gpu grpo7b 1 wins1acc; step grpo-wins1-1gpu grpo7b 1 wins1
+}
+hook_jobs() {  # the GPU tests of the hooks and the two benches behind hooks T and V (~4 min, little host memory but
+               # the optimizer bench's ~70 GB of pinned state for a minute)
   [ "${HOOK_TESTS:-1}" = 0 ] || step gpu-hooks gpu_hooks   # ~1.5 min: FSDP2's CPU offload, hooks T and U, tiny model
   step unit-overhead unit_overhead   # seconds
   step optimizer-stream optimizer_stream   # ~2 min: hook V's step at the 7B's size, sequential and overlapped
-  step grpo-wins1v-1gpu grpo7b 1 wins1v   # hook V: the weights and gradients on the GPU, AdamW's state on the host
-  STACKS=${STACKS:-1} step grpo-wins1acc-1gpu grpo7b 1 wins1acc; step grpo-wins1-1gpu grpo7b 1 wins1
+}
+QUEUE_hooks() {  # hook_jobs on GPU $HOOKS_GPU (default 1) while queue one's first 7B run starts up on its own GPU
+  export CUDA_VISIBLE_DEVICES=${HOOKS_GPU:-1}
+  hook_jobs
 }
 QUEUE_lora() {  # the LoRA recipe on one GPU: hook T's out-of-place merge on FSDP1, then on FSDP2, then verl's
                # in-place merge (hook T off)
