@@ -110,8 +110,9 @@ VARIANTS["wins1acc"] = (("1 GPU: wins1 + accgpu + update micro-batches of 32: pe
                          + ["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32"])
 VARIANTS["wins1v"] = (("1 GPU: wins with verl's optimizer offload and hook V (R1AQA_OPTIMIZER_STREAM=1): the AdamW "
                         "state stays in host memory and the step runs by 1 GB chunks of parameters, so the fp32 weights "
-                        "and gradients (67 GB) stay on the GPU and the rest of the step is wins' on one GPU; step "
-                        "30-36 s, peak 75-90 GB, ~70 GB of pinned host memory for the state"),
+                        "and gradients (67 GB) stay on the GPU and the rest of the step is wins' on one GPU; predicted "
+                        "step 30-36 s, peak 75-90 GB. Measured (2026-11-30, copies in line): 42.3 s (35.1 s the last "
+                        "of 3), 92.7 GB; the copies overlap by default since"),
                        VARIANTS["wins"][1] + ["actor_rollout_ref.actor.fsdp_config.optimizer_offload=True",
                                               "env:R1AQA_OPTIMIZER_STREAM=1"])
 VARIANTS["winsref"] = ("2 GPUs: wins + refgpu (the reference's weights stay on the GPU)",
@@ -241,18 +242,22 @@ def variant_of(name: str) -> str:
     return GPUS_SUFFIX.sub("", re.sub(r"^grpo-", "", name))
 
 
-# The 1-GPU form of a multi-GPU variant: the 7B fits one H200 only with the optimizer step on the CPU
-ONE_GPU_FORM = {"wins1": "wins", "wins1ref": "winsref"}
+# The 1-GPU forms of a multi-GPU variant: the 7B fits one H200 only with AdamW's state in host memory (hook V streams
+# it through the step) or with the optimizer step on the CPU (FSDP2's offload policy)
+ONE_GPU_FORM = {"wins1v": "wins", "wins1": "wins", "wins1ref": "winsref"}
 
 
 def scaling(rows: list[tuple[str, dict[str, Any]]]) -> str:
     """Strong scaling of each variant measured at several GPU counts (R1-AQA's batch is fixed), its 1-GPU form
-    included: step time, GPU-seconds, speed-up and efficiency against the fewest GPUs; empty if there is none."""
+    included (the fastest, where several ran): step time, GPU-seconds, speed-up and efficiency against the fewest
+    GPUs; empty if there is none."""
     groups: dict[str, dict[int, tuple[str, float]]] = {}
     for name, s in rows:
         if s.get("steps") and isinstance(s.get("timing_s/step"), float):
             variant = variant_of(name)
-            groups.setdefault(ONE_GPU_FORM.get(variant, variant), {})[s["gpus"]] = (variant, s["timing_s/step"])
+            counts = groups.setdefault(ONE_GPU_FORM.get(variant, variant), {})
+            if s["gpus"] not in counts or s["timing_s/step"] < counts[s["gpus"]][1]:
+                counts[s["gpus"]] = (variant, s["timing_s/step"])
     lines = []
     for group, counts in groups.items():
         if len(counts) < 2:
@@ -269,7 +274,7 @@ def scaling(rows: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(["| variant | as run | GPUs | step s | GPU-s/step | speed-up | efficiency |",
                       "|---|---|---:|---:|---:|---:|---:|", *lines,
                       "(against the fewest GPUs of the variant, same batch; on 1 GPU the 7B runs the variant's "
-                      "1-GPU form, with the optimizer step on the CPU)"])
+                      "fastest 1-GPU form: AdamW's state streamed from host memory, or the step on the CPU)"])
 
 
 # ------------------------------------------------------------------------------------------------ running

@@ -147,6 +147,7 @@ def test_parallel_session_runs_queues_detached_and_packs_logs(tmp_path: Path) ->
 @pytest.mark.parametrize(("queues", "told"), [
     ("lp2,perf1", ["refused: queue lp2", "perf1", "starves the learning proof"]),
     ("one,lora", ["refused: queue lora", "one", "host memory"]),  # on this host, under 400 GiB
+    ("one,lorab", ["refused: queue lorab", "one", "host memory"]),
 ])
 def test_parallel_session_refuses_a_queue_beside_the_cpu_offloaded_7b(tmp_path: Path, queues: str,
                                                                     told: list[str]) -> None:
@@ -185,6 +186,14 @@ def test_queue_one_runs_the_hook_jobs_first_unless_queue_hooks_runs_them_on_the_
     gpu = "0" if queues == "one" else "1"
     assert calls == sorted([f"gpu_hooks gpu={gpu} ", f"unit_overhead gpu={gpu} ", f"optimizer_stream gpu={gpu} ",
                             "grpo7b gpu=0 1 wins1v", "grpo7b gpu=0 1 wins1acc", "grpo7b gpu=0 1 wins1"])
+
+
+@pytest.mark.parametrize("queues", ["lora", "lora,lorab"])
+def test_lora_queue_runs_fsdp1_itself_unless_lorab_runs_it_beside_fsdp2(tmp_path: Path, queues: str) -> None:
+    stubs = 'grpo7b() { echo "grpo7b gpu=$CUDA_VISIBLE_DEVICES $*" >> "$S/calls"; }\n'
+    calls = _queue_calls(tmp_path, queues, stubs, {"CPU_SPLIT": "0"})
+    fsdp1 = "grpo7b gpu=1 1 lora1" if queues == "lora" else "grpo7b gpu=0 1 lora1"
+    assert calls == sorted(["grpo7b gpu=1 1 lora1fsdp2", fsdp1, "grpo7b gpu=1 1 lora1verl"])
 
 
 @pytest.mark.parametrize("sweep", [None, "", "a:small-warm:1e-4 b:small-fmt:3e-4:--kl-coef,0.04,--freeze,lm_head"])
@@ -303,6 +312,12 @@ def test_scaling_table_per_variant_against_the_fewest_gpus() -> None:
     lines = gsb.scaling([("grpo-wins1-1gpu", row(1, 80.0)), *rows]).splitlines()
     assert lines[2] == "| wins | wins1 | 1 | 80.00 | 80.0 | 1.00 | 1.00 |"
     assert lines[4] == "| wins | wins | 8 | 10.00 | 80.0 | 8.00 | 1.00 |"
+    # two 1-GPU forms (hook V's streamed optimizer, the step on the CPU), either order: the faster is the point
+    for ones in ([("grpo-wins1-1gpu", row(1, 80.0)), ("grpo-wins1v-1gpu", row(1, 40.0))],
+                 [("grpo-wins1v-1gpu", row(1, 40.0)), ("grpo-wins1-1gpu", row(1, 80.0))]):
+        lines = gsb.scaling([*ones, *rows]).splitlines()
+        assert lines[2] == "| wins | wins1v | 1 | 40.00 | 40.0 | 1.00 | 1.00 |"
+        assert lines[4] == "| wins | wins | 8 | 10.00 | 80.0 | 4.00 | 0.50 |"
     assert gsb.variant_of("grpo-wins1ref-1gpu") == "wins1ref" and gsb.variant_of("wins") == "wins"
 
 

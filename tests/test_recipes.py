@@ -454,13 +454,19 @@ def test_train_8x80gb_runs_the_recipe_on_8_gpus(tmp_path):
 
 @pytest.mark.parametrize("ngpu", [1, 2])
 def test_train_h200_places_the_actor_and_keeps_the_maths(tmp_path, ngpu):
-    cfg = run_example("train_h200.sh", [str(ngpu)], tmp_path)
+    env_seen = tmp_path / "env"
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/bash\necho "${{R1AQA_OPTIMIZER_STREAM:-unset}}" > {env_seen}\nexec {PY} "$@"\n')
+    python.chmod(0o755)
+    cfg = run_example("train_h200.sh", [str(ngpu)], tmp_path, PYTHON=str(python))
     check_with_verl(cfg)
     actor = cfg.actor_rollout_ref.actor
     assert cfg.trainer.n_gpus_per_node == ngpu
-    # 2 GPUs: the measured placement (optimizer on the GPUs); 1 GPU: the AdamW step on the CPU (FSDP2 offload policy)
-    assert (actor.strategy, actor.fsdp_config.offload_policy) == (("fsdp2", True) if ngpu == 1 else ("fsdp", False))
-    assert actor.fsdp_config.optimizer_offload is False
+    # 2 GPUs: the measured placement (optimizer on the GPUs); 1 GPU: verl's optimizer offload with hook V streaming
+    # the AdamW state through the step (verl's offload alone runs out of memory)
+    assert (actor.strategy, actor.fsdp_config.offload_policy) == ("fsdp", False)
+    assert (actor.fsdp_config.optimizer_offload, env_seen.read_text().strip()) == ((True, "1") if ngpu == 1
+                                                                                   else (False, "unset"))
     assert (cfg.data.train_batch_size, actor.ppo_mini_batch_size, cfg.actor_rollout_ref.rollout.n) == (16, 16, 8)
     assert cfg.algorithm.rollout_correction.bypass_mode is False
 
@@ -475,24 +481,28 @@ def bench_variant(name: str) -> list[str]:
     return grpo_step_bench.merge_overrides(grpo_step_bench.VARIANTS[name][1])
 
 
-@pytest.mark.parametrize(("ngpu", "wins", "variant"), [(2, "1", "wins"), (2, "fast", "winsfast"), (1, "1", "wins1")])
+ENV_SWITCHES = ("R1AQA_REF_ON_GPU", "R1AQA_OPTIMIZER_STREAM")  # what the variants set through env: keys
+
+
+@pytest.mark.parametrize(("ngpu", "wins", "variant"), [(2, "1", "wins"), (2, "fast", "winsfast"), (1, "1", "wins1v")])
 def test_train_h200_wins_is_the_measured_variant(tmp_path, ngpu, wins, variant):
     """WINS=1 / fast set exactly the overrides and environment of the benchmark variant the docs quote."""
     env_seen = tmp_path / "env"
     python = tmp_path / "python"
-    python.write_text(f'#!/bin/bash\necho "${{R1AQA_REF_ON_GPU:-unset}}" > {env_seen}\nexec {PY} "$@"\n')
+    echo = " ".join(f"{v}=${{{v}:-unset}}" for v in ENV_SWITCHES)
+    python.write_text(f'#!/bin/bash\necho "{echo}" > {env_seen}\nexec {PY} "$@"\n')
     python.chmod(0o755)
     cfg = run_example("train_h200.sh", [str(ngpu)], tmp_path, WINS=wins, PYTHON=str(python))
     check_with_verl(cfg)
     measured = bench_variant(variant)
+    env = dict(kv.split("=", 1) for kv in env_seen.read_text().split())
     for override in measured:
         key, value = override.split("=", 1)
         if key.startswith("env:"):
-            assert (key, env_seen.read_text().strip()) == ("env:R1AQA_REF_ON_GPU", value)
+            assert env.pop(key[4:]) == value, override
         else:
             assert str(OmegaConf.select(cfg, key.lstrip("+"))) == value, override
-    if not any(o.startswith("env:") for o in measured):
-        assert env_seen.read_text().strip() == "unset"
+    assert set(env.values()) == {"unset"}, env  # no switch the variant did not measure
     assert (cfg.data.train_batch_size, cfg.actor_rollout_ref.rollout.n) == (16, 8)
 
 

@@ -72,6 +72,20 @@ def test_a_bad_chunk_size_is_refused_with_the_variable_named(monkeypatch: pytest
         streamed_step.chunk_bytes()
 
 
+@pytest.mark.parametrize(("raw", "expected"), [(None, True), ("1", True), ("0", False), ("yes", None)])
+def test_overlapped_copies_are_the_default_and_a_bad_switch_is_refused(monkeypatch: pytest.MonkeyPatch,
+                                                                      raw: str | None, expected: bool | None) -> None:
+    if raw is None:
+        monkeypatch.delenv(streamed_step.OVERLAP_ENV, raising=False)
+    else:
+        monkeypatch.setenv(streamed_step.OVERLAP_ENV, raw)
+    if expected is None:
+        with pytest.raises(ValueError, match=f"{streamed_step.OVERLAP_ENV}='yes'"):
+            streamed_step.overlap_enabled()
+    else:
+        assert streamed_step.overlap_enabled() is expected
+
+
 def test_verls_optimizer_step_streams_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     """verl's own FSDPEngine.optimizer_step (gradient clipping, the finite check) on a stand-in engine: with
     R1AQA_OPTIMIZER_STREAM=1 the parameters come out as without it, and the optimizer's own step is restored."""

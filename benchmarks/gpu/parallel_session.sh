@@ -32,9 +32,11 @@
 #          "wins1v" (hook V: AdamW's state in host memory, streamed through the step) -> "wins1acc" (wins + the
 #          optimizer step on the CPU + one gradient reduction a step, stack samples on) -> "wins1" (a reduction a
 #          micro-batch) (GPU $ONE_GPU, default 0); ~200 GB of host memory: alone on nvidia-h200-x2
-#   lora:  7B GRPO 1 GPU, the LoRA recipe (optimizer on the GPU): "lora1" (hook T's out-of-place merge for the
-#          sync) -> "lora1fsdp2" (the same on FSDP2) -> "lora1verl" (verl's in-place merge) (GPU $LORA_GPU,
+#   lora:  7B GRPO 1 GPU, the LoRA recipe (optimizer on the GPU): "lora1fsdp2" (FSDP2, hook T's out-of-place merge
+#          for the sync) -> "lora1" (the same on FSDP1) -> "lora1verl" (verl's in-place merge) (GPU $LORA_GPU,
 #          default 1); not beside queue one on a host under 400 GiB (nvidia-h200-x2: the host ran out)
+#   lorab: "lora1" on GPU $LORA_B_GPU (default 0) beside queue lora's "lora1fsdp2" (QUEUES=lora,lorab), which then
+#          skips its own
 #   perf1: 7B GRPO 1 GPU "wins1" -> rollout bench -> "wins1ref" (GPU $ONE_GPU, default 1). The twelfth session ran
 #          it beside lp2 (QUEUES=lp2,perf1), with the cores unsplit: the 7B's CPU offload starved the warm-up ~10x
 #   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench -> feature-transfer bench
@@ -71,20 +73,20 @@ mix_refused() {  # the 7B run with the CPU offload (queue one or perf1) beside t
                 # refused unless MIX_OK=1. Twelfth session: beside it, even on its own GPU, the learning proof's warm-up
                 # ran ~10x slower and never reached GRPO. Twenty-first session: its fp32 weights, gradients and Adam
                 # held ~200 GB of the 251 GB host, and beside the LoRA queue Ray's memory monitor killed both
-                # (docs/gpu-runs.md)
+                # (docs/gpu-runs.md); twenty-second session: with `wins1v` (hook V) alone the host had 165-190 GB in use
   local q lp="" other="" offload="" queues=${QUEUES:-gpu23,one,bench}
   for q in ${queues//,/ }; do
-    case $q in lp*|gpu0|gpu1|probe) lp=$q ;; one|perf1) offload=$q ;; lora|gpu23|x8) other=$q ;; esac
+    case $q in lp*|gpu0|gpu1|probe) lp=$q ;; one|perf1) offload=$q ;; lora|lorab|gpu23|x8) other=$q ;; esac
   done
   # a host of 400 GiB or more (nvidia-h200-x4: 512) holds the offloaded 7B and another 7B run
   [ -n "$other" ] && [ "$(awk '/MemTotal/ {print int($2 / 1048576)}' /proc/meminfo)" -ge 400 ] && other=""
   [ -n "$offload" ] && [ -n "$lp$other" ] && [ "${MIX_OK:-0}" != 1 ] || return 1
   if [ -n "$lp" ]; then
-    echo "refused: queue $lp (the learning proof) beside queue $offload (the 7B with its optimizer step on the CPU)" \
+    echo "refused: queue $lp (the learning proof) beside queue $offload (the 7B with its optimizer in host memory)" \
          "starves the learning proof; run them in separate sessions, or set MIX_OK=1" >&2
   else
-    echo "refused: queue $other (a 7B run) beside queue $offload (the 7B with its optimizer step on the CPU, ~200 GB" \
-         "of host memory): the host runs out; run them in separate sessions, or set MIX_OK=1" >&2
+    echo "refused: queue $other (a 7B run) beside queue $offload (the 7B with its optimizer in host memory, ~200 GB" \
+         "of it): the host runs out; run them in separate sessions, or set MIX_OK=1" >&2
   fi
 }
 
@@ -348,11 +350,17 @@ QUEUE_hooks() {  # hook_jobs on GPU $HOOKS_GPU (default 1) while queue one's fir
   export CUDA_VISIBLE_DEVICES=${HOOKS_GPU:-1}
   hook_jobs
 }
-QUEUE_lora() {  # the LoRA recipe on one GPU: hook T's out-of-place merge on FSDP1, then on FSDP2, then verl's
-               # in-place merge (hook T off)
+QUEUE_lora() {  # the LoRA recipe on one GPU: FSDP2 (hook U), FSDP1 (unless queue lorab runs it beside), both with hook
+               # T's out-of-place merge, then FSDP1 with verl's in-place merge (hook T off)
   export CUDA_VISIBLE_DEVICES=${LORA_GPU:-1}
-  step grpo-lora1-1gpu grpo7b 1 lora1; step grpo-lora1fsdp2-1gpu grpo7b 1 lora1fsdp2
+  step grpo-lora1fsdp2-1gpu grpo7b 1 lora1fsdp2
+  case ",${QUEUES:-}," in *,lorab,*) ;; *) step grpo-lora1-1gpu grpo7b 1 lora1 ;; esac
   step grpo-lora1verl-1gpu grpo7b 1 lora1verl
+}
+QUEUE_lorab() {  # lora1 on GPU $LORA_B_GPU (default 0) at the same time as queue lora's lora1fsdp2 (QUEUES=lora,lorab):
+                 # FSDP1 against FSDP2 under the same host load (the LoRA update looked host-bound, 21st session)
+  export CUDA_VISIBLE_DEVICES=${LORA_B_GPU:-0}
+  step grpo-lora1-1gpu grpo7b 1 lora1
 }
 QUEUE_perf1() {  # issue 7 on the second GPU of `nvidia-h200-x2`: the 7B step on one GPU (wins1, at most GRPO_CAP s,
                  # default 780), the rollout bench, then wins1ref (hook R)
