@@ -7,13 +7,16 @@ with the copies overlapped on side streams.
 The side-by-side rows use ``--side-gb`` of fp32 parameters, small enough for the resident state to fit beside them.
 The ``full`` rows use ``--full-gb`` (33.6 GB: the 7B's 8.4 B parameters) with the tensors ``--tensor-mb`` large, as
 FSDP1 flattens a decoder layer. Each step moves the two moments in and out: 4 bytes x 2 moments x 2 directions a
-parameter. Median of ``--repeats`` after one step that creates the state.
+parameter. Median of ``--repeats`` after one step that creates the state; the last column is how much the
+process's resident host memory grew over those steps (hook V writes each step's moments back into the host copies
+the first step made, so ~0).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -40,6 +43,12 @@ def _params(gb: float, tensor_mb: float, device: torch.device) -> list[torch.nn.
     return params
 
 
+def rss_gb() -> float:
+    """This process's resident host memory (pinned buffers included), GB."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+
+
 def run(mode: str, gb: float, a: argparse.Namespace, device: torch.device) -> dict:
     """Median seconds of one AdamW step in ``mode`` over ``gb`` of parameters, and the GPU's peak above them."""
     params = _params(gb, a.tensor_mb, device)
@@ -58,11 +67,12 @@ def run(mode: str, gb: float, a: argparse.Namespace, device: torch.device) -> di
     step(optimizer)  # creates the moments (and, streamed, puts them in pinned host memory)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, rss_before = [], rss_gb()
     for _ in range(a.repeats):
         start = time.perf_counter()
         step(optimizer)
         times.append(time.perf_counter() - start)
+    grown = rss_gb() - rss_before  # new host buffers a step would leave behind (none once they are reused)
     peak = (torch.cuda.max_memory_allocated() - base) / 1e9 if device.type == "cuda" else float("nan")
     seconds = statistics.median(times)
     # the moments (as many bytes as the parameters, twice) in and out; on a CPU nothing moves
@@ -71,7 +81,7 @@ def run(mode: str, gb: float, a: argparse.Namespace, device: torch.device) -> di
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"mode": mode, "params_gb": gb, "seconds": seconds, "moved_gb_per_s": moved / seconds if moved else None,
-            "peak_gb_above_params": peak}
+            "peak_gb_above_params": peak, "host_gb_grown": grown}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,12 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     rows += [run(mode, a.full_gb, a, device) for mode in MODES[1:]]
     print(f"AdamW step on {device.type}, tensors of {a.tensor_mb:.0f} MB, chunks of {a.chunk_mb:.0f} MB; median of "
           f"{a.repeats}; torch {torch.__version__}\n")
-    print("| mode | params GB | s a step | moments moved, GB/s | GPU peak above params and grads, GB |")
-    print("|---|---:|---:|---:|---:|")
+    print("| mode | params GB | s a step | moments moved, GB/s | GPU peak above params and grads, GB | "
+          "host memory grown over the timed steps, GB |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         rate = f"{r['moved_gb_per_s']:.1f}" if r["moved_gb_per_s"] else "-"
         peak = "-" if r["peak_gb_above_params"] != r["peak_gb_above_params"] else f"{r['peak_gb_above_params']:.2f}"
-        print(f"| {r['mode']} | {r['params_gb']:.2f} | {r['seconds']:.3f} | {rate} | {peak} |")
+        print(f"| {r['mode']} | {r['params_gb']:.2f} | {r['seconds']:.3f} | {rate} | {peak} | "
+              f"{r['host_gb_grown']:.2f} |")
     if a.json:
         a.json.write_text(json.dumps({"device": device.type, "rows": rows}, indent=1))
     return 0

@@ -94,8 +94,8 @@ def test_streamed_optimizer_step_matches_a_plain_step_and_holds_few_chunks_on_th
         return params, torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
 
     (plain, opt_plain), (chunked, opt_chunked) = build(), build()
-    peaks = []
-    for step in range(2):
+    peaks, homes = [], []
+    for step in range(3):
         for params in (plain, chunked):
             torch.manual_seed(step)
             for p in params:
@@ -106,9 +106,12 @@ def test_streamed_optimizer_step_matches_a_plain_step_and_holds_few_chunks_on_th
         base = torch.cuda.memory_allocated()
         assert streamed_step.streamed_step(opt_chunked, opt_chunked.step, 8 * 2**20, overlap) == 8
         peaks.append(torch.cuda.max_memory_allocated() - base)
+        homes.append([v.data_ptr() for state in opt_chunked.state.values() for v in state.values() if v.dim() > 0])
     assert all(torch.equal(p, q) for p, q in zip(plain, chunked))
+    # the pinned host copies made at the first step take every later step's result: no new host buffers
+    assert homes[0] == homes[1] == homes[2]
     moments = [v for state in opt_chunked.state.values() for v in state.values() if v.dim() > 0]
-    assert len(moments) == 32 and {v.device.type for v in moments} == {"cpu"}
+    assert len(moments) == 32 and {v.device.type for v in moments} == {"cpu"} and all(v.is_pinned() for v in moments)
     assert all(torch.equal(opt_plain.state[p]["exp_avg_sq"].cpu(), opt_chunked.state[q]["exp_avg_sq"])
                for p, q in zip(plain, chunked))
     # all moments would be 128 MB on the GPU (plus the optimizer's temporaries); a chunk's are 16 MB
@@ -127,6 +130,10 @@ def test_streamed_optimizer_step_through_verls_engine_on_the_gpu(bare_fsdp_engin
 
     from r1aqa_plugin.models.qwen2_audio import streamed_step
 
+    def moment_addresses(optimizer):  # where each moment's storage is (a DTensor's local shard under FSDP2)
+        return [getattr(v, "_local_tensor", v).data_ptr() for state in optimizer.state.values()
+                for v in state.values() if torch.is_tensor(v) and v.dim() > 0]
+
     verl_hooks.install()
     torch.cuda.set_device(0)
     support = fsdp_engine_support
@@ -139,16 +146,20 @@ def test_streamed_optimizer_step_through_verls_engine_on_the_gpu(bare_fsdp_engin
         support.build(engine, str(tiny_model_dir), strategy, None)
         engine.optimizer_config = FSDPOptimizerConfig(lr=1e-3, clip_grad=1.0)
         engine.optimizer = engine._build_optimizer(engine.module)
+        homes = []
         for update in range(2):
             engine.to("cuda", model=False, optimizer=True, grad=False)  # what verl's train mode does on entry
             state_devices = {v.device.type for s in engine.optimizer.state.values() for v in s.values()
                              if torch.is_tensor(v) and v.dim() > 0}
             assert state_devices <= ({"cpu"} if stream == "1" else {"cuda"})
+            homes.append(moment_addresses(engine.optimizer))
             for i, p in enumerate(engine.module.parameters()):
                 p.grad = torch.sin(p.detach() * (i + 1 + update))  # the same in both runs, pointwise on DTensors too
             engine.optimizer_step()
             engine.to("cpu", model=False, optimizer=True, grad=False)  # and on exit
             engine.optimizer.zero_grad(set_to_none=True)
+        if stream == "1":  # the second update wrote into the host copies the first one made
+            assert homes[1] and homes[1] == moment_addresses(engine.optimizer)
         weights.append({n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu()
                         for n, p in engine.module.named_parameters()})
     assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])

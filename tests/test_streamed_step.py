@@ -57,6 +57,16 @@ def test_a_step_by_chunks_equals_one_step_over_every_parameter(foreach: bool, ov
             assert torch.equal(value, opt_chunked.state[q][key]), key
 
 
+def test_a_stepped_moment_goes_back_into_its_host_copy_when_that_matches() -> None:
+    home = torch.zeros(3, 4)
+    stepped = torch.arange(12.0).reshape(3, 4)
+    assert streamed_step.to_host(stepped, home) is home and torch.equal(home, stepped)  # no new host buffer
+    # no host copy (the optimizer made the moment at this step), or one of another shape or dtype: a new copy
+    for other in (None, torch.zeros(4, 3), torch.zeros(3, 4, dtype=torch.float64)):
+        back = streamed_step.to_host(stepped, other)
+        assert back is not other and torch.equal(back, stepped) and back.dtype == stepped.dtype
+
+
 def test_chunks_keep_order_and_put_a_large_parameter_alone() -> None:
     sizes = [10, 10, 100, 5, 5, 5]
     params = [torch.zeros(n) for n in sizes]  # 4 bytes an element
