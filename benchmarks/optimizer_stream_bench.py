@@ -9,7 +9,8 @@ The ``full`` rows use ``--full-gb`` (33.6 GB: the 7B's 8.4 B parameters) with th
 FSDP1 flattens a decoder layer. Each step moves the two moments in and out: 4 bytes x 2 moments x 2 directions a
 parameter. Median of ``--repeats`` after one step that creates the state; the last column is how much the
 process's resident host memory grew over those steps (hook V writes each step's moments back into the host copies
-the first step made, so ~0).
+the first step made, so ~0). A last, control row at the full size: new host buffers each step, as hook V did until
+the twenty-second GPU session.
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from r1aqa_plugin.models.qwen2_audio.streamed_step import streamed_step  # noqa: E402
+from r1aqa_plugin.models.qwen2_audio import streamed_step as hook_v  # noqa: E402
 
 MODES = ("resident", "streamed", "overlapped")
+# control, full size only: hook V as it was until the twenty-second session, each step's moments coming back into
+# new (pinned) host buffers instead of the copies the first step made
+FRESH = "streamed, new host buffers"
 
 
 def _params(gb: float, tensor_mb: float, device: torch.device) -> list[torch.nn.Parameter]:
@@ -59,8 +63,14 @@ def run(mode: str, gb: float, a: argparse.Namespace, device: torch.device) -> di
     def step(opt: torch.optim.Optimizer) -> None:
         if mode == "resident":
             opt.step()
+        elif mode == FRESH:
+            kept, hook_v.to_host = hook_v.to_host, lambda value, home: value.to("cpu", non_blocking=True)
+            try:
+                hook_v.streamed_step(opt, opt.step, limit, overlap=False)
+            finally:
+                hook_v.to_host = kept
         else:
-            streamed_step(opt, opt.step, limit, overlap=mode == "overlapped")
+            hook_v.streamed_step(opt, opt.step, limit, overlap=mode == "overlapped")
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -97,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     device = torch.device(a.device)
     rows = [run(mode, a.side_gb, a, device) for mode in MODES]
-    rows += [run(mode, a.full_gb, a, device) for mode in MODES[1:]]
+    rows += [run(mode, a.full_gb, a, device) for mode in (*MODES[1:], FRESH)]
     print(f"AdamW step on {device.type}, tensors of {a.tensor_mb:.0f} MB, chunks of {a.chunk_mb:.0f} MB; median of "
           f"{a.repeats}; torch {torch.__version__}\n")
     print("| mode | params GB | s a step | moments moved, GB/s | GPU peak above params and grads, GB | "
