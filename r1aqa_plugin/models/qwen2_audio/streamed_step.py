@@ -90,9 +90,10 @@ def to_host(value: torch.Tensor, home: torch.Tensor | None) -> torch.Tensor:
 
 class _Homes:
     """Each moment's host copy while its chunk steps on the GPU: the step's result is written back into it. Without
-    it every step allocated new pinned buffers (the caching host allocator rounds each up to a power of two and frees
-    the old ones only once their copies are done): the twenty-second GPU session's 7B had 165 -> 184 -> 190 GB of the
-    host in use over three steps, and its second update took 16 s more than its third."""
+    it every step allocated new pinned buffers (the caching host allocator rounds each up to a power of two and
+    reuses a freed one only once its copy is done). The twenty-second GPU session's 7B ran that way: 165 -> 184 ->
+    190 GB of the host in use over three steps, and a second update 16 s longer than the third, which this fits
+    (not yet rerun)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
