@@ -185,7 +185,8 @@ def test_queue_one_runs_the_hook_jobs_first_unless_queue_hooks_runs_them_on_the_
     calls = _queue_calls(tmp_path, queues, stubs, {"CPU_SPLIT": "0"})
     gpu = "0" if queues == "one" else "1"
     assert calls == sorted([f"gpu_hooks gpu={gpu} ", f"unit_overhead gpu={gpu} ", f"optimizer_stream gpu={gpu} ",
-                            "grpo7b gpu=0 1 wins1v", "grpo7b gpu=0 1 wins1acc", "grpo7b gpu=0 1 wins1"])
+                            "grpo7b gpu=0 1 wins1v", "grpo7b gpu=0 1 wins1vref", "grpo7b gpu=0 1 wins1acc",
+                            "grpo7b gpu=0 1 wins1"])
 
 
 @pytest.mark.parametrize("queues", ["lora", "lora,lorab"])

@@ -29,9 +29,10 @@
 #          (the 7B folder is built once, on a GPU, by whichever queue needs it first)
 #   hooks: tests/test_gpu_hooks.py, fsdp_unit_overhead.py, optimizer_stream_bench.py (GPU $HOOKS_GPU, default 1)
 #   one:   queue hooks's jobs (unless QUEUES names hooks too), then 7B GRPO 1 GPU
-#          "wins1v" (hook V: AdamW's state in host memory, streamed through the step) -> "wins1acc" (wins + the
-#          optimizer step on the CPU + one gradient reduction a step, stack samples on) -> "wins1" (a reduction a
-#          micro-batch) (GPU $ONE_GPU, default 0); ~200 GB of host memory: alone on nvidia-h200-x2
+#          "wins1v" (hook V: AdamW's state in host memory, streamed through the step) -> "wins1vref" (+ the
+#          reference on the GPU, hook R) -> "wins1acc" (wins + the optimizer step on the CPU + one gradient reduction
+#          a step, stack samples on) -> "wins1" (a reduction a micro-batch) (GPU $ONE_GPU, default 0); ~200 GB of
+#          host memory: alone on nvidia-h200-x2
 #   lora:  7B GRPO 1 GPU, the LoRA recipe (optimizer on the GPU): "lora1fsdp2" (FSDP2, hook T's out-of-place merge
 #          for the sync) -> "lora1" (the same on FSDP1) -> "lora1verl" (verl's in-place merge) (GPU $LORA_GPU,
 #          default 1); not beside queue one on a host under 400 GiB (nvidia-h200-x2: the host ran out)
@@ -332,12 +333,13 @@ QUEUE_probe() {  # learnability probe: supervised on the correct answers of ever
   step lp-probe-prep lp prep && step lp-probe lp probe
 }
 QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning needs the AdamW state off the GPU): wins1v (hook V streams it
-              # through the step), then wins1acc with stack samples (the whole actor on FSDP2's CPU offload, one
-              # gradient reduction a step), then wins1 (one a micro-batch) for the side by side; queue hooks's jobs
-              # first unless it runs beside (QUEUES=one,hooks)
+              # through the step), wins1vref (and the reference on the GPU), then wins1acc with stack samples (the
+              # whole actor on FSDP2's CPU offload, one gradient reduction a step), then wins1 (one a micro-batch) for
+              # the side by side; queue hooks's jobs first unless it runs beside (QUEUES=one,hooks)
   export CUDA_VISIBLE_DEVICES=${ONE_GPU:-0}
   case ",${QUEUES:-}," in *,hooks,*) ;; *) hook_jobs ;; esac
   step grpo-wins1v-1gpu grpo7b 1 wins1v   # hook V: the weights and gradients on the GPU, AdamW's state on the host
+  step grpo-wins1vref-1gpu grpo7b 1 wins1vref   # + hook R: the bf16 reference on the GPU too
   STACKS=${STACKS:-1} step grpo-wins1acc-1gpu grpo7b 1 wins1acc; step grpo-wins1-1gpu grpo7b 1 wins1
 }
 hook_jobs() {  # the GPU tests of the hooks and the two benches behind hooks T and V (~4 min, little host memory but
