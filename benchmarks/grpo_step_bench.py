@@ -30,6 +30,8 @@ from r1aqa_plugin.verl_log import step_metrics
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import host_memory  # noqa: E402  (benchmarks/host_memory.py, beside this file)
+
 # What the H200 image needs (docs/gpu-runs.md): no flash-attn there, transformers 5.17's config lacks the top-level
 # tie_word_embeddings verl reads.
 MACHINE = ["+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
@@ -327,17 +329,22 @@ def run(a: argparse.Namespace) -> int:
         if a.dry_run:
             continue
         t = time.perf_counter()
+        sampler = host_memory.Sampler(a.host_interval).start()  # the host's memory, per kind of process
         with open(log, "w") as fh:
             try:
                 rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=a.cwd or None,
                                     timeout=a.timeout, env={**os.environ, **env}).returncode
             except subprocess.TimeoutExpired:
                 rc = 124
+        hostmem = logs / f"grpo-{variant}-{a.gpus}gpu.hostmem.md"
+        hostmem.write_text(sampler.stop().table() + "\n")
+        print(f"   host memory: peak {sampler.peak_used:.1f} GB in use, per process kind in {hostmem}", flush=True)
         summary = report_traces(variant, a)
         if summary:
             print(f"   profiler traces: {summary}", flush=True)
         s = summarize(parse_metrics(log.read_text(errors="replace")), a.gpus)
         s.update({"variant": variant, "rc": rc, "wall_s": time.perf_counter() - t, "log": str(log),
+                  "host_peak_gb": sampler.peak_used, "host_gb_at_peak": sampler.at_peak,
                   "overrides": cmd[3:], "env": env})
         rows.append((variant, s))
         print(f"   exit {rc}, {s['steps']} measured steps, wall {s['wall_s']:.0f} s", flush=True)
@@ -367,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--timeout", type=int, default=3600)
     r.add_argument("--json")
     r.add_argument("--dry-run", action="store_true")
+    r.add_argument("--host-interval", type=float, default=2.0, help="seconds between host-memory samples")
     t = sub.add_parser("table")
     t.add_argument("logs", nargs="+")
     t.add_argument("--gpus", type=int, default=1, help="GPUs of every log (or name logs *-<N>gpu.log)")

@@ -18,6 +18,7 @@ sys.path.insert(0, str(BENCH))
 
 import floor  # noqa: E402
 import grpo_step_bench as gsb  # noqa: E402
+import host_memory  # noqa: E402
 
 # verl 0.9.1's console line as it came back from the H200 (tiny run, Ray prefix and colours kept), shortened
 LOG = (
@@ -278,6 +279,51 @@ def test_lp2b_env_b_gives_its_own_arm_overrides_and_steps(tmp_path: Path) -> Non
     calls = _queue_calls(tmp_path, "lp2,lp2b", stubs, {"ENV_B": env_b, "TRAIN_TASKS": "beep_count,instrument"})
     assert [c for c in calls if " grpo " in c] == [
         "lp lp-a grpo steps= extra=", "lp lp-a-s1 grpo steps=50 extra= a.lr_scheduler_type=cosine a.min_lr_ratio=0.1"]
+
+
+@pytest.mark.parametrize(("argv", "group"), [
+    (["ray::WorkerDict.actor_rollout_ref_init_model"], "ray::WorkerDict"),
+    (["ray::AgentLoopWorkerTQ.generate_sequences  "], "ray::AgentLoopWorkerTQ"),
+    (["VLLM::EngineCore"], "VLLM::EngineCore"),
+    (["/usr/bin/python3", "-m", "verl.trainer.main_ppo", "+recipe=r1aqa_grpo"], "main_ppo"),
+    (["python3", "-u", "/repo/benchmarks/grpo_step_bench.py", "run"], "grpo_step_bench.py"),
+    (["python3", "-c", "import time"], "python3 -c"),
+    (["/usr/bin/raylet", "--node"], "raylet"),
+    ([""], "other"),
+])
+def test_host_memory_groups_processes_by_what_ray_and_vllm_name_them(argv: list[str], group: str) -> None:
+    assert host_memory.label(argv) == group
+
+
+def test_host_memory_sampler_sees_a_child_hold_memory_and_names_it(tmp_path: Path) -> None:
+    # a child that holds 300 MB resident (touched) for a moment, under a name of its own
+    script = tmp_path / "holder.py"
+    script.write_text("import time\nblock = bytearray(300_000_000)\nblock[::4096] = b'x' * len(block[::4096])\n"
+                      "time.sleep(1.5)\n")
+    sampler = host_memory.Sampler(interval=0.1).start()
+    subprocess.run([sys.executable, str(script)], check=True, timeout=60)
+    sampler.stop()
+    assert sampler.samples >= 5 and sampler.peak_used > 0
+    assert sampler.peaks["holder.py"] >= 0.29, sampler.peaks
+    table = sampler.table()
+    assert "| holder.py |" in table and table.startswith("Host memory in use at its peak:")
+
+
+def test_grpo_run_writes_the_host_memory_table_beside_its_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # the run's command replaced by a child that prints two of verl's step lines and holds memory meanwhile
+    child = tmp_path / "fake_main_ppo.py"
+    child.write_text("import sys, time\nblock = bytearray(200_000_000)\nblock[::4096] = b'x' * len(block[::4096])\n"
+                     f"sys.stdout.write({LOG!r})\nsys.stdout.flush()\ntime.sleep(1.0)\n")
+    monkeypatch.setattr(gsb, "command", lambda variant, a: ([sys.executable, str(child), "x", "y"], {}))
+    out_json = tmp_path / "run.json"
+    assert gsb.main(["run", "--model", "M", "--data", "D", "--gpus", "1", "--variants", "wins1v", "--logs",
+                     str(tmp_path), "--host-interval", "0.1", "--json", str(out_json)]) == 0
+    hostmem = (tmp_path / "grpo-wins1v-1gpu.hostmem.md").read_text()
+    assert "| fake_main_ppo.py |" in hostmem
+    row = json.loads(out_json.read_text())["wins1v"]
+    assert row["steps"] == 2 and row["host_peak_gb"] > 0 and row["host_gb_at_peak"]
+    assert "host memory: peak" in capsys.readouterr().out
 
 
 def test_merge_overrides_later_wins_and_keeps_plus() -> None:
