@@ -114,7 +114,7 @@ VARIANTS["wins1v"] = (("1 GPU: wins with verl's optimizer offload and hook V (R1
                         "state stays in host memory and the step runs by 1 GB chunks of parameters, so the fp32 weights "
                         "and gradients (67 GB) stay on the GPU and the rest of the step is wins' on one GPU; predicted "
                         "step 30-36 s, peak 75-90 GB. Measured (2026-11-30, copies in line): 42.3 s (35.1 s the last "
-                        "of 3), 92.7 GB; the copies overlap by default since"),
+                        "of 3), 92.7 GB; since then the copies overlap by default"),
                        VARIANTS["wins"][1] + ["actor_rollout_ref.actor.fsdp_config.optimizer_offload=True",
                                               "env:R1AQA_OPTIMIZER_STREAM=1"])
 VARIANTS["winsref"] = ("2 GPUs: wins + refgpu (the reference's weights stay on the GPU)",

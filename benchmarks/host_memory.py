@@ -39,8 +39,8 @@ def label(argv: list[str]) -> str:
     return program
 
 
-def _rss_gb(pid: str) -> float:
-    """A process's resident memory in GB (0 when it is gone or hidden)."""
+def rss_gb(pid: str = "self") -> float:
+    """A process's resident memory in GB, pinned buffers included (0 when it is gone or hidden)."""
     try:
         for line in (PROC / pid / "status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -65,7 +65,7 @@ def snapshot() -> tuple[float, dict[str, float]]:
             argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        rss = _rss_gb(entry.name)
+        rss = rss_gb(entry.name)
         if rss:
             name = label([a for a in argv if a] or [""])
             groups[name] = groups.get(name, 0.0) + rss

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -26,7 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from host_memory import rss_gb  # noqa: E402  (benchmarks/host_memory.py, beside this file)
 from r1aqa_plugin.models.qwen2_audio import streamed_step as hook_v  # noqa: E402
 
 MODES = ("resident", "streamed", "overlapped")
@@ -45,12 +46,6 @@ def _params(gb: float, tensor_mb: float, device: torch.device) -> list[torch.nn.
         p.grad = torch.empty_like(p).normal_(0, 1e-3)
         params.append(p)
     return params
-
-
-def rss_gb() -> float:
-    """This process's resident host memory (pinned buffers included), GB."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
 
 
 def run(mode: str, gb: float, a: argparse.Namespace, device: torch.device) -> dict:

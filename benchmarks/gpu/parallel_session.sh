@@ -344,7 +344,7 @@ QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning needs the AdamW state off 
 }
 hook_jobs() {  # the GPU tests of the hooks and the two benches behind hooks T and V (~4 min, little host memory but
                # the optimizer bench's ~70 GB of pinned state for a minute)
-  [ "${HOOK_TESTS:-1}" = 0 ] || step gpu-hooks gpu_hooks   # ~1.5 min: FSDP2's CPU offload, hooks T and U, tiny model
+  [ "${HOOK_TESTS:-1}" = 0 ] || step gpu-hooks gpu_hooks   # ~2 min: FSDP2's CPU offload, hooks T, U and V, tiny model
   step unit-overhead unit_overhead   # seconds
   step optimizer-stream optimizer_stream   # ~2 min: hook V's step at the 7B's size, sequential and overlapped
 }
