@@ -1,10 +1,10 @@
 """Hook I side by side: one actor micro-batch at R1-AQA's lengths with the audio encoder deduplicated or not.
 
     python benchmarks/encoder_dedup_bench.py [--size 7b] [--micro 8] [--distinct 1,2,4,8] [--tokens 256]
-        [--clip-seconds 10] [--repeats 3] [--json out.json]
+        [--clip-seconds 10] [--repeats 3] [--dtype bf16] [--json out.json]
 
-Builds the Qwen2-Audio architecture of ``--size`` with random bf16 weights where it runs (sdpa, as verl on the
-lent H200), a micro-batch of ``--micro`` sequences (R1-AQA's prompt around a ``--clip-seconds`` clip + ``--tokens``
+Builds the Qwen2-Audio architecture of ``--size`` with random weights (bf16 unless ``--dtype fp32``) where it runs
+(sdpa, as verl on the lent H200), a micro-batch of ``--micro`` sequences (R1-AQA's prompt around a ``--clip-seconds`` clip + ``--tokens``
 response tokens) holding ``--distinct`` different clips, and times, with ``R1AQA_ENCODER_DEDUP`` off and on:
 - ``log-prob``: a no-grad forward + log-softmax gather (verl's old-log-prob and reference passes);
 - ``update``: forward + backward with gradient checkpointing (verl's actor update; the encoder is trained, as in
@@ -12,7 +12,8 @@ response tokens) holding ``--distinct`` different clips, and times, with ``R1AQA
 Median of ``--repeats`` after one warm-up; "encoded" is the rows the encoder really ran. In a GRPO step with
 ``trainer.balance_batch`` on, a micro-batch of 8 holds ~2 (equal lengths) to ~6.5 (random order) distinct clips;
 with it off, 1 (the n=8 samples of a prompt are adjacent). Toy run on CPU: ``--size tiny --tokens 8
---clip-seconds 2 --micro 4 --distinct 1,4``.
+--clip-seconds 2 --micro 4 --distinct 1,4 --dtype fp32`` (fp32: a CPU without native bf16, AVX2 only, multiplies
+bf16 matrices ~100x slower than fp32 in torch 2.13; seen on a 2-core AMD EPYC, 2026-11-30).
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ sys.path.insert(0, str(HERE))
 from rollout_bench import clip, prompt_text  # noqa: E402  (same prompt and clips as the rollout bench)
 
 SR = 16000
+DTYPES = {"bf16": "bfloat16", "fp32": "float32"}  # torch's names, resolved in build()
 
 
-def build(size: str, device: str) -> Any:
-    """Random-weight Qwen2-Audio of ``size`` in bf16 on ``device`` (hook I installed)."""
+def build(size: str, device: str, dtype: str = "bf16") -> Any:
+    """Random-weight Qwen2-Audio of ``size`` in ``dtype`` on ``device`` (hook I installed)."""
     import torch
     from transformers import Qwen2AudioForConditionalGeneration
 
@@ -45,7 +47,7 @@ def build(size: str, device: str) -> Any:
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen2AudioForConditionalGeneration._from_config(build_config(size), attn_implementation="sdpa",
-                                                                dtype=torch.bfloat16)
+                                                                dtype=getattr(torch, DTYPES[dtype]))
     model.gradient_checkpointing_enable()
     return model
 
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=256, help="response tokens per sequence")
     ap.add_argument("--clip-seconds", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="weights and activations")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
 
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     t0 = time.perf_counter()
-    model = build(a.size, device)
+    model = build(a.size, device, a.dtype)
     print(f"model {a.size} on {device}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params, "
           f"{time.perf_counter() - t0:.0f} s to build", flush=True)
 

@@ -112,18 +112,23 @@ VARIANTS["wins1acc"] = (("1 GPU: wins1 + accgpu + update micro-batches of 32: pe
                          + ["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32"])
 VARIANTS["wins1v"] = (("1 GPU: wins with verl's optimizer offload and hook V (R1AQA_OPTIMIZER_STREAM=1): the AdamW "
                         "state stays in host memory and the step runs by 1 GB chunks of parameters, so the fp32 weights "
-                        "and gradients (67 GB) stay on the GPU and the rest of the step is wins' on one GPU; predicted "
-                        "step 30-36 s, peak 75-90 GB. Measured (2026-11-30, copies in line): 42.3 s (35.1 s the last "
-                        "of 3), 92.7 GB; since then the copies overlap by default"),
+                        "and gradients (67 GB) stay on the GPU and the rest of the step is wins' on one GPU. Measured "
+                        "(2026-11-30): 42.3 s with the copies in line and new host buffers each step; 26.8 s with them "
+                        "overlapped and the host copies reused, 94.6 GB on the GPU, 166 GB of host memory in use"),
                        VARIANTS["wins"][1] + ["actor_rollout_ref.actor.fsdp_config.optimizer_offload=True",
                                               "env:R1AQA_OPTIMIZER_STREAM=1"])
 VARIANTS["winsref"] = ("2 GPUs: wins + refgpu (the reference's weights stay on the GPU)",
                        VARIANTS["wins"][1] + VARIANTS["refgpu"][1])
 VARIANTS["wins1ref"] = ("1 GPU: wins1 + refgpu", VARIANTS["wins1"][1] + VARIANTS["refgpu"][1])
-VARIANTS["wins1vref"] = (("1 GPU: wins1v + refgpu: the bf16 reference stays on the GPU (+16.8 GB on wins1v's 92.7) "
-                          "instead of streaming from host memory per micro-batch; ref 4.70 -> 1.5-2.5 s, step 1's "
-                          "first reference pass 49.9 -> ~3 s, host memory -17 GB"),
+VARIANTS["wins1vref"] = (("1 GPU: wins1v + refgpu: the bf16 reference keeps its weights on the GPU. Measured "
+                          "(2026-11-30, beside wins1v): step 27.1 s against 26.8, step 1 106 s against 153, the same "
+                          "GPU peak (94.6 GB), host memory in use 121 GB against 166; examples/train_h200.sh 1 WINS=1"),
                          VARIANTS["wins1v"][1] + VARIANTS["refgpu"][1])
+VARIANTS["wins1fast"] = (("1 GPU: wins1vref + nockpt with update micro-batches of 4: the recomputed forward "
+                          "skipped, its activations (~26 GB at 8 rows, 2 GPUs' winsfast) halved to fit beside the fp32 "
+                          "weights and gradients; update 17.0 -> 12.5-14.5 s, step 22.5-24.5 s, peak 104-112 GB"),
+                         [*VARIANTS["wins1vref"][1], *VARIANTS["nockpt"][1],
+                          "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4"])
 VARIANTS["winsfast"] = ("2 GPUs: winsref + nockpt (spends the ~50 GB a GPU that 2 GPUs leave free on skipping the "
                         "recomputed forward)", VARIANTS["winsref"][1] + VARIANTS["nockpt"][1])
 VARIANTS["fsdp2fast"] = (("2 GPUs: winsfast on FSDP2: its state dict is the shards themselves, so the weight sync "
@@ -250,7 +255,8 @@ def variant_of(name: str) -> str:
 
 # The 1-GPU forms of a multi-GPU variant: the 7B fits one H200 only with AdamW's state in host memory (hook V streams
 # it through the step) or with the optimizer step on the CPU (FSDP2's offload policy)
-ONE_GPU_FORM = {"wins1v": "wins", "wins1": "wins", "wins1vref": "winsref", "wins1ref": "winsref"}
+ONE_GPU_FORM = {"wins1v": "wins", "wins1": "wins", "wins1vref": "winsref", "wins1ref": "winsref",
+                "wins1fast": "winsfast"}
 
 
 def scaling(rows: list[tuple[str, dict[str, Any]]]) -> str:
@@ -338,13 +344,15 @@ def run(a: argparse.Namespace) -> int:
                 rc = 124
         hostmem = logs / f"grpo-{variant}-{a.gpus}gpu.hostmem.md"
         hostmem.write_text(sampler.stop().table() + "\n")
-        print(f"   host memory: peak {sampler.peak_used:.1f} GB in use, per process kind in {hostmem}", flush=True)
+        print(f"   host memory: {sampler.start_used:.1f} GB in use at the start, peak {sampler.peak_used:.1f} GB; "
+              f"processes held up to {sampler.peak_held:.1f} GB, per process kind in {hostmem}", flush=True)
         summary = report_traces(variant, a)
         if summary:
             print(f"   profiler traces: {summary}", flush=True)
         s = summarize(parse_metrics(log.read_text(errors="replace")), a.gpus)
         s.update({"variant": variant, "rc": rc, "wall_s": time.perf_counter() - t, "log": str(log),
-                  "host_peak_gb": sampler.peak_used, "host_gb_at_peak": sampler.at_peak,
+                  "host_start_gb": sampler.start_used, "host_peak_gb": sampler.peak_used,
+                  "processes_peak_gb": sampler.peak_held, "processes_gb_at_peak": sampler.at_peak,
                   "overrides": cmd[3:], "env": env})
         rows.append((variant, s))
         print(f"   exit {rc}, {s['steps']} measured steps, wall {s['wall_s']:.0f} s", flush=True)

@@ -186,8 +186,8 @@ def test_queue_one_runs_the_hook_jobs_first_unless_queue_hooks_runs_them_on_the_
     calls = _queue_calls(tmp_path, queues, stubs, {"CPU_SPLIT": "0"})
     gpu = "0" if queues == "one" else "1"
     assert calls == sorted([f"gpu_hooks gpu={gpu} ", f"unit_overhead gpu={gpu} ", f"optimizer_stream gpu={gpu} ",
-                            "grpo7b gpu=0 1 wins1v", "grpo7b gpu=0 1 wins1vref", "grpo7b gpu=0 1 wins1acc",
-                            "grpo7b gpu=0 1 wins1"])
+                            "grpo7b gpu=0 1 wins1fast", "grpo7b gpu=0 1 wins1vref", "grpo7b gpu=0 1 wins1v",
+                            "grpo7b gpu=0 1 wins1acc", "grpo7b gpu=0 1 wins1"])
 
 
 @pytest.mark.parametrize("queues", ["lora", "lora,lorab"])
@@ -285,6 +285,8 @@ def test_lp2b_env_b_gives_its_own_arm_overrides_and_steps(tmp_path: Path) -> Non
     (["ray::WorkerDict.actor_rollout_ref_init_model"], "ray::WorkerDict"),
     (["ray::AgentLoopWorkerTQ.generate_sequences  "], "ray::AgentLoopWorkerTQ"),
     (["VLLM::EngineCore"], "VLLM::EngineCore"),
+    (["ray::agent_loop_worker_2_bf5c0228:AgentLoopWorkerTQ.generate"], "ray::AgentLoopWorkerTQ"),
+    (["ray::vllm_server_0_0:vLLMHttpServer"], "ray::vLLMHttpServer"),
     (["/usr/bin/python3", "-m", "verl.trainer.main_ppo", "+recipe=r1aqa_grpo"], "main_ppo"),
     (["python3", "-u", "/repo/benchmarks/grpo_step_bench.py", "run"], "grpo_step_bench.py"),
     (["python3", "-c", "import time"], "python3 -c"),
@@ -306,7 +308,23 @@ def test_host_memory_sampler_sees_a_child_hold_memory_and_names_it(tmp_path: Pat
     assert sampler.samples >= 5 and sampler.peak_used > 0
     assert sampler.peaks["holder.py"] >= 0.29, sampler.peaks
     table = sampler.table()
-    assert "| holder.py |" in table and table.startswith("Host memory in use at its peak:")
+    assert "| holder.py |" in table and table.startswith("Host memory in use:")
+    assert sampler.peak_held >= sampler.at_peak["holder.py"] >= 0.29 and sampler.start_used > 0
+
+
+def test_host_memory_describes_the_moment_the_processes_held_most_not_the_hosts_fullest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the first sample: the host still full of a finished run's memory that no process holds; then the run itself
+    snaps = iter([(140.0, {"ray::IDLE": 0.5}), (120.0, {"ray::WorkerDict": 96.0, "ray::IDLE": 1.0}),
+                  (118.0, {"ray::WorkerDict": 90.0})])
+    monkeypatch.setattr(host_memory, "snapshot", lambda: next(snaps))
+    sampler = host_memory.Sampler(interval=0.0)
+    for _ in range(3):
+        sampler._stop.set()
+        sampler._run()
+    assert (sampler.start_used, sampler.peak_used, sampler.peak_held, sampler.used_at_held) == (140.0, 140.0, 97.0,
+                                                                                               120.0)
+    assert "| ray::WorkerDict | 96.0 | 96.0 |" in sampler.table()
 
 
 def test_grpo_run_writes_the_host_memory_table_beside_its_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -322,8 +340,8 @@ def test_grpo_run_writes_the_host_memory_table_beside_its_log(tmp_path: Path, mo
     hostmem = (tmp_path / "grpo-wins1v-1gpu.hostmem.md").read_text()
     assert "| fake_main_ppo.py |" in hostmem
     row = json.loads(out_json.read_text())["wins1v"]
-    assert row["steps"] == 2 and row["host_peak_gb"] > 0 and row["host_gb_at_peak"]
-    assert "host memory: peak" in capsys.readouterr().out
+    assert row["steps"] == 2 and row["host_peak_gb"] > 0 and row["processes_gb_at_peak"]["fake_main_ppo.py"] >= 0.19
+    assert "processes held up to" in capsys.readouterr().out
 
 
 def test_merge_overrides_later_wins_and_keeps_plus() -> None:
@@ -382,7 +400,8 @@ def test_env_variants_set_the_environment_not_an_override(capsys: pytest.Capture
 def test_encoder_dedup_bench_toy(tmp_path: Path) -> None:
     out = tmp_path / "dedup.json"
     cmd = [sys.executable, str(BENCH / "encoder_dedup_bench.py"), "--size", "tiny", "--tokens", "8",
-           "--clip-seconds", "2", "--micro", "4", "--distinct", "1,4", "--repeats", "1", "--json", str(out)]
+           "--clip-seconds", "2", "--micro", "4", "--distinct", "1,4", "--repeats", "1", "--dtype", "fp32",
+           "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "| pass | distinct clips |" in proc.stdout
@@ -747,6 +766,16 @@ def test_wins1v_offloads_only_the_optimizer_state_and_streams_it(tmp_path: Path)
     assert env == {"R1AQA_OPTIMIZER_STREAM": "1"}  # hook V, read in the FSDP worker
     assert actor.fsdp_config.optimizer_offload is True and actor.fsdp_config.param_offload is False
     assert actor.strategy == "fsdp" and not actor.fsdp_config.offload_policy
+
+
+def test_wins1fast_is_the_1gpu_line_without_recompute_and_with_half_the_update_micro_batch(tmp_path: Path) -> None:
+    _, cfg, env = _composed("wins1fast", 1, tmp_path)
+    actor = cfg.actor_rollout_ref.actor
+    assert env == {"R1AQA_OPTIMIZER_STREAM": "1", "R1AQA_REF_ON_GPU": "1"}  # train_h200.sh 1's WINS=1 switches
+    assert cfg.actor_rollout_ref.model.enable_gradient_checkpointing is False
+    assert (actor.ppo_micro_batch_size_per_gpu, actor.ppo_mini_batch_size, actor.fsdp_config.optimizer_offload) == (
+        4, 16, True)
+    assert cfg.actor_rollout_ref.ref.fsdp_config.model_dtype == "bf16"
 
 
 def test_prof_variant_traces_step_2_of_rank_0_through_verls_profiler(tmp_path: Path) -> None:

@@ -29,10 +29,11 @@
 #          (the 7B folder is built once, on a GPU, by whichever queue needs it first)
 #   hooks: tests/test_gpu_hooks.py, fsdp_unit_overhead.py, optimizer_stream_bench.py (GPU $HOOKS_GPU, default 1)
 #   one:   queue hooks's jobs (unless QUEUES names hooks too), then 7B GRPO 1 GPU
-#          "wins1v" (hook V: AdamW's state in host memory, streamed through the step) -> "wins1vref" (+ the
-#          reference on the GPU, hook R) -> "wins1acc" (wins + the optimizer step on the CPU + one gradient reduction
-#          a step, stack samples on) -> "wins1" (a reduction a micro-batch) (GPU $ONE_GPU, default 0); ~200 GB of
-#          host memory: alone on nvidia-h200-x2
+#          "wins1fast" (wins1vref without gradient checkpointing, update micro-batches of 4) -> "wins1vref" (hook
+#          V: AdamW's state in host memory, streamed through the step; hook R: the reference on the GPU; the
+#          side-by-side control) -> "wins1v" (the reference offloaded) -> "wins1acc" (wins + the optimizer step on
+#          the CPU + one gradient reduction a step, stack samples on) -> "wins1" (a reduction a micro-batch) (GPU
+#          $ONE_GPU, default 0); 120-170 GB of host memory: alone on nvidia-h200-x2
 #   lora:  7B GRPO 1 GPU, the LoRA recipe (optimizer on the GPU): "lora1fsdp2" (FSDP2, hook T's out-of-place merge
 #          for the sync) -> "lora1" (the same on FSDP1) -> "lora1verl" (verl's in-place merge) (GPU $LORA_GPU,
 #          default 1); not beside queue one on a host under 400 GiB (nvidia-h200-x2: the host ran out)
@@ -74,7 +75,8 @@ mix_refused() {  # the 7B run with the CPU offload (queue one or perf1) beside t
                 # refused unless MIX_OK=1. Twelfth session: beside it, even on its own GPU, the learning proof's warm-up
                 # ran ~10x slower and never reached GRPO. Twenty-first session: its fp32 weights, gradients and Adam
                 # held ~200 GB of the 251 GB host, and beside the LoRA queue Ray's memory monitor killed both
-                # (docs/gpu-runs.md); twenty-second session: with `wins1v` (hook V) alone the host had 165-190 GB in use
+                # (docs/gpu-runs.md); with hook V alone the host had 165-190 GB in use (twenty-second session), 121-166
+                # GB once hook V reused its host buffers (twenty-third)
   local q lp="" other="" offload="" queues=${QUEUES:-gpu23,one,bench}
   for q in ${queues//,/ }; do
     case $q in lp*|gpu0|gpu1|probe) lp=$q ;; one|perf1) offload=$q ;; lora|lorab|gpu23|x8) other=$q ;; esac
@@ -86,7 +88,7 @@ mix_refused() {  # the 7B run with the CPU offload (queue one or perf1) beside t
     echo "refused: queue $lp (the learning proof) beside queue $offload (the 7B with its optimizer in host memory)" \
          "starves the learning proof; run them in separate sessions, or set MIX_OK=1" >&2
   else
-    echo "refused: queue $other (a 7B run) beside queue $offload (the 7B with its optimizer in host memory, ~200 GB" \
+    echo "refused: queue $other (a 7B run) beside queue $offload (the 7B with its optimizer in host memory, 120-170 GB" \
          "of it): the host runs out; run them in separate sessions, or set MIX_OK=1" >&2
   fi
 }
@@ -332,14 +334,16 @@ QUEUE_probe() {  # learnability probe: supervised on the correct answers of ever
   export CUDA_VISIBLE_DEVICES=${PROBE_GPU:-0} LP_ARM=lp-probe PROBE_STEPS=600   # ~1.2 s a step on a busy host
   step lp-probe-prep lp prep && step lp-probe lp probe
 }
-QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning needs the AdamW state off the GPU): wins1v (hook V streams it
-              # through the step), wins1vref (and the reference on the GPU), then wins1acc with stack samples (the
-              # whole actor on FSDP2's CPU offload, one gradient reduction a step), then wins1 (one a micro-batch) for
-              # the side by side; queue hooks's jobs first unless it runs beside (QUEUES=one,hooks)
+QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning needs the AdamW state off the GPU): wins1fast (no recompute),
+              # wins1vref (train_h200.sh 1 WINS=1: hook V streams the state through the step, the reference on the
+              # GPU), wins1v (the reference offloaded), then wins1acc with stack samples (the whole actor on FSDP2's
+              # CPU offload, one gradient reduction a step), then wins1 (one a micro-batch) for the side by side;
+              # queue hooks's jobs first unless it runs beside (QUEUES=one,hooks)
   export CUDA_VISIBLE_DEVICES=${ONE_GPU:-0}
   case ",${QUEUES:-}," in *,hooks,*) ;; *) hook_jobs ;; esac
-  step grpo-wins1v-1gpu grpo7b 1 wins1v   # hook V: the weights and gradients on the GPU, AdamW's state on the host
-  step grpo-wins1vref-1gpu grpo7b 1 wins1vref   # + hook R: the bf16 reference on the GPU too
+  step grpo-wins1fast-1gpu grpo7b 1 wins1fast   # first, so that the deadline cannot cut the new measurement
+  step grpo-wins1vref-1gpu grpo7b 1 wins1vref   # hook V + hook R: the control beside it
+  step grpo-wins1v-1gpu grpo7b 1 wins1v   # the bf16 reference offloaded, as verl does
   STACKS=${STACKS:-1} step grpo-wins1acc-1gpu grpo7b 1 wins1acc; step grpo-wins1-1gpu grpo7b 1 wins1
 }
 hook_jobs() {  # the GPU tests of the hooks and the two benches behind hooks T and V (~4 min, little host memory but
