@@ -3,22 +3,21 @@
 # 2 GPUs (measured, docs/benchmarks.md: 7B architecture, random weights): FSDP shards fp32 weights, grads and AdamW
 # (~134 GB) over both, the optimizer stays on the GPUs. As is 42.5 s a step (before hooks M, J, P); WINS=1 16.6 s,
 # 80.7 GB a GPU; WINS=fast 13.7 s, 114.7 GB (the reference stays on the GPU, no gradient checkpointing).
-# 1 GPU: verl's optimizer_offload alone runs out of GPU memory; the adapter's hook V keeps AdamW's state in host
-# memory, streamed through the step. WINS=1: 42.3 s a step (35.1 s the last of 3; its copies then in line, now
-# overlapped), 92.7 GB on the GPU, ~190 GB of host memory in use (docs/recipes.md); without WINS not measured.
+# 1 GPU: verl's optimizer_offload alone runs out of GPU memory; hook V keeps AdamW's state in host memory, streamed
+# through the step. WINS=1 (+ the bf16 reference resident: same GPU peak, -45 GB of host memory, step 1 -46 s):
+# 27.1 s a step, 94.6 GB on the GPU, 121 GB of host memory in use (docs/recipes.md); without WINS not measured.
 #   bash examples/train_h200.sh NGPU [extra Hydra overrides]        # NGPU: 1 or 2
 #   bash examples/train_h200.sh 2 trainer.total_training_steps=500
 #   WINS=1 bash examples/train_h200.sh 2                            # + the measured speed-ups
 #   WINS=fast bash examples/train_h200.sh 2                         # + 27 GB a GPU for 18% less step time
-# WINS=1 / fast: grpo_step_bench's "wins" (1 GPU: "wins1v") / "winsfast", kept equal by a test; env: train_8x80gb.sh.
+# WINS=1 / fast: grpo_step_bench's "wins" (1 GPU: "wins1vref") / "winsfast", kept equal by a test; env: train_8x80gb.sh.
 set -euo pipefail
 NGPU=${1:?usage: train_h200.sh NGPU(1|2) [overrides]}; shift
 case $NGPU in 1|2) ;; *) echo "train_h200.sh: NGPU must be 1 or 2 (8 GPUs: examples/train_8x80gb.sh)" >&2; exit 2 ;; esac
-DATA=${DATA:-data}
-PLACE=()
+DATA=${DATA:-data}; PLACE=()
 [ "$NGPU" = 1 ] && PLACE=(actor_rollout_ref.actor.fsdp_config.optimizer_offload=True) && export R1AQA_OPTIMIZER_STREAM=1
-# bypass: the rollout's log-probs are the old policy (one update per batch, as R1-AQA); bf16 reference and bigger
-# micro-batches: fewer, lighter weight streams; all 128 sequences' KV cache in vLLM at once
+# bypass: the rollout's log-probs are the old policy (one update per batch, as R1-AQA); bf16 reference, bigger
+# micro-batches; all 128 sequences' KV cache in vLLM at once
 FAST=()
 case ${WINS:-0} in 0) ;;
   1|fast)
@@ -30,6 +29,7 @@ case ${WINS:-0} in 0) ;;
           actor_rollout_ref.rollout.gpu_memory_utilization=0.5) ;;
   *) echo "train_h200.sh: WINS must be 0, 1 or fast, not '$WINS'" >&2; exit 2 ;;
 esac
+[ "$NGPU" = 1 ] && [ "${WINS:-0}" = 1 ] && export R1AQA_REF_ON_GPU=1
 if [ "${WINS:-0}" = fast ]; then
   [ "$NGPU" = 2 ] || { echo "train_h200.sh: WINS=fast needs 2 GPUs (114.7 GB a GPU measured on 2); use WINS=1" >&2; exit 2; }
   FAST+=(actor_rollout_ref.model.enable_gradient_checkpointing=False); export R1AQA_REF_ON_GPU=1
