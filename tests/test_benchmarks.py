@@ -397,6 +397,21 @@ def test_env_variants_set_the_environment_not_an_override(capsys: pytest.Capture
 
 
 @pytest.mark.slow
+def test_ref_offload_memory_says_it_needs_cuda_and_builds_the_reference_as_verl_does(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import ref_offload_memory as rom
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU path: run on the GPU, the table is in docs/benchmarks.md")
+    assert rom.main(["--layers", "2", "--width", "8"]) == 2
+    assert "needs CUDA" in capsys.readouterr().err
+    net = rom.model(3, 16)
+    assert len(net) == 3 and {p.dtype for p in net.parameters()} == {torch.bfloat16}
+    with pytest.raises(ValueError, match="unknown placement"):
+        rom.wrap(net, "zero3")
+
+
 def test_encoder_dedup_bench_toy(tmp_path: Path) -> None:
     out = tmp_path / "dedup.json"
     cmd = [sys.executable, str(BENCH / "encoder_dedup_bench.py"), "--size", "tiny", "--tokens", "8",
