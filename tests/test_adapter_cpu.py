@@ -59,6 +59,14 @@ def test_an_untested_verl_version_raises_a_clear_error(monkeypatch):
         verl_hooks.install()
 
 
+@pytest.mark.parametrize(("installed", "accepted"), [("0.28.0+cpu", True), ("0.24.0", True), ("0.24.0+cu130", True),
+                                                     ("0.25.0", False), ("0.28.1+cpu", False)])
+def test_vllm_versions_are_checked_by_release_not_build_label(monkeypatch, installed, accepted):
+    monkeypatch.setattr(verl_hooks, "installed_vllm_version", lambda: installed)
+    problems = [p for p in verl_hooks.check_versions() if p.startswith("vLLM")]
+    assert problems == ([] if accepted else [f"vLLM {installed} is installed; tested: 0.24.0, 0.28.0"])
+
+
 def test_a_missing_patch_target_raises_naming_it(monkeypatch):
     import types
 
