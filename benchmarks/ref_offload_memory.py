@@ -1,14 +1,16 @@
-"""Where the reference policy's weights live on one GPU: verl's offload (FSDP1 or FSDP2) against hook R's resident weights.
+"""Where the reference's weights live on one GPU: verl's offload (FSDP1 or FSDP2) against hook R's resident ones.
 
-    python benchmarks/ref_offload_memory.py [--layers 16] [--width 8192] [--passes 3] [--json out.json]
+    python benchmarks/ref_offload_memory.py [--layers 16] [--width 8192] [--passes 3] [--weights bf16]
+        [--json out.json]
 
 verl 0.9.1 wraps the reference with FSDP1 ``CPUOffload(offload_params=True)`` (or FSDP2's ``CPUOffloadPolicy``),
 ``use_orig_params=False`` by default. On one GPU FSDP1 turns ``FULL_SHARD`` into ``NO_SHARD``. The question this
 answers: after a no-grad forward (a reference pass), how much of the weights stays allocated on the GPU? In the
 twenty-third GPU session the 7B on one H200 had the same GPU peak (94.6 GB) with the reference offloaded (`wins1v`)
-and resident (`wins1vref`, hook R). A stack of ``--layers`` bf16 Linear(width, width) layers, each its own unit as
-verl wraps decoder layers; one rank (a one-process NCCL group); each row in a fresh model, median of the passes
-after the first. Needs CUDA.
+and resident (`wins1vref`, hook R). A stack of ``--layers`` Linear(width, width) layers, each its own unit as
+verl wraps decoder layers, stored in ``--weights`` (bf16: `ref.fsdp_config.model_dtype=bf16`, as `WINS=1`; fp32:
+verl's default) and computed in bf16; one rank (a one-process NCCL group); each row in a fresh model, median of the
+passes after the first. Needs CUDA.
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ from typing import Any
 GB = 1e9
 
 
-def model(layers: int, width: int) -> Any:
-    """``layers`` bf16 Linear(width, width) layers on the CPU, as verl builds the reference before wrapping it."""
+def model(layers: int, width: int, weights: str = "bf16") -> Any:
+    """``layers`` Linear(width, width) layers on the CPU, as verl builds the reference before wrapping it."""
     import torch
 
     torch.manual_seed(0)
-    return torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False, dtype=torch.bfloat16)
-                                 for _ in range(layers)])
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[weights]
+    return torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False, dtype=dtype) for _ in range(layers)])
 
 
 def wrap(net: Any, how: str) -> Any:
@@ -64,14 +66,14 @@ def wrap(net: Any, how: str) -> Any:
     raise ValueError(f"unknown placement {how!r}")
 
 
-def measure(how: str, layers: int, width: int, passes: int, rows: int) -> dict[str, Any]:
+def measure(how: str, layers: int, width: int, passes: int, rows: int, weights: str = "bf16") -> dict[str, Any]:
     """GPU memory allocated after wrapping and after each no-grad forward, and the forward's time, for one placement."""
     import torch
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    net = wrap(model(layers, width), how)
+    net = wrap(model(layers, width, weights), how)
     wrapped = torch.cuda.memory_allocated() - base
     x = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16)
     after, times = [], []
@@ -85,7 +87,8 @@ def measure(how: str, layers: int, width: int, passes: int, rows: int) -> dict[s
         after.append((torch.cuda.memory_allocated() - base - x.numel() * x.element_size()) / GB)
     peak = (torch.cuda.max_memory_allocated() - base) / GB
     del net, x
-    return {"placement": how, "weights_gb": layers * width * width * 2 / GB, "after_wrap_gb": wrapped / GB,
+    size = {"bf16": 2, "fp32": 4}[weights]
+    return {"placement": how, "weights_gb": layers * width * width * size / GB, "after_wrap_gb": wrapped / GB,
             "after_forward_gb": after, "peak_gb": peak,
             "forward_s": statistics.median(times[1:]) if len(times) > 1 else times[0], "first_forward_s": times[0]}
 
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--rows", type=int, default=4096, help="tokens a forward (a reference micro-batch)")
     ap.add_argument("--placements", default="fsdp1,fsdp1-orig,fsdp2,resident")
+    ap.add_argument("--weights", choices=("bf16", "fp32"), default="bf16", help="the stored dtype; compute is bf16")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     import torch
@@ -111,11 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_process_group("nccl", rank=0, world_size=1)
     torch.cuda.set_device(0)
     try:
-        results = [measure(how, a.layers, a.width, a.passes, a.rows) for how in a.placements.split(",")]
+        results = [measure(how, a.layers, a.width, a.passes, a.rows, a.weights) for how in a.placements.split(",")]
     finally:
         dist.destroy_process_group()
     print(f"\nThe reference's weights on one GPU after no-grad forwards: {a.layers} x Linear({a.width}, {a.width}) "
-          f"bf16, {a.rows} rows a forward; torch {torch.__version__}, {torch.cuda.get_device_name()}, "
+          f"stored in {a.weights}, computed in bf16, {a.rows} rows a forward; torch {torch.__version__}, "
+          f"{torch.cuda.get_device_name()}, "
           f"{time.strftime('%Y-%m-%d %H:%M')}\n")
     print("| placement | weights GB | on the GPU after wrapping, GB | after each forward, GB | peak GB | forward s "
           "(first) |")

@@ -408,6 +408,7 @@ def test_ref_offload_memory_says_it_needs_cuda_and_builds_the_reference_as_verl_
     assert "needs CUDA" in capsys.readouterr().err
     net = rom.model(3, 16)
     assert len(net) == 3 and {p.dtype for p in net.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in rom.model(2, 16, "fp32").parameters()} == {torch.float32}  # verl's default reference
     with pytest.raises(ValueError, match="unknown placement"):
         rom.wrap(net, "zero3")
 
