@@ -43,17 +43,13 @@ def wrap(net: Any, how: str) -> Any:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-    if how == "resident":  # hook R: FSDP1 without the offload, as R1AQA_REF_ON_GPU=1 builds it
-        return FSDP(net, auto_wrap_policy=ModuleWrapPolicy({torch.nn.Linear}), device_id=torch.cuda.current_device(),
-                    sharding_strategy=ShardingStrategy.FULL_SHARD,
-                    mixed_precision=MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
-                                                   buffer_dtype=torch.float32))
-    if how in ("fsdp1", "fsdp1-orig"):
+    if how in ("fsdp1", "fsdp1-orig", "resident"):  # resident: hook R, FSDP1 without the offload
         return FSDP(net, auto_wrap_policy=ModuleWrapPolicy({torch.nn.Linear}), device_id=torch.cuda.current_device(),
                     sharding_strategy=ShardingStrategy.FULL_SHARD,  # verl's choice; NO_SHARD on one rank
                     mixed_precision=MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
                                                    buffer_dtype=torch.float32),
-                    use_orig_params=how == "fsdp1-orig", cpu_offload=CPUOffload(offload_params=True))
+                    use_orig_params=how == "fsdp1-orig",
+                    cpu_offload=None if how == "resident" else CPUOffload(offload_params=True))
     if how == "fsdp2":
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
@@ -73,7 +69,9 @@ def measure(how: str, layers: int, width: int, passes: int, rows: int, weights: 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    net = wrap(model(layers, width, weights), how)
+    net = model(layers, width, weights)
+    weights_gb = sum(p.numel() * p.element_size() for p in net.parameters()) / GB
+    net = wrap(net, how)
     wrapped = torch.cuda.memory_allocated() - base
     x = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16)
     after, times = [], []
@@ -87,8 +85,7 @@ def measure(how: str, layers: int, width: int, passes: int, rows: int, weights: 
         after.append((torch.cuda.memory_allocated() - base - x.numel() * x.element_size()) / GB)
     peak = (torch.cuda.max_memory_allocated() - base) / GB
     del net, x
-    size = {"bf16": 2, "fp32": 4}[weights]
-    return {"placement": how, "weights_gb": layers * width * width * size / GB, "after_wrap_gb": wrapped / GB,
+    return {"placement": how, "weights_gb": weights_gb, "after_wrap_gb": wrapped / GB,
             "after_forward_gb": after, "peak_gb": peak,
             "forward_s": statistics.median(times[1:]) if len(times) > 1 else times[0], "first_forward_s": times[0]}
 

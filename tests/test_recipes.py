@@ -484,7 +484,8 @@ def bench_variant(name: str) -> list[str]:
 ENV_SWITCHES = ("R1AQA_REF_ON_GPU", "R1AQA_OPTIMIZER_STREAM")  # what the variants set through env: keys
 
 
-@pytest.mark.parametrize(("ngpu", "wins", "variant"), [(2, "1", "wins"), (2, "fast", "winsfast"), (1, "1", "wins1vref")])
+@pytest.mark.parametrize(("ngpu", "wins", "variant"),
+                         [(2, "1", "wins"), (2, "fast", "winsfast"), (1, "1", "wins1vref")])
 def test_train_h200_wins_is_the_measured_variant(tmp_path, ngpu, wins, variant):
     """WINS=1 / fast set exactly the overrides and environment of the benchmark variant the docs quote."""
     env_seen = tmp_path / "env"

