@@ -149,13 +149,33 @@ VARIANTS["lora1fsdp2"] = (("lora1 on FSDP2: verl's FSDP1 LoRA wrap makes every l
                            "of its own (394 more units on the 7B), FSDP2 wraps layers only. A weak hypothesis for "
                            "lora1's slow update (16.2 s against 7-10 predicted): update 16.2 -> 10-16 s"),
                           [*VARIANTS["lora1"][1], "actor_rollout_ref.actor.strategy=fsdp2"])
-# torch profiler on step 2's training worker, rank 0 (verl's own; it marks the reference pass and the update);
-# the traces go to LOGS/traces-VARIANT-NGPU and their summary (trace_report.py) to LOGS/trace-VARIANT-NGPU.md
-PROFILE = ["global_profiler.tool=torch", "global_profiler.steps=[2]", "actor_rollout_ref.actor.profiler.enable=True",
-           "actor_rollout_ref.actor.profiler.ranks=[0]"]
+
+
+def profile_overrides(step: int) -> list[str]:
+    """verl's torch profiler on one step of the training worker's rank 0 (it marks the reference pass and the
+    update); the traces go to LOGS/traces-VARIANT-NGPU, their summary (trace_report.py) to LOGS/trace-VARIANT-NGPU.md.
+    The profiled step runs slower, so ``summarize`` leaves it out of the means."""
+    return ["global_profiler.tool=torch", f"global_profiler.steps=[{step}]",
+            "actor_rollout_ref.actor.profiler.enable=True", "actor_rollout_ref.actor.profiler.ranks=[0]"]
+
+
 VARIANTS["prof"] = (("winsfast with step 2 profiled on rank 0 (torch profiler; the step itself runs slower): where "
                      "the update's 6.6 s and the reference's 2.1 s go, GPU-bound or waiting on the host"),
-                    VARIANTS["winsfast"][1] + PROFILE)
+                    VARIANTS["winsfast"][1] + profile_overrides(2))
+VARIANTS["prof1"] = (("1 GPU: wins1vref with step 4 profiled (run it with --steps 4): steps 2-3 are wins1vref's "
+                      "control, step 4 says where one H200's 18 s update and 3 s reference go"),
+                     VARIANTS["wins1vref"][1] + profile_overrides(4))
+PROFILED_STEPS = re.compile(r"^global_profiler\.steps=\[([\d,\s]*)\]$")
+
+
+def profiled_steps(overrides: list[str]) -> set[int]:
+    """The steps a run's overrides put under the profiler (none unless ``global_profiler.tool`` is set)."""
+    if not any(o.lstrip("+") in {"global_profiler.tool=torch", "global_profiler.tool=nsys"} for o in overrides):
+        return set()
+    for o in overrides:
+        if m := PROFILED_STEPS.match(o.lstrip("+")):
+            return {int(x) for x in m.group(1).split(",") if x.strip()}
+    return set()
 ENV_PREFIX = "env:"  # an override entry "env:KEY=VALUE" sets an environment variable of the run instead
 
 
@@ -181,8 +201,10 @@ TIMING_KEYS = ("timing_s/gen", "timing_s/old_log_prob", "timing_s/ref", "timing_
                "timing_s/update_weights", "timing_s/step")
 
 
-def summarize(steps: list[dict[str, Any]], gpus: int, skip_first: bool = True) -> dict[str, Any]:
-    """Means over the measured steps (step 1 excluded unless it is all there is)."""
+def summarize(steps: list[dict[str, Any]], gpus: int, skip_first: bool = True,
+              profiled: set[int] | frozenset[int] = frozenset()) -> dict[str, Any]:
+    """Means over the measured steps (step 1 excluded unless it is all there is; profiled steps always excluded)."""
+    steps = [s for s in steps if s["step"] not in profiled]
     use = [s for s in steps if s["step"] > 1] if skip_first else list(steps)
     if not use:
         use = list(steps)
@@ -349,7 +371,7 @@ def run(a: argparse.Namespace) -> int:
         summary = report_traces(variant, a)
         if summary:
             print(f"   profiler traces: {summary}", flush=True)
-        s = summarize(parse_metrics(log.read_text(errors="replace")), a.gpus)
+        s = summarize(parse_metrics(log.read_text(errors="replace")), a.gpus, profiled=profiled_steps(cmd))
         s.update({"variant": variant, "rc": rc, "wall_s": time.perf_counter() - t, "log": str(log),
                   "host_start_gb": sampler.start_used, "host_peak_gb": sampler.peak_used,
                   "processes_peak_gb": sampler.peak_held, "processes_gb_at_peak": sampler.at_peak,
@@ -398,7 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         for path in a.logs:
             m = GPUS_SUFFIX.search(Path(path).stem)
             gpus = int(m.group(1)) if m else a.gpus
-            rows.append((Path(path).stem, summarize(parse_metrics(Path(path).read_text(errors="replace")), gpus)))
+            known = VARIANTS.get(variant_of(Path(path).stem))
+            rows.append((Path(path).stem, summarize(parse_metrics(Path(path).read_text(errors="replace")), gpus,
+                                                    profiled=profiled_steps(known[1]) if known else set())))
         print(table(rows))
         if scaled := scaling(rows):
             print(f"\nScaling\n\n{scaled}")

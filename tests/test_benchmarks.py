@@ -181,12 +181,12 @@ def _queue_calls(tmp_path: Path, queue: str, stubs: str, env_extra: dict[str, st
 @pytest.mark.parametrize("queues", ["one", "one,hooks"])
 def test_queue_one_runs_the_hook_jobs_first_unless_queue_hooks_runs_them_on_the_other_gpu(tmp_path: Path,
                                                                                        queues: str) -> None:
-    stubs = "".join(f'{f}() {{ echo "{f} gpu=$CUDA_VISIBLE_DEVICES $*" >> "$S/calls"; }}\n'
+    stubs = "".join(f'{f}() {{ echo "{f} gpu=$CUDA_VISIBLE_DEVICES $*${{STEPS:+ steps=$STEPS}}" >> "$S/calls"; }}\n'
                     for f in ("gpu_hooks", "unit_overhead", "optimizer_stream", "grpo7b"))
     calls = _queue_calls(tmp_path, queues, stubs, {"CPU_SPLIT": "0"})
     gpu = "0" if queues == "one" else "1"
     assert calls == sorted([f"gpu_hooks gpu={gpu} ", f"unit_overhead gpu={gpu} ", f"optimizer_stream gpu={gpu} ",
-                            "grpo7b gpu=0 1 wins1fast", "grpo7b gpu=0 1 wins1vref", "grpo7b gpu=0 1 wins1v",
+                            "grpo7b gpu=0 1 wins1fast", "grpo7b gpu=0 1 prof1 steps=4", "grpo7b gpu=0 1 wins1v",
                             "grpo7b gpu=0 1 wins1acc", "grpo7b gpu=0 1 wins1"])
 
 
@@ -829,6 +829,28 @@ def test_prof_variant_traces_step_2_of_rank_0_through_verls_profiler(tmp_path: P
     summary = gsb.report_traces("prof", a)
     assert summary == tmp_path / "logs" / "trace-prof-2gpu.md" and "| actor_update |" in summary.read_text()
     assert gsb.report_traces("winsfast", a) is None  # no profiler, no summary
+
+
+def test_profiled_steps_are_left_out_of_the_means(tmp_path: Path) -> None:
+    """prof1 profiles step 4 of 4: steps 2-3 are wins1vref's control, and the slow profiled step is not in them."""
+    a, cfg, env = _composed("prof1", 1, tmp_path)
+    assert env == {"R1AQA_OPTIMIZER_STREAM": "1", "R1AQA_REF_ON_GPU": "1"}  # wins1vref's switches
+    assert (cfg.global_profiler.tool, list(cfg.global_profiler.steps)) == ("torch", [4])
+    assert cfg.actor_rollout_ref.actor.profiler.enable is True
+    assert gsb.profiled_steps(gsb.VARIANTS["prof1"][1]) == {4}
+    assert gsb.profiled_steps(gsb.VARIANTS["prof"][1]) == {2}
+    assert gsb.profiled_steps(gsb.VARIANTS["wins1vref"][1]) == set()
+    # steps listed for a profiler that is not on profile nothing
+    assert gsb.profiled_steps(["global_profiler.steps=[2]"]) == set()
+    steps = [{"step": i, "timing_s/step": t} for i, t in ((1, 100.0), (2, 27.0), (3, 29.0), (4, 60.0))]
+    assert gsb.summarize(steps, 1)["timing_s/step"] == pytest.approx(116 / 3)
+    s = gsb.summarize(steps, 1, profiled={4})
+    assert (s["steps"], s["timing_s/step"]) == (2, pytest.approx(28.0))
+    log = tmp_path / "grpo-prof1-1gpu.log"  # `table` finds the profiled step from the log's variant
+    log.write_text("".join(f"step:{d['step']} - timing_s/step:{d['timing_s/step']}\n" for d in steps))
+    out = tmp_path / "t.json"
+    assert gsb.main(["table", str(log), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["grpo-prof1-1gpu"]["timing_s/step"] == pytest.approx(28.0)
 
 
 def test_grpo7b_samples_stacks_only_when_asked(tmp_path: Path) -> None:
