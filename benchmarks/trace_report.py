@@ -5,6 +5,8 @@ For each stage verl marks (``ref_compute_log_prob``, ``actor_update``, ...), the
 of it the GPU was busy (the union of kernel and copy intervals, so overlapping streams count once) and how the
 kernel time splits into kinds: matmuls, attention, NCCL, log-softmax, optimizer, copies, the rest. A stage that
 keeps the GPU busy under ~80% of its wall time is waiting on the host (Python, syncs), not on the GPU's maths.
+A second table does the same per micro-batch (verl's ``micro_batchN`` markers) and splits the GPU's idle time into
+short gaps (between launches: the host cannot launch fast enough) and long ones (syncs, host work).
 A kernel counts for the stage whose host code launched it (torch's correlation ids), wherever the GPU ran it.
 
     python benchmarks/trace_report.py TRACE.json.gz [TRACE ...] [--top 12]
@@ -13,9 +15,11 @@ A kernel counts for the stage whose host code launched it (torch's correlation i
 from __future__ import annotations
 
 import argparse
+import bisect
 import gzip
 import json
 import re
+import statistics
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -132,6 +136,61 @@ def top_kernels(events: list[dict[str, Any]], n: int) -> list[tuple[str, float, 
     return sorted(((k, v, count[k]) for k, v in total.items()), key=lambda r: -r[1])[:n]
 
 
+MICRO_BATCH = re.compile(r"^micro_batch\d+$")  # verl's per-micro-batch markers, in the reference pass and the update
+SMALL_GAP_US = 500.0  # GPU idle gaps shorter than this sit between launches; longer ones are syncs or host work
+
+
+@dataclass
+class MicroBatches:
+    """The micro-batches of one stage: what the host spent on each against what the GPU did for it."""
+
+    stage: str
+    walls_us: list[float] = field(default_factory=list)
+    busy_us: list[float] = field(default_factory=list)
+    kernels: list[int] = field(default_factory=list)
+    kernel_us: list[float] = field(default_factory=list)  # every kernel's duration, for the median
+    small_gaps_us: float = 0.0
+    large_gaps_us: float = 0.0
+
+
+def idle_gaps(intervals: list[tuple[float, float]]) -> list[float]:
+    """The idle gaps between the union of [start, end) intervals, in the intervals' unit."""
+    gaps, end = [], None
+    for start, stop in sorted(intervals):
+        if end is not None and start > end:
+            gaps.append(start - end)
+        end = stop if end is None else max(end, stop)
+    return gaps
+
+
+def micro_batches_of(events: list[dict[str, Any]]) -> list[MicroBatches]:
+    """verl's micro-batches grouped by the stage they ran in, each with the GPU work its host window launched:
+    a micro-batch much longer on the host than busy on the GPU, its idle time in many short gaps, is launch-bound."""
+    marks = [e for e in events if e.get("cat") == "user_annotation"]
+    stages = [e for e in marks if STAGE_NAME.match(e.get("name", "")) and not e["name"].startswith("mini_batch")]
+    launched = launch_times(events)
+    gpu = sorted((launched.get(e.get("args", {}).get("correlation"), float(e["ts"])), float(e["ts"]), float(e["dur"]),
+                  e.get("cat") == "kernel") for e in events if e.get("cat") in GPU_CATS)
+    hosts = [g[0] for g in gpu]
+    groups: dict[str, MicroBatches] = {}
+    for m in sorted((e for e in marks if MICRO_BATCH.match(e.get("name", ""))), key=lambda e: e["ts"]):
+        start, end = float(m["ts"]), float(m["ts"]) + float(m["dur"])
+        parent = next((s["name"] for s in stages if s["ts"] <= start and end <= s["ts"] + s["dur"]), "(no stage)")
+        group = groups.setdefault(parent, MicroBatches(parent))
+        inside = gpu[bisect.bisect_left(hosts, start):bisect.bisect_left(hosts, end)]
+        spans = [(ts, ts + dur) for _, ts, dur, _ in inside]
+        group.walls_us.append(end - start)
+        group.busy_us.append(union_us(spans))
+        group.kernels.append(sum(1 for g in inside if g[3]))
+        group.kernel_us += [g[2] for g in inside if g[3]]
+        for gap in idle_gaps(spans):
+            if gap < SMALL_GAP_US:
+                group.small_gaps_us += gap
+            else:
+                group.large_gaps_us += gap
+    return list(groups.values())
+
+
 COLUMNS = ["matmul", "attention", "log-softmax", "nccl", "optimizer", "memcpy", "memset", "other"]
 
 
@@ -146,6 +205,18 @@ def report(path: Path, top: int = 12) -> str:
         busy = 100.0 * s.busy_us / s.wall_us if s.wall_us else 0.0
         kinds = " | ".join(f"{s.by_kind.get(c, 0.0) / 1e6:.3f}" for c in COLUMNS)
         lines.append(f"| {s.name} | {s.wall_us / 1e6:.3f} | {s.busy_us / 1e6:.3f} | {busy:.0f} | {kinds} |")
+    if groups := micro_batches_of(events):
+        lines += ["", "Micro-batches (means over each stage's; idle: the GPU's gaps between the work a micro-batch "
+                  f"launched, under and over {SMALL_GAP_US / 1e3:g} ms):", "",
+                  "| stage | micro-batches | host wall s | GPU busy s | busy % | kernels | median kernel us | "
+                  "idle in short gaps s | idle in long gaps s |", "|---|" + "---:|" * 8]
+        for g in groups:
+            n = len(g.walls_us)
+            wall, busy = sum(g.walls_us) / n, sum(g.busy_us) / n
+            median = statistics.median(g.kernel_us) if g.kernel_us else 0.0
+            lines.append(f"| {g.stage} | {n} | {wall / 1e6:.3f} | {busy / 1e6:.3f} | "
+                         f"{100.0 * busy / wall if wall else 0.0:.0f} | {sum(g.kernels) / n:.0f} | {median:.1f} | "
+                         f"{g.small_gaps_us / n / 1e6:.3f} | {g.large_gaps_us / n / 1e6:.3f} |")
     lines += ["", f"Top {top} GPU events by total time (kernel kinds summed over streams; busy % is their union):",
               "", "| GPU event | kind | total s | count |", "|---|---|---:|---:|"]
     for name, total_us, n in top_kernels(events, top):

@@ -721,6 +721,36 @@ def test_trace_report_counts_kernels_for_the_stage_that_launched_them(tmp_path: 
     assert "`nvjet_tst_128x256_64x4_2x1_v_bz_coopA_NTN` | matmul" in text and "Memcpy" not in text  # top 2 only
 
 
+def test_trace_report_splits_each_micro_batchs_idle_time_into_launch_gaps_and_long_waits(tmp_path: Path) -> None:
+    import trace_report
+
+    def ev(cat, name, ts, dur, corr=None, tid=1):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": tid,
+                **({"args": {"correlation": corr}} if corr is not None else {})}
+
+    events = [ev("user_annotation", "actor_update", 0, 3000), ev("user_annotation", "ref_compute_log_prob", 3000, 100),
+              ev("user_annotation", "micro_batch0", 0, 100), ev("user_annotation", "micro_batch1", 100, 1900),
+              ev("user_annotation", "micro_batch0", 3000, 100),  # the reference pass's own micro-batch 0
+              # micro-batch 0: two kernels 5 us apart (a launch gap), a copy overlapping the second: busy 25
+              ev("cuda_runtime", "cudaLaunchKernel", 1, 1, 1), ev("kernel", "k", 10, 10, 1, tid=7),
+              ev("cuda_runtime", "cudaLaunchKernel", 2, 1, 2), ev("kernel", "k", 25, 10, 2, tid=7),
+              ev("cuda_runtime", "cudaMemcpyAsync", 3, 1, 3), ev("gpu_memcpy", "Memcpy", 30, 10, 3, tid=8),
+              # micro-batch 1: two kernels 880 us apart (a sync or host work), the second launched late
+              ev("cuda_runtime", "cudaLaunchKernel", 105, 1, 4), ev("kernel", "k", 110, 10, 4, tid=7),
+              ev("cuda_runtime", "cudaLaunchKernel", 990, 1, 5), ev("kernel", "k", 1000, 30, 5, tid=7),
+              ev("cuda_runtime", "cudaLaunchKernel", 3001, 1, 6), ev("kernel", "k", 3010, 50, 6, tid=7)]
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    groups = {g.stage: g for g in trace_report.micro_batches_of(trace_report.load_events(path))}
+    update, ref = groups["actor_update"], groups["ref_compute_log_prob"]
+    assert update.walls_us == [100, 1900] and update.busy_us == [25, 40] and update.kernels == [2, 2]
+    assert (update.small_gaps_us, update.large_gaps_us) == (5, 880)
+    assert ref.walls_us == [100] and ref.busy_us == [50] and ref.kernels == [1]
+    text = trace_report.report(path)
+    assert "| actor_update | 2 | 0.001 | 0.000 | 3 | 2 | 10.0 | 0.000 | 0.000 |" in text
+    assert "| ref_compute_log_prob | 1 |" in text
+
+
 def test_trace_report_reads_a_real_torch_profiler_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import torch
     import trace_report
