@@ -122,17 +122,21 @@ VARIANTS["winsref"] = ("2 GPUs: wins + refgpu (the reference's weights stay on t
 VARIANTS["wins1ref"] = ("1 GPU: wins1 + refgpu", VARIANTS["wins1"][1] + VARIANTS["refgpu"][1])
 VARIANTS["wins1vref"] = (("1 GPU: wins1v + refgpu: the bf16 reference keeps its weights on the GPU. Measured "
                           "(2026-11-30, beside wins1v): step 27.1 s against 26.8, step 1 106 s against 153, the same "
-                          "GPU peak (94.6 GB), host memory in use 121 GB against 166; examples/train_h200.sh 1 WINS=1"),
+                          "GPU peak (94.6 GB), host memory in use 121 GB against 166; 25.5 s the next session "
+                          "(prof1's steps 2-3); examples/train_h200.sh 1 with WINS=1 MICRO=8"),
                          VARIANTS["wins1v"][1] + VARIANTS["refgpu"][1])
 VARIANTS["wins1fast"] = (("1 GPU: wins1vref + nockpt with update micro-batches of 4: the recomputed forward "
                           "skipped, its activations (~26 GB at 8 rows, 2 GPUs' winsfast) halved to fit beside the fp32 "
-                          "weights and gradients; update 17.0 -> 12.5-14.5 s, step 22.5-24.5 s, peak 104-112 GB"),
+                          "weights and gradients; predicted update 12.5-14.5 s, step 22.5-24.5 s; measured "
+                          "(2026-11-30) update 17.1 s, step 25.9 s, 98.4 GB: 32 launch-bound micro-batches cost what "
+                          "the recompute saved"),
                          [*VARIANTS["wins1vref"][1], *VARIANTS["nockpt"][1],
                           "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4"])
 VARIANTS["wins1big"] = (("1 GPU: wins1vref with update micro-batches of 16: prof1's trace (2026-11-30) has each 8-row "
                          "micro-batch 0.95 s long on the host but 0.63 s busy on the GPU (~10,400 kernels, median 16 us, "
                          "gaps of 20-500 us between them): the loop is launch-bound, so twice the rows a launch; update "
-                         "16.5 -> 11-13.5 s, step 19.5-22 s, peak 94.6 -> 99-108 GB"),
+                         "16.5 -> 11-13.5 s, step 19.5-22 s. Measured (2026-11-30): update 12.7 s, step 21.3 s, "
+                         "94.6 GB allocated, 135.4 reserved; examples/train_h200.sh 1 with WINS=1"),
                         [*VARIANTS["wins1vref"][1], "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16"])
 VARIANTS["winsfast"] = ("2 GPUs: winsref + nockpt (spends the ~50 GB a GPU that 2 GPUs leave free on skipping the "
                         "recomputed forward)", VARIANTS["winsref"][1] + VARIANTS["nockpt"][1])

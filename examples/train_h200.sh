@@ -4,17 +4,17 @@
 # (~134 GB) over both, the optimizer stays on the GPUs. As is 42.5 s a step (before hooks M, J, P); WINS=1 16.6 s,
 # 80.7 GB a GPU; WINS=fast 13.7 s, 114.7 GB (the reference stays on the GPU, no gradient checkpointing).
 # 1 GPU: verl's optimizer_offload alone runs out of GPU memory; hook V keeps AdamW's state in host memory, streamed
-# through the step. WINS=1 (+ the bf16 reference resident: same GPU peak, -45 GB of host memory, step 1 -46 s):
-# 27.1 s a step, 94.6 GB on the GPU, 121 GB of host memory in use (docs/recipes.md); without WINS not measured.
+# through the step. WINS=1 (+ the bf16 reference resident, update micro-batches of 16): 21.3 s a step, 94.6 GB on
+# the GPU (135.4 reserved; MICRO=8 if long prompts do not fit), 121 GB of host memory; no WINS: not measured.
 #   bash examples/train_h200.sh NGPU [extra Hydra overrides]        # NGPU: 1 or 2
 #   bash examples/train_h200.sh 2 trainer.total_training_steps=500
 #   WINS=1 bash examples/train_h200.sh 2                            # + the measured speed-ups
 #   WINS=fast bash examples/train_h200.sh 2                         # + 27 GB a GPU for 18% less step time
-# WINS=1 / fast: grpo_step_bench's "wins" (1 GPU: "wins1vref") / "winsfast", kept equal by a test; env: train_8x80gb.sh.
+# WINS=1 / fast: grpo_step_bench's "wins" (1 GPU: "wins1big") / "winsfast", kept equal by a test; env: train_8x80gb.sh.
 set -euo pipefail
 NGPU=${1:?usage: train_h200.sh NGPU(1|2) [overrides]}; shift
 case $NGPU in 1|2) ;; *) echo "train_h200.sh: NGPU must be 1 or 2 (8 GPUs: examples/train_8x80gb.sh)" >&2; exit 2 ;; esac
-DATA=${DATA:-data}; PLACE=()
+DATA=${DATA:-data}; PLACE=(); MICRO=${MICRO:-$((NGPU == 1 ? 16 : 8))}  # WINS's update micro-batch, rows a GPU
 [ "$NGPU" = 1 ] && PLACE=(actor_rollout_ref.actor.fsdp_config.optimizer_offload=True) && export R1AQA_OPTIMIZER_STREAM=1
 # bypass: the rollout's log-probs are the old policy (one update per batch, as R1-AQA); bf16 reference, bigger
 # micro-batches; all 128 sequences' KV cache in vLLM at once
@@ -22,7 +22,7 @@ FAST=()
 case ${WINS:-0} in 0) ;;
   1|fast)
     FAST=(algorithm.rollout_correction.bypass_mode=True actor_rollout_ref.rollout.calculate_log_probs=True
-          actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8
+          actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=$MICRO
           actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=32
           actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16
           actor_rollout_ref.ref.fsdp_config.model_dtype=bf16

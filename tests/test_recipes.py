@@ -484,16 +484,19 @@ def bench_variant(name: str) -> list[str]:
 ENV_SWITCHES = ("R1AQA_REF_ON_GPU", "R1AQA_OPTIMIZER_STREAM")  # what the variants set through env: keys
 
 
-@pytest.mark.parametrize(("ngpu", "wins", "variant"),
-                         [(2, "1", "wins"), (2, "fast", "winsfast"), (1, "1", "wins1vref")])
-def test_train_h200_wins_is_the_measured_variant(tmp_path, ngpu, wins, variant):
-    """WINS=1 / fast set exactly the overrides and environment of the benchmark variant the docs quote."""
+@pytest.mark.parametrize(("ngpu", "wins", "micro", "variant"),
+                         [(2, "1", None, "wins"), (2, "fast", None, "winsfast"), (1, "1", None, "wins1big"),
+                          (1, "1", "8", "wins1vref")])
+def test_train_h200_wins_is_the_measured_variant(tmp_path, ngpu, wins, micro, variant):
+    """WINS=1 / fast set exactly the overrides and environment of the benchmark variant the docs quote (MICRO=8 on
+    one GPU: the variant measured before the update's micro-batches grew to 16)."""
     env_seen = tmp_path / "env"
     python = tmp_path / "python"
     echo = " ".join(f"{v}=${{{v}:-unset}}" for v in ENV_SWITCHES)
     python.write_text(f'#!/bin/bash\necho "{echo}" > {env_seen}\nexec {PY} "$@"\n')
     python.chmod(0o755)
-    cfg = run_example("train_h200.sh", [str(ngpu)], tmp_path, WINS=wins, PYTHON=str(python))
+    cfg = run_example("train_h200.sh", [str(ngpu)], tmp_path, WINS=wins, PYTHON=str(python),
+                      **({"MICRO": micro} if micro else {}))
     check_with_verl(cfg)
     measured = bench_variant(variant)
     env = dict(kv.split("=", 1) for kv in env_seen.read_text().split())
