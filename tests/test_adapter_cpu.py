@@ -666,3 +666,76 @@ def test_reward_call_hook_fails_loudly_when_verls_reward_call_changes(monkeypatc
     monkeypatch.setitem(verl_hooks._SCORE_SOURCE_FACTS, "_compute_position_ids", ("get_rope_index_v2(",))
     with pytest.raises(verl_hooks.AdapterError, match=r"hook O: .*_compute_position_ids changed \('get_rope_index_v2"):
         verl_hooks._check_score_source(AgentLoopWorker)
+
+
+# Liger's qwen2 patch swaps these module globals of transformers' Qwen2 for its own (in every later model of the
+# process); the tests put them back
+_LIGER_QWEN2_GLOBALS = ("apply_rotary_pos_emb", "Qwen2RMSNorm", "Qwen2MLP")
+
+
+def test_use_liger_puts_ligers_kernels_on_the_language_model_through_verls_engine(bare_fsdp_engine, monkeypatch,
+                                                                                  capsys):
+    """Hook X on verl's real FSDPEngine._build_module: with ``model.use_liger`` verl calls Liger on the whole model,
+    which knows no qwen2_audio; every decoder layer of the Qwen2 inside now runs Liger's RMSNorm and SwiGLU and the
+    rotary embedding is Liger's, while the audio encoder keeps transformers' code. Without the flag nothing moves.
+    (Liger's kernels need a GPU to run: tests/test_gpu_hooks.py compares the outputs.)"""
+    pytest.importorskip("liger_kernel", reason="liger-kernel is the [liger] extra, which CI installs")
+    from liger_kernel.transformers.rms_norm import LigerRMSNorm
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+    from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
+    from transformers.models.qwen2 import modeling_qwen2
+    from verl.workers.config import FSDPEngineConfig
+
+    from r1aqa_plugin.models.qwen2_audio.whisper_init import audio_tower_of
+
+    for name in _LIGER_QWEN2_GLOBALS:
+        monkeypatch.setattr(modeling_qwen2, name, getattr(modeling_qwen2, name))
+    verl_hooks.install()
+    engine = bare_fsdp_engine()
+    engine.engine_config = FSDPEngineConfig()
+
+    def liger_forwards(module) -> dict[str, int]:
+        bound = [m.__dict__["forward"].__func__ for m in module.modules() if "forward" in m.__dict__]
+        return {"rms_norm": sum(f is LigerRMSNorm.forward for f in bound),
+                "swiglu": sum(f is LigerSwiGLUMLP.forward for f in bound), "any": len(bound)}
+
+    plain = engine._build_module()  # first: Liger's class swaps would reach every Qwen2 built after it
+    assert liger_forwards(plain)["any"] == 0 and modeling_qwen2.apply_rotary_pos_emb is not liger_rotary_pos_emb
+    object.__setattr__(engine.model_config, "use_liger", True)  # verl's configs refuse plain setattr
+    module = engine._build_module()
+    layers = len(verl_hooks.language_model_of(module).layers)
+    assert liger_forwards(verl_hooks.language_model_of(module)) == {
+        "rms_norm": 2 * layers + 1, "swiglu": layers, "any": 3 * layers + 1}  # two norms a layer and the last one
+    assert liger_forwards(audio_tower_of(module))["any"] == 0 and liger_forwards(module)["any"] == 3 * layers + 1
+    assert modeling_qwen2.apply_rotary_pos_emb is liger_rotary_pos_emb
+    assert "hook X: Liger's kernels on Qwen2-Audio's Qwen2Model" in capsys.readouterr().out
+
+
+def test_liger_hook_leaves_other_models_to_liger_itself():
+    """Hook X only redirects qwen2_audio: any other model reaches Liger's own dispatch with verl's arguments."""
+    seen = []
+    patched = verl_hooks._make_liger_for_language_model(lambda model, **kw: seen.append((model, kw)))
+    other = type("M", (), {"config": type("C", (), {"model_type": "qwen2"})()})()
+    patched(model=other, fused_linear_cross_entropy=False, swiglu=True)
+    assert seen == [(other, {"fused_linear_cross_entropy": False, "swiglu": True})]
+    with pytest.raises(verl_hooks.AdapterError, match="no language model in M"):
+        patched(model=type("M", (), {"config": type("C", (), {"model_type": "qwen2_audio"})()})())
+
+
+def test_doctor_skips_an_optional_hook_whose_package_is_absent_and_fails_any_other(monkeypatch):
+    """``r1aqa doctor``: a hook on an optional package that is not installed (Liger, for hook X) is a skip, not a
+    failure; a required target that cannot be imported still fails the check."""
+    from r1aqa_plugin.models.qwen2_audio import doctor
+
+    def table(optional: str) -> list:
+        return [verl_hooks.Patch("X", "r1aqa_no_such_package.monkey_patch", "f", lambda f: f, "what",
+                                 optional=optional)]
+
+    monkeypatch.setattr(verl_hooks, "status", lambda: table("no-such-package (only for a flag)"))
+    lines, healthy = doctor.diagnose()
+    row = next(line for line in lines if "r1aqa_no_such_package" in line)
+    assert row.startswith("  [skip]") and "not installed: no-such-package (only for a flag)" in row
+    monkeypatch.setattr(verl_hooks, "status", lambda: table(""))
+    lines, healthy = doctor.diagnose()
+    row = next(line for line in lines if "r1aqa_no_such_package" in line)
+    assert row.startswith("  [FAIL]") and "cannot import r1aqa_no_such_package.monkey_patch" in row and not healthy

@@ -1,6 +1,6 @@
-"""Hooks P, R, S, T, U and V on a CUDA GPU: what the CPU tests cannot show (bf16 kernels, FSDP's real wrapping,
-FSDP2's CPU offload policy, optimizer state moved between host and GPU). Skipped without CUDA; run on the lent
-H200 with ``python -m pytest -m gpu tests/test_gpu_hooks.py``."""
+"""Hooks P, R, S, T, U, V and X on a CUDA GPU: what the CPU tests cannot show (bf16 kernels, FSDP's real wrapping,
+FSDP2's CPU offload policy, optimizer state moved between host and GPU, Liger's Triton kernels). Skipped without
+CUDA; run on the lent H200 with ``python -m pytest -m gpu tests/test_gpu_hooks.py``."""
 
 from __future__ import annotations
 
@@ -78,6 +78,39 @@ def test_verls_engine_runs_and_syncs_qwen2_audio_on_the_gpu(bare_fsdp_engine, fs
         loaded = {mapper._map_name(name): tensor for name, tensor in sent.items()}
         for name, want in support.merged(adapters, mapper).items():
             torch.testing.assert_close(loaded[name], want.float().cpu(), rtol=2**-7, atol=1e-5, msg=name)
+
+
+def test_liger_kernels_on_the_language_model_keep_its_logits_and_gradients(bare_fsdp_engine, fsdp_engine_support,
+                                                                          tiny_model_dir, monkeypatch):
+    """Hook X on the GPU (grpo_step_bench's wins1liger): Liger's RMSNorm, SwiGLU and rotary kernels in Qwen2-Audio's
+    decoder give the logits and gradients of transformers' own code, the fp32 weights under verl's bf16 autocast
+    as the actor runs them."""
+    import torch
+    from verl.workers.config import FSDPEngineConfig
+
+    pytest.importorskip("liger_kernel", reason="liger-kernel is the [liger] extra (staged with EXTRA for the GPU)")
+    from transformers.models.qwen2 import modeling_qwen2
+
+    for name in ("apply_rotary_pos_emb", "Qwen2RMSNorm", "Qwen2MLP"):  # Liger swaps them for later models too
+        monkeypatch.setattr(modeling_qwen2, name, getattr(modeling_qwen2, name))
+    verl_hooks.install()
+    torch.cuda.set_device(0)
+    engine = bare_fsdp_engine("cuda")
+    engine.engine_config = FSDPEngineConfig()
+    batch = {k: v.cuda() for k, v in fsdp_engine_support.audio_batch(str(tiny_model_dir)).items()}
+    got = {}
+    for use_liger in (False, True):  # transformers' code first: Liger's swaps reach every Qwen2 built after them
+        object.__setattr__(engine.model_config, "use_liger", use_liger)
+        module = engine._build_module().cuda()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = module(**batch).logits
+        logits.float().pow(2).mean().backward()
+        grads = torch.cat([p.grad.float().flatten() for p in verl_hooks.language_model_of(module).parameters()])
+        got[use_liger] = (logits.detach().float(), grads)
+    (plain, plain_grads), (liger, liger_grads) = got[False], got[True]
+    assert modeling_qwen2.apply_rotary_pos_emb.__module__.startswith("liger_kernel")
+    assert ((liger - plain).abs().max() / plain.std()).item() < 0.05
+    assert ((liger_grads - plain_grads).norm() / plain_grads.norm()).item() < 0.05
 
 
 @pytest.mark.parametrize("overlap", [False, True])

@@ -43,6 +43,12 @@ def diagnose() -> tuple[list[str], bool]:
                 importlib.import_module(patch.module)
             except verl_hooks.AdapterError:
                 pass  # state/detail already set by the hook
+            except ModuleNotFoundError as exc:
+                if patch.optional and exc.name is not None and patch.module.startswith(exc.name.split(".")[0]):
+                    lines.append(_row(None, f"{patch.hook} {patch.module}.{patch.attr}",
+                                      f"not installed: {patch.optional}"))
+                    continue
+                patch.state, patch.detail = "error", f"cannot import {patch.module}: {exc}"
             except Exception as exc:  # verl raises ValueError, not ImportError, when vLLM is unusable
                 patch.state, patch.detail = "error", f"cannot import {patch.module}: {exc}"
         ok = patch.state == "applied"

@@ -1,8 +1,8 @@
 """verl 0.9.1 side of the Qwen2-Audio adapter: every patch in one place.
 
 Importing this module installs the hooks; it is named in ``actor_rollout_ref.model.external_lib`` (set by the
-recipes) and in verl's ``verl.plugins`` entry point, so it runs in every process that imports verl: driver,
-FSDP workers, agent-loop workers, the vLLM server actor and vLLM's own worker processes.
+recipes) and in verl's ``verl.plugins`` entry point, so it runs in every process that imports verl: driver, FSDP
+workers, agent-loop workers, the vLLM server actor and vLLM's own worker processes.
 
 Each patch names its target module and attribute. Installing never imports a target: a patch is applied when its
 module is imported (at once if it already is), so the driver does not pay for vLLM's import. Applying checks the
@@ -10,9 +10,9 @@ attribute exists, wraps it once (idempotent), logs what it patched, and raises `
 changed. Every wrapper but M's, N's, Q's, R's, S's, T's, U's and V's is a no-op for models other than Qwen2-Audio.
 
 Hooks (see docs/adapter.md): A processor accepted, B processor callable after rollout, C prompt builder is
-multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, F an auto class for the actor,
-I the audio encoder runs once per distinct clip of a batch (transformers' Qwen2AudioEncoder), J a prompt's samples
-stay adjacent on their data-parallel rank (so I finds its copies), K ``actor.freeze_vision_tower`` freezes the audio
+multimodal, D one ``<|AUDIO|>`` per clip to vLLM, E audio tokens never sampled, F an auto class for the actor, I the
+audio encoder runs once per distinct clip of a batch (transformers' Qwen2AudioEncoder), J a prompt's samples stay
+adjacent on their data-parallel rank (so I finds its copies), K ``actor.freeze_vision_tower`` freezes the audio
 encoder (verl 0.9.1's FSDP engine ignores the flag), L ``tie_word_embeddings`` where verl reads it, M token
 log-probs in chunked kernels where verl would loop over tokens in Python (no flash-attn), N the v1 replay buffer
 polls for finished rollouts every 0.2 s, not 2 s, O the reward call's position ids without a second processor run
@@ -21,14 +21,15 @@ frames and are padded back to Whisper's 30 s window in the model's forward, Q un
 covers the root unit's layers too (the audio projector), R the reference policy keeps its weights on the GPU when
 asked (``R1AQA_REF_ON_GPU=1``), S FSDP2 wraps nested units deepest first (on two or more ranks it failed) and leaves
 the audio encoder's position table to the root unit (read without a call, it was never gathered), T the LoRA
-recipe's sync sends W + s B A as new tensors instead of merging into the live weights behind a host-memory backup,
-U the LoRA reference pass leaves the adapters trainable for FSDP2 (its first forward reads the flags), V the
-optimizer state stays in host memory and the step runs a chunk of parameters at a time, when asked
-(``R1AQA_OPTIMIZER_STREAM=1``), W every vLLM worker runs the name-mapping model class. (G, the dataset, and H, the
-recipes' settings, are not patches.) M, N, Q, R, S's ordering, T, U and V are not Qwen2-Audio-specific: M computes
-the same values as the code it replaces, N only shortens a wait, Q only merges what verl left unmerged, R and V are
-off unless asked for, S only reorders nested units, T sends the tensors verl's merge would send, U only keeps flags
-as they were, for any model.
+recipe's sync sends W + s B A as new tensors instead of merging into the live weights behind a host-memory backup, U
+the LoRA reference pass leaves the adapters trainable for FSDP2 (its first forward reads the flags), V the optimizer
+state stays in host memory and the step runs a chunk of parameters at a time, when asked
+(``R1AQA_OPTIMIZER_STREAM=1``), W every vLLM worker runs the name-mapping model class, X verl's ``model.use_liger``
+reaches Qwen2-Audio's Qwen2 decoder (Liger itself knows no ``qwen2_audio``; X patches Liger, an optional package).
+(G, the dataset, and H, the recipes' settings, are not patches.) M, N, Q, R, S's ordering, T, U and V are not
+Qwen2-Audio-specific: M computes the same values as the code it replaces, N only shortens a wait, Q only merges what
+verl left unmerged, R and V are off unless asked for, S only reorders nested units, T sends the tensors verl's merge
+would send, U only keeps flags as they were, for any model.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Patch:
     attr: str
     make: Callable[[Any], Any]
     what: str
+    optional: str = ""  # the optional package the target belongs to: absent, the hook is not needed
     state: str = "pending"  # pending | applied | error
     detail: str = ""
     replacement: Any = field(default=None, repr=False)
@@ -716,6 +718,37 @@ _AGENT_LOOP = "verl.experimental.agent_loop.agent_loop"
 _TOKEN_LOGPROB_SITES = ("verl.utils.torch_functional", "verl.workers.engine.fsdp.transformer_impl")
 
 
+def language_model_of(model: Any) -> Any:
+    """Qwen2-Audio's text decoder (a Qwen2 model): ``model.model.language_model`` in transformers 5,
+    ``model.language_model`` before."""
+    inner = getattr(model, "model", None)
+    found = getattr(inner, "language_model", None) or getattr(model, "language_model", None)
+    if found is None:
+        raise AdapterError(f"r1aqa hook X: no language model in {type(model).__name__} (transformers "
+                           f"{_version('transformers')}); Liger's kernels cannot reach it")
+    return found
+
+
+def _make_liger_for_language_model(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook X: with ``actor_rollout_ref.model.use_liger=True`` verl hands the whole model to Liger, which has no
+    kernels for ``qwen2_audio`` and returns having patched nothing. Its text decoder is a Qwen2, which Liger does
+    patch (RMSNorm, SwiGLU, rotary embedding: fewer, fused kernels in each layer), so that is what gets them. The
+    audio encoder and ``lm_head`` keep transformers' code; verl's own arguments (no fused cross-entropy) pass as
+    given."""
+
+    @functools.wraps(original)
+    def _apply_liger_kernel_to_instance(model: Any, **kwargs: Any) -> None:
+        if getattr(getattr(model, "config", None), "model_type", None) != MODEL_TYPE:
+            return original(model=model, **kwargs)
+        language_model = language_model_of(model)
+        original(model=language_model, **kwargs)
+        _trace("hook X", f"Liger's kernels on Qwen2-Audio's {type(language_model).__name__} "
+                         f"({len(language_model.layers)} layers)")
+        return None
+
+    return _apply_liger_kernel_to_instance
+
+
 def _one_wrapper(make: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """For a function several modules imported by name: every site gets the same wrapper, made from the real
     function the first site holds (a later site may already hold that wrapper)."""
@@ -784,6 +817,9 @@ def _build_patches() -> list[Patch]:
               "the reward call's position ids without rerunning the processor (Qwen2-Audio)"),
         Patch("W", "verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension.monkey_patch_model",
               _make_worker_check, "each vLLM worker checks it runs the name-mapping model"),
+        Patch("X", "liger_kernel.transformers.monkey_patch", "_apply_liger_kernel_to_instance",
+              _make_liger_for_language_model, "model.use_liger puts Liger's kernels on Qwen2-Audio's Qwen2 decoder",
+              optional="liger-kernel (only for actor_rollout_ref.model.use_liger=True)"),
     ]
     return patches
 
