@@ -176,8 +176,8 @@ unit_overhead() {  # host time per FSDP1 / FSDP2 unit on the GPU (the LoRA updat
 optimizer_stream() {  # hook V side by side: AdamW with its state on the GPU, streamed, streamed with overlapped copies
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/optimizer_stream_bench.py" --json "$S/optimizer-stream.json"
 }
-gpu_hooks() {  # tests/test_gpu_hooks.py: hooks P, R, S, T, U and V on the GPU (bf16 logits; FSDP's real wrapping,
-              # FSDP2's CPU offload policy, the LoRA sync, the optimizer state between host and GPU)
+gpu_hooks() {  # tests/test_gpu_hooks.py: hooks P, R, S, T, U, V and X on the GPU (bf16 logits; FSDP's real
+              # wrapping, FSDP2's CPU offload policy, the LoRA sync, the optimizer state between host and GPU, Liger)
   ( cd "$REPO" && timeout -k 10 "$(left 5)" python3 -m pytest -m gpu tests/test_gpu_hooks.py -v -p no:cacheprovider \
       --basetemp="$W/pt-gpu-hooks" )
 }
