@@ -5,7 +5,8 @@
 
 Builds the Qwen2-Audio architecture of ``--size`` with random weights (bf16 unless ``--dtype fp32``) where it runs
 (sdpa, as verl on the lent H200), a micro-batch of ``--micro`` sequences (R1-AQA's prompt around a
-``--clip-seconds`` clip + ``--tokens`` response tokens) holding ``--distinct`` different clips, and times, with ``R1AQA_ENCODER_DEDUP`` off and on:
+``--clip-seconds`` clip + ``--tokens`` response tokens) holding ``--distinct`` different clips, and times, with
+``R1AQA_ENCODER_DEDUP`` off and on:
 - ``log-prob``: a no-grad forward + log-softmax gather (verl's old-log-prob and reference passes);
 - ``update``: forward + backward with gradient checkpointing (verl's actor update; the encoder is trained, as in
   R1-AQA).

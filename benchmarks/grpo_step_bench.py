@@ -132,11 +132,12 @@ VARIANTS["wins1fast"] = (("1 GPU: wins1vref + nockpt with update micro-batches o
                           "the recompute saved"),
                          [*VARIANTS["wins1vref"][1], *VARIANTS["nockpt"][1],
                           "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4"])
-VARIANTS["wins1big"] = (("1 GPU: wins1vref with update micro-batches of 16: prof1's trace (2026-11-30) has each 8-row "
-                         "micro-batch 0.95 s long on the host but 0.63 s busy on the GPU (~10,400 kernels, median 16 us, "
-                         "gaps of 20-500 us between them): the loop is launch-bound, so twice the rows a launch; update "
-                         "16.5 -> 11-13.5 s, step 19.5-22 s. Measured (2026-11-30): update 12.7 s, step 21.3 s, "
-                         "94.6 GB allocated, 135.4 reserved; examples/train_h200.sh 1 with WINS=1"),
+VARIANTS["wins1big"] = (("1 GPU: wins1vref with update micro-batches of 16: prof1's trace (2026-11-30) has each "
+                         "8-row micro-batch 1.04 s long on the host but 0.64 s busy on the GPU (~9,000 kernels, "
+                         "median 26 us, idle mostly in gaps under 0.5 ms; trace_report.py): the loop is launch-bound, "
+                         "so twice the rows a launch; update 16.5 -> 11-13.5 s, step 19.5-22 s. Measured "
+                         "(2026-11-30): update 12.7 s, step 21.3 s, 94.6 GB allocated, 135.4 reserved; "
+                         "examples/train_h200.sh 1 with WINS=1"),
                         [*VARIANTS["wins1vref"][1], "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16"])
 VARIANTS["wins1liger"] = (("1 GPU: wins1big with model.use_liger=True (hook X: Liger's RMSNorm, SwiGLU and rotary "
                            "kernels on the Qwen2 decoder): prof1's update spent ~2.4 s of its 4.1 s of elementwise "
@@ -190,6 +191,8 @@ def profiled_steps(overrides: list[str]) -> set[int]:
         if m := PROFILED_STEPS.match(o.lstrip("+")):
             return {int(x) for x in m.group(1).split(",") if x.strip()}
     return set()
+
+
 ENV_PREFIX = "env:"  # an override entry "env:KEY=VALUE" sets an environment variable of the run instead
 
 
@@ -292,8 +295,7 @@ def variant_of(name: str) -> str:
 # The 1-GPU forms of a multi-GPU variant: the 7B fits one H200 only with AdamW's state in host memory (hook V streams
 # it through the step) or with the optimizer step on the CPU (FSDP2's offload policy)
 ONE_GPU_FORM = {"wins1v": "wins", "wins1": "wins", "wins1vref": "winsref", "wins1ref": "winsref",
-                "wins1fast": "winsfast", "wins1big": "winsref",
-                "wins1liger": "winsref"}
+                "wins1fast": "winsfast", "wins1big": "winsref", "wins1liger": "winsref"}
 
 
 def scaling(rows: list[tuple[str, dict[str, Any]]]) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 GPU_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
+COPY_KINDS = {"memcpy", "memset"}  # kind_of's names for the GPU events that are not kernels
 STAGE_CATS = {"user_annotation", "gpu_user_annotation"}
 # verl's own stage names (DistProfiler.annotate roles) and the update loop's mini-batch markers are stages;
 # other record_function names (torch's internals) are not
@@ -100,22 +101,28 @@ def launch_times(events: list[dict[str, Any]]) -> dict[Any, float]:
             if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
 
 
-def stages_of(events: list[dict[str, Any]]) -> list[Stage]:
-    """verl's stages (CPU markers), each with the GPU events its host window launched, then the whole trace."""
+GpuEvent = tuple[float, float, float, str]  # (host launch time, GPU start, duration, kind), all in us
+
+
+def gpu_work(events: list[dict[str, Any]]) -> list[GpuEvent]:
+    """Every GPU event with the host time that launched it, sorted by that time. A kernel belongs to the stage that
+    launched it, although the GPU may run it after the host moved on; without a launch record (no correlation id),
+    to the stage its start falls in."""
+    launched = launch_times(events)
+    return sorted((launched.get(e.get("args", {}).get("correlation"), float(e["ts"])), float(e["ts"]),
+                   float(e["dur"]), kind_of(e)) for e in events if e.get("cat") in GPU_CATS)
+
+
+def stages_of(events: list[dict[str, Any]], gpu: list[GpuEvent] | None = None) -> list[Stage]:
+    """verl's stages (CPU markers), each with the GPU events its host window launched, then the whole trace
+    (``gpu``: ``gpu_work(events)``, when the caller has it already)."""
     marks = [e for e in events if e.get("cat") in STAGE_CATS and STAGE_NAME.match(e.get("name", ""))]
     cpu = [e for e in marks if e["cat"] == "user_annotation"]
     stages = [Stage(e["name"], float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in (cpu or marks)]
     if events:  # everything, marked or not (verl marks no stage around the weight sync, for one)
         stages.append(Stage("(whole trace)", min(float(e["ts"]) for e in events),
                             max(float(e["ts"]) + float(e["dur"]) for e in events) + 1))
-    launched = launch_times(events)
-    gpu = []
-    for e in events:
-        if e.get("cat") in GPU_CATS:
-            # a kernel belongs to the stage that launched it, although the GPU may run it after the host moved on;
-            # without a launch record (no correlation id), to the stage its start falls in
-            host_ts = launched.get(e.get("args", {}).get("correlation"), float(e["ts"]))
-            gpu.append((host_ts, float(e["ts"]), float(e["dur"]), kind_of(e)))
+    gpu = gpu_work(events) if gpu is None else gpu
     for stage in stages:
         inside = [g for g in gpu if stage.start <= g[0] < stage.end]
         stage.busy_us = union_us([(ts, ts + dur) for _, ts, dur, _ in inside])
@@ -163,14 +170,13 @@ def idle_gaps(intervals: list[tuple[float, float]]) -> list[float]:
     return gaps
 
 
-def micro_batches_of(events: list[dict[str, Any]]) -> list[MicroBatches]:
+def micro_batches_of(events: list[dict[str, Any]], gpu: list[GpuEvent] | None = None) -> list[MicroBatches]:
     """verl's micro-batches grouped by the stage they ran in, each with the GPU work its host window launched:
-    a micro-batch much longer on the host than busy on the GPU, its idle time in many short gaps, is launch-bound."""
+    a micro-batch much longer on the host than busy on the GPU, its idle time in many short gaps, is launch-bound
+    (``gpu``: ``gpu_work(events)``, when the caller has it already)."""
     marks = [e for e in events if e.get("cat") == "user_annotation"]
     stages = [e for e in marks if STAGE_NAME.match(e.get("name", "")) and not e["name"].startswith("mini_batch")]
-    launched = launch_times(events)
-    gpu = sorted((launched.get(e.get("args", {}).get("correlation"), float(e["ts"])), float(e["ts"]), float(e["dur"]),
-                  e.get("cat") == "kernel") for e in events if e.get("cat") in GPU_CATS)
+    gpu = gpu_work(events) if gpu is None else gpu
     hosts = [g[0] for g in gpu]
     groups: dict[str, MicroBatches] = {}
     for m in sorted((e for e in marks if MICRO_BATCH.match(e.get("name", ""))), key=lambda e: e["ts"]):
@@ -181,8 +187,9 @@ def micro_batches_of(events: list[dict[str, Any]]) -> list[MicroBatches]:
         spans = [(ts, ts + dur) for _, ts, dur, _ in inside]
         group.walls_us.append(end - start)
         group.busy_us.append(union_us(spans))
-        group.kernels.append(sum(1 for g in inside if g[3]))
-        group.kernel_us += [g[2] for g in inside if g[3]]
+        kernels = [dur for _, _, dur, kind in inside if kind not in COPY_KINDS]
+        group.kernels.append(len(kernels))
+        group.kernel_us += kernels
         for gap in idle_gaps(spans):
             if gap < SMALL_GAP_US:
                 group.small_gaps_us += gap
@@ -197,7 +204,8 @@ COLUMNS = ["matmul", "attention", "log-softmax", "nccl", "optimizer", "memcpy", 
 def report(path: Path, top: int = 12) -> str:
     """The markdown report of one trace: a row per stage, then its top GPU events."""
     events = load_events(path)
-    stages = stages_of(events)
+    gpu = gpu_work(events)
+    stages = stages_of(events, gpu)
     lines = [f"### {path.name}", "",
              "| stage | wall s | GPU busy s | busy % | " + " | ".join(f"{c} s" for c in COLUMNS) + " |",
              "|---|" + "---:|" * (3 + len(COLUMNS))]
@@ -205,7 +213,7 @@ def report(path: Path, top: int = 12) -> str:
         busy = 100.0 * s.busy_us / s.wall_us if s.wall_us else 0.0
         kinds = " | ".join(f"{s.by_kind.get(c, 0.0) / 1e6:.3f}" for c in COLUMNS)
         lines.append(f"| {s.name} | {s.wall_us / 1e6:.3f} | {s.busy_us / 1e6:.3f} | {busy:.0f} | {kinds} |")
-    if groups := micro_batches_of(events):
+    if groups := micro_batches_of(events, gpu):
         lines += ["", "Micro-batches (means over each stage's; idle: the GPU's gaps between the work a micro-batch "
                   f"launched, under and over {SMALL_GAP_US / 1e3:g} ms):", "",
                   "| stage | micro-batches | host wall s | GPU busy s | busy % | kernels | median kernel us | "

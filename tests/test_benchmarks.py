@@ -398,7 +398,6 @@ def test_env_variants_set_the_environment_not_an_override(capsys: pytest.Capture
     assert gsb.command("nodedup", a)[1] == {"R1AQA_ENCODER_DEDUP": "1"}  # --extra wins, as for overrides
 
 
-@pytest.mark.slow
 def test_ref_offload_memory_says_it_needs_cuda_and_builds_the_reference_as_verl_does(
         capsys: pytest.CaptureFixture[str]) -> None:
     import ref_offload_memory as rom
@@ -415,6 +414,7 @@ def test_ref_offload_memory_says_it_needs_cuda_and_builds_the_reference_as_verl_
         rom.wrap(net, "zero3")
 
 
+@pytest.mark.slow
 def test_encoder_dedup_bench_toy(tmp_path: Path) -> None:
     out = tmp_path / "dedup.json"
     cmd = [sys.executable, str(BENCH / "encoder_dedup_bench.py"), "--size", "tiny", "--tokens", "8",
