@@ -180,6 +180,11 @@ VARIANTS["prof"] = (("winsfast with step 2 profiled on rank 0 (torch profiler; t
 VARIANTS["prof1"] = (("1 GPU: wins1vref with step 4 profiled (run it with --steps 4): steps 2-3 are wins1vref's "
                       "control, step 4 says where one H200's 18 s update and 3 s reference go"),
                      VARIANTS["wins1vref"][1] + profile_overrides(4))
+VARIANTS["prof1liger"] = (("1 GPU: wins1liger with step 4 profiled (run it with --steps 4): is the update still "
+                           "launch-bound once Liger fuses the decoder's elementwise work and micro-batches are 16 rows? "
+                           "Predicted: steps 2-3 19.3 +- 0.6 s; the profiled update 65-85% busy, ~13,000-16,000 "
+                           "kernels a micro-batch"),
+                          VARIANTS["wins1liger"][1] + profile_overrides(4))
 PROFILED_STEPS = re.compile(r"^global_profiler\.steps=\[([\d,\s]*)\]$")
 
 

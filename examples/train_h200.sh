@@ -4,32 +4,32 @@
 # (~134 GB) over both, the optimizer stays on the GPUs. As is 42.5 s a step (before hooks M, J, P); WINS=1 16.6 s,
 # 80.7 GB a GPU; WINS=fast 13.7 s, 114.7 GB (the reference stays on the GPU, no gradient checkpointing).
 # 1 GPU: verl's optimizer_offload alone runs out of GPU memory; hook V keeps AdamW's state in host memory, streamed
-# through the step. WINS=1 (+ the bf16 reference resident, update micro-batches of 16): 21.3 s a step, 94.6 GB on
-# the GPU (135.4 reserved; MICRO=8 if long prompts do not fit), 121 GB of host memory; no WINS: not measured.
+# through the step. WINS=1 (+ the bf16 reference resident, update micro-batches of 16 (MICRO=8 if long prompts do
+# not fit), Liger's kernels if the [liger] extra is installed, LIGER=0 not): 19.3 s a step (21.3 without Liger),
+# 94.6 GB on the GPU (136 reserved), 121 GB of host memory; no WINS: not measured.
 #   bash examples/train_h200.sh NGPU [extra Hydra overrides]        # NGPU: 1 or 2
-#   bash examples/train_h200.sh 2 trainer.total_training_steps=500
 #   WINS=1 bash examples/train_h200.sh 2                            # + the measured speed-ups
 #   WINS=fast bash examples/train_h200.sh 2                         # + 27 GB a GPU for 18% less step time
-# WINS=1 / fast: grpo_step_bench's "wins" (1 GPU: "wins1big") / "winsfast", kept equal by a test; env: train_8x80gb.sh.
+# WINS=1 / fast: grpo_step_bench's "wins" (1 GPU: "wins1liger") / "winsfast", kept equal by a test; env: train_8x80gb.sh
 set -euo pipefail
 NGPU=${1:?usage: train_h200.sh NGPU(1|2) [overrides]}; shift
 case $NGPU in 1|2) ;; *) echo "train_h200.sh: NGPU must be 1 or 2 (8 GPUs: examples/train_8x80gb.sh)" >&2; exit 2 ;; esac
 DATA=${DATA:-data}; PLACE=(); MICRO=${MICRO:-$((NGPU == 1 ? 16 : 8))}  # WINS's update micro-batch, rows a GPU
 [ "$NGPU" = 1 ] && PLACE=(actor_rollout_ref.actor.fsdp_config.optimizer_offload=True) && export R1AQA_OPTIMIZER_STREAM=1
-# bypass: the rollout's log-probs are the old policy (one update per batch, as R1-AQA); bf16 reference, bigger
-# micro-batches; all 128 sequences' KV cache in vLLM at once
-FAST=()
-case ${WINS:-0} in 0) ;;
-  1|fast)
-    FAST=(algorithm.rollout_correction.bypass_mode=True actor_rollout_ref.rollout.calculate_log_probs=True
-          actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=$MICRO
-          actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=32
-          actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16
-          actor_rollout_ref.ref.fsdp_config.model_dtype=bf16
-          actor_rollout_ref.rollout.gpu_memory_utilization=0.5) ;;
+# WINS: the rollout's log-probs are the old policy (bypass: one update a batch, as R1-AQA), bf16 reference, bigger
+FAST=(); case ${WINS:-0} in 0) ;;  # micro-batches; all 128 sequences' KV cache in vLLM at once
+  1|fast) FAST=(algorithm.rollout_correction.bypass_mode=True actor_rollout_ref.rollout.calculate_log_probs=True
+    actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=$MICRO actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=32
+    actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16 actor_rollout_ref.ref.fsdp_config.model_dtype=bf16
+    actor_rollout_ref.rollout.gpu_memory_utilization=0.5) ;;
   *) echo "train_h200.sh: WINS must be 0, 1 or fast, not '$WINS'" >&2; exit 2 ;;
 esac
-[ "$NGPU" = 1 ] && [ "${WINS:-0}" = 1 ] && export R1AQA_REF_ON_GPU=1
+if [ "$NGPU" = 1 ] && [ "${WINS:-0}" = 1 ]; then export R1AQA_REF_ON_GPU=1
+  [ "${LIGER:-auto}" = 0 ] || if ${PYTHON:-python3} -c "import liger_kernel" 2> /dev/null; then  # hook X
+    FAST+=(actor_rollout_ref.model.use_liger=True)
+  else echo "train_h200.sh: liger-kernel is not installed (pip install 'r1aqa-plugin[liger]'): ~2 s a step slower" >&2
+    [ "${LIGER:-auto}" != 1 ] || exit 2; fi
+fi
 if [ "${WINS:-0}" = fast ]; then
   [ "$NGPU" = 2 ] || { echo "train_h200.sh: WINS=fast needs 2 GPUs (114.7 GB a GPU measured on 2); use WINS=1" >&2; exit 2; }
   FAST+=(actor_rollout_ref.model.enable_gradient_checkpointing=False); export R1AQA_REF_ON_GPU=1

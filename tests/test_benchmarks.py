@@ -186,7 +186,7 @@ def test_queue_one_runs_the_hook_jobs_first_unless_queue_hooks_runs_them_on_the_
     calls = _queue_calls(tmp_path, queues, stubs, {"CPU_SPLIT": "0"})
     gpu = "0" if queues == "one" else "1"
     assert calls == sorted([f"gpu_hooks gpu={gpu} ", f"unit_overhead gpu={gpu} ", f"optimizer_stream gpu={gpu} ",
-                            "grpo7b gpu=0 1 wins1liger", "grpo7b gpu=0 1 wins1big", "grpo7b gpu=0 1 wins1fast",
+                            "grpo7b gpu=0 1 prof1liger steps=4", "grpo7b gpu=0 1 wins1big", "grpo7b gpu=0 1 wins1fast",
                             "grpo7b gpu=0 1 prof1 steps=4",
                             "grpo7b gpu=0 1 wins1v",
                             "grpo7b gpu=0 1 wins1acc", "grpo7b gpu=0 1 wins1"])
@@ -886,6 +886,9 @@ def test_profiled_steps_are_left_out_of_the_means(tmp_path: Path) -> None:
     assert cfg.actor_rollout_ref.actor.profiler.enable is True
     assert gsb.profiled_steps(gsb.VARIANTS["prof1"][1]) == {4}
     assert gsb.profiled_steps(gsb.VARIANTS["prof"][1]) == {2}
+    # prof1liger is wins1liger plus the profiler on step 4, nothing else
+    assert gsb.profiled_steps(gsb.VARIANTS["prof1liger"][1]) == {4}
+    assert gsb.VARIANTS["prof1liger"][1] == gsb.VARIANTS["wins1liger"][1] + gsb.profile_overrides(4)
     assert gsb.profiled_steps(gsb.VARIANTS["wins1vref"][1]) == set()
     # steps listed for a profiler that is not on profile nothing
     assert gsb.profiled_steps(["global_profiler.steps=[2]"]) == set()

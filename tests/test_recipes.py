@@ -8,6 +8,7 @@ verl.trainer.main_ppo ... --cfg job`` in a subprocess: the recipe, an example sc
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -484,30 +485,53 @@ def bench_variant(name: str) -> list[str]:
 ENV_SWITCHES = ("R1AQA_REF_ON_GPU", "R1AQA_OPTIMIZER_STREAM")  # what the variants set through env: keys
 
 
-@pytest.mark.parametrize(("ngpu", "wins", "micro", "variant"),
-                         [(2, "1", None, "wins"), (2, "fast", None, "winsfast"), (1, "1", None, "wins1big"),
-                          (1, "1", "8", "wins1vref")])
-def test_train_h200_wins_is_the_measured_variant(tmp_path, ngpu, wins, micro, variant):
-    """WINS=1 / fast set exactly the overrides and environment of the benchmark variant the docs quote (MICRO=8 on
-    one GPU: the variant measured before the update's micro-batches grew to 16)."""
+HAS_LIGER = importlib.util.find_spec("liger_kernel") is not None
+NEEDS_LIGER = pytest.mark.skipif(not HAS_LIGER, reason="the [liger] extra is not installed")
+
+
+@pytest.mark.parametrize(("ngpu", "env", "variant"),
+                         [(2, {"WINS": "1"}, "wins"), (2, {"WINS": "fast"}, "winsfast"),
+                          pytest.param(1, {"WINS": "1"}, "wins1liger", marks=NEEDS_LIGER),
+                          (1, {"WINS": "1", "LIGER": "0"}, "wins1big"),
+                          (1, {"WINS": "1", "LIGER": "0", "MICRO": "8"}, "wins1vref")])
+def test_train_h200_wins_is_the_measured_variant(tmp_path, ngpu, env, variant):
+    """WINS=1 / fast set exactly the overrides and environment of the benchmark variant the docs quote (one GPU:
+    Liger's kernels when installed; LIGER=0 and MICRO=8 give back the variants measured before them)."""
     env_seen = tmp_path / "env"
     python = tmp_path / "python"
     echo = " ".join(f"{v}=${{{v}:-unset}}" for v in ENV_SWITCHES)
     python.write_text(f'#!/bin/bash\necho "{echo}" > {env_seen}\nexec {PY} "$@"\n')
     python.chmod(0o755)
-    cfg = run_example("train_h200.sh", [str(ngpu)], tmp_path, WINS=wins, PYTHON=str(python),
-                      **({"MICRO": micro} if micro else {}))
+    cfg = run_example("train_h200.sh", [str(ngpu)], tmp_path, PYTHON=str(python), **env)
     check_with_verl(cfg)
     measured = bench_variant(variant)
-    env = dict(kv.split("=", 1) for kv in env_seen.read_text().split())
+    seen = dict(kv.split("=", 1) for kv in env_seen.read_text().split())
     for override in measured:
         key, value = override.split("=", 1)
         if key.startswith("env:"):
-            assert env.pop(key[4:]) == value, override
+            assert seen.pop(key[4:]) == value, override
         else:
             assert str(OmegaConf.select(cfg, key.lstrip("+"))) == value, override
-    assert set(env.values()) <= {"unset"}, env  # no switch the variant did not measure
+    assert set(seen.values()) <= {"unset"}, seen  # no switch the variant did not measure
+    assert cfg.actor_rollout_ref.model.use_liger is (variant == "wins1liger")
     assert (cfg.data.train_batch_size, cfg.actor_rollout_ref.rollout.n) == (16, 8)
+
+
+@pytest.mark.parametrize("liger", ["auto", "1"])
+def test_train_h200_without_liger_says_so(tmp_path, liger):
+    """Without the [liger] extra, WINS=1 on one GPU says what it costs and goes on; LIGER=1 stops before verl starts."""
+    python = tmp_path / "python"  # an interpreter on which liger_kernel does not import
+    python.write_text(f'#!/bin/bash\n[ "$*" = "-c import liger_kernel" ] && exit 1\nexec {PY} "$@"\n')
+    python.chmod(0o755)
+    if liger == "1":
+        proc = subprocess.run(["bash", str(REPO / "examples" / "train_h200.sh"), "1"], cwd=tmp_path, check=False,
+                              capture_output=True, text=True,
+                              env={**os.environ, "WINS": "1", "LIGER": "1", "PYTHON": str(python)})
+        assert proc.returncode == 2 and "r1aqa-plugin[liger]" in proc.stderr
+        return
+    cfg = run_example("train_h200.sh", ["1"], tmp_path, WINS="1", PYTHON=str(python))
+    assert cfg.actor_rollout_ref.model.use_liger is False
+    assert cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == 16
 
 
 def test_train_h200_refuses_fast_on_one_gpu_and_unknown_wins(tmp_path):

@@ -28,14 +28,14 @@
 #          (winsfast on FSDP2) -> "winsfast" again; a 3-step 7B run takes 6-9 min, so a session gets the first three
 #          (the 7B folder is built once, on a GPU, by whichever queue needs it first)
 #   hooks: tests/test_gpu_hooks.py, fsdp_unit_overhead.py, optimizer_stream_bench.py (GPU $HOOKS_GPU, default 1)
-#   one:   queue hooks's jobs (unless QUEUES names hooks too), then 7B GRPO 1 GPU: "wins1liger" (wins1big with
-#          Liger's kernels, hook X) -> "wins1big" (wins1vref with update micro-batches of 16) -> "wins1fast"
-#          (wins1vref without gradient checkpointing, update micro-batches of 4) -> "prof1" (4 steps of "wins1vref",
-#          hook V: AdamW's state in host memory, streamed through the step; hook R: the reference on the GPU; steps
-#          2-3 the side-by-side control, step 4 under the torch profiler) -> "wins1v" (the reference offloaded) ->
-#          "wins1acc" (wins + the optimizer step on the CPU + one gradient reduction a step, stack samples on) ->
-#          "wins1" (a reduction a micro-batch) (GPU $ONE_GPU, default 0); 120-170 GB of host memory: alone on
-#          nvidia-h200-x2
+#   one:   queue hooks's jobs (unless QUEUES names hooks too), then 7B GRPO 1 GPU: "prof1liger" (4 steps of
+#          "wins1liger": wins1big with Liger's kernels, hook X; steps 2-3 measured, step 4 under the torch profiler)
+#          -> "wins1big" (wins1vref with update micro-batches of 16: the control) -> "wins1fast" (wins1vref without
+#          gradient checkpointing, update micro-batches of 4) -> "prof1" (4 steps of "wins1vref", hook V: AdamW's
+#          state in host memory, streamed through the step; hook R: the reference on the GPU; step 4 profiled) ->
+#          "wins1v" (the reference offloaded) -> "wins1acc" (wins + the optimizer step on the CPU + one gradient
+#          reduction a step, stack samples on) -> "wins1" (a reduction a micro-batch) (GPU $ONE_GPU, default 0);
+#          120-170 GB of host memory: alone on nvidia-h200-x2
 #   lora:  7B GRPO 1 GPU, the LoRA recipe (optimizer on the GPU): "lora1fsdp2" (FSDP2, hook T's out-of-place merge
 #          for the sync) -> "lora1" (the same on FSDP1) -> "lora1verl" (verl's in-place merge) (GPU $LORA_GPU,
 #          default 1); not beside queue one on a host under 400 GiB (nvidia-h200-x2: the host ran out)
@@ -336,16 +336,16 @@ QUEUE_probe() {  # learnability probe: supervised on the correct answers of ever
   export CUDA_VISIBLE_DEVICES=${PROBE_GPU:-0} LP_ARM=lp-probe PROBE_STEPS=600   # ~1.2 s a step on a busy host
   step lp-probe-prep lp prep && step lp-probe lp probe
 }
-QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning needs the AdamW state off the GPU): wins1liger (hook X: Liger's
-              # kernels in the decoder), wins1big (update micro-batches of 16: the 8-row loop is launch-bound; the
-              # control), wins1fast (no recompute), prof1: 4 steps of wins1vref
-              # (train_h200.sh 1 WINS=1: hook V streams the state through the step, the reference on the GPU), the
-              # last under the torch profiler; wins1v (the reference offloaded), then wins1acc with stack samples (the
-              # whole actor on FSDP2's CPU offload, one gradient reduction a step), then wins1 (one a micro-batch) for
-              # the side by side; queue hooks's jobs first unless it runs beside (QUEUES=one,hooks)
+QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning needs the AdamW state off the GPU): prof1liger (wins1liger,
+              # hook X: Liger's kernels in the decoder; its step 4 profiled: is the 16-row update still launch-bound?),
+              # wins1big (the control, without Liger), wins1fast (no recompute), prof1: 4 steps of wins1vref
+              # (train_h200.sh 1 WINS=1 MICRO=8 LIGER=0: hook V streams the state through the step, the reference on
+              # the GPU), the last under the torch profiler; wins1v (the reference offloaded), then wins1acc with
+              # stack samples (the whole actor on FSDP2's CPU offload, one gradient reduction a step), then wins1 (one
+              # a micro-batch) for the side by side; queue hooks's jobs first unless it runs beside (QUEUES=one,hooks)
   export CUDA_VISIBLE_DEVICES=${ONE_GPU:-0}
   case ",${QUEUES:-}," in *,hooks,*) ;; *) hook_jobs ;; esac
-  step grpo-wins1liger-1gpu grpo7b 1 wins1liger   # first, so that the deadline cannot cut the new measurement
+  STEPS=4 step grpo-prof1liger-1gpu grpo7b 1 prof1liger   # first, so that the deadline cannot cut it
   step grpo-wins1big-1gpu grpo7b 1 wins1big   # the control beside it
   step grpo-wins1fast-1gpu grpo7b 1 wins1fast
   STEPS=4 step grpo-prof1-1gpu grpo7b 1 prof1   # wins1vref, the control beside it (steps 2-3), step 4 profiled
