@@ -1,6 +1,7 @@
 """One R1-AQA-shaped rollout batch, measured side by side: bare vLLM, the plugin's request path, HF generate.
 
-    python benchmarks/rollout_bench.py [--modes vllm,plugin,hf-r1aqa,hf-batched] [--size 7b] [--batch 16] [--n 8]
+    python benchmarks/rollout_bench.py [--modes vllm,plugin,hf-r1aqa,hf-batched,vllm-kvfp8] [--size 7b] [--batch 16]
+        [--n 8]
         [--tokens 256] [--clip-seconds 10] [--hf-prompts K] [--eager] [--gpu-mem 0.85] [--grpo-log LOG]
         [--workdir /tmp/r1aqa-rollout] [--json rollout.json]
 
@@ -23,6 +24,10 @@ Modes:
   side by side: ``plugin`` with the processor verl's workers get once the adapter is installed (``verl.utils.
   hf_processor``: the plugin's, features once per distinct clip) and ``plugin, stock processor`` with
   transformers' ``Qwen2AudioProcessor`` (features per sample; the only plugin row up to 2026-11-29).
+- ``vllm-kvfp8``: ``vllm`` with ``kv_cache_dtype='fp8'``: Qwen2-Audio-7B has no grouped-query attention, so the
+  KV cache, not the weights, is most of what decode reads (``floor.py``); fp8 halves it. Not R1-AQA's numerics (its
+  rollouts were bf16): the floor column stays the bf16 one. In verl:
+  ``+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_dtype=fp8``.
 - ``hf-r1aqa``: transformers ``generate`` as R1-AQA calls it: one prompt per call, ``num_return_sequences=N``,
   B calls (``--hf-prompts K`` times K calls and extrapolates to B: marked ``extrapolated``).
 - ``hf-batched``: all B prompts in one ``generate`` call.
@@ -56,7 +61,7 @@ SR = 16000
 QUESTION = ("Based on the given audio, identify the source of the sound. Please choose the answer from the following "
             "options: ['a dog barking', 'a car engine starting', 'a person playing the piano', 'birds singing']. "
             "Output the final answer in <answer> </answer>.")
-MODES = ("vllm", "plugin", "hf-r1aqa", "hf-batched")
+MODES = ("vllm", "plugin", "hf-r1aqa", "hf-batched", "vllm-kvfp8")
 PAD_ID = 151643
 
 
@@ -91,12 +96,12 @@ def result(rec: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ vLLM modes
-def _engine_kwargs(a: argparse.Namespace, path: Path, max_len: int) -> dict[str, Any]:
+def _engine_kwargs(a: argparse.Namespace, path: Path, max_len: int, kv_cache_dtype: str = "auto") -> dict[str, Any]:
     import torch
 
     kw: dict[str, Any] = dict(model=str(path), load_format="dummy", dtype="bfloat16", max_model_len=max_len,
                               limit_mm_per_prompt={"audio": 1}, seed=0, enforce_eager=a.eager,
-                              max_num_seqs=max(256, a.batch * a.n))
+                              max_num_seqs=max(256, a.batch * a.n), kv_cache_dtype=kv_cache_dtype)
     if torch.cuda.is_available():
         kw["gpu_memory_utilization"] = a.gpu_mem
     return kw
@@ -107,7 +112,7 @@ def _seeds(phase: str, a: argparse.Namespace) -> list[int]:
     return [base + i for i in range(a.batch)]
 
 
-def run_vllm(a: argparse.Namespace) -> None:
+def run_vllm(a: argparse.Namespace, kv_cache_dtype: str = "auto") -> None:
     from transformers import AutoProcessor
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -119,7 +124,7 @@ def run_vllm(a: argparse.Namespace) -> None:
     text = prompt_text(proc)
     t0 = time.perf_counter()
     probe = hf_expanded_ids(proc, text, clip(a.clip_seconds, 0))
-    llm = LLM(**_engine_kwargs(a, path, len(probe) + a.tokens + 16))
+    llm = LLM(**_engine_kwargs(a, path, len(probe) + a.tokens + 16, kv_cache_dtype))
     init_s = time.perf_counter() - t0
     collapsed = collapse_audio_runs(probe)  # same text and clip length for every prompt: same token ids
     fan_requests = a.vllm_fanout == "requests"
@@ -135,9 +140,10 @@ def run_vllm(a: argparse.Namespace) -> None:
         outs = llm.generate(prompts, sp, use_tqdm=False)
         dt = time.perf_counter() - t
         ntok = sum(len(c.token_ids) for o in outs for c in o.outputs)
-        rec = {"mode": "vllm", "seconds": dt, "out_tokens": ntok, "seqs": sum(len(o.outputs) for o in outs),
+        rec = {"mode": "vllm" if kv_cache_dtype == "auto" else f"vllm, {kv_cache_dtype} KV cache", "seconds": dt,
+               "out_tokens": ntok, "seqs": sum(len(o.outputs) for o in outs),
                "prompt_len": len(outs[0].prompt_token_ids), "init_s": init_s, "eager": a.eager,
-               "fanout": a.vllm_fanout}
+               "fanout": a.vllm_fanout, "kv_cache_dtype": kv_cache_dtype}
     result(rec)
 
 
@@ -320,6 +326,8 @@ def table(rows: list[dict[str, Any]], a: argparse.Namespace) -> str:
             notes.append(f"peak {r['peak_mem_gb']:.1f} GB")
         if r.get("steps"):
             notes.append(f"mean of {r['steps']} steps")
+        if r.get("kv_cache_dtype", "auto") != "auto":
+            notes.append(f"KV cache {r['kv_cache_dtype']} (the floor is bf16's)")
         out.append(f"| {r['mode']:<28} | {r['seconds']:8.2f} | {tps:9,.0f} | {vs_base:>12} | {vs_r1:>18} | "
                    f"{r['seconds'] / r['floor_s']:7.2f} | {'; '.join(notes)} |")
     return "\n".join(out)
@@ -367,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault(key, val)
 
     if a.child:
-        {"vllm": run_vllm, "plugin": run_plugin}.get(a.child, lambda x: run_hf(x, a.child))(a)
+        children = {"vllm": run_vllm, "vllm-kvfp8": lambda x: run_vllm(x, "fp8"), "plugin": run_plugin}
+        children.get(a.child, lambda x: run_hf(x, a.child))(a)
         return 0
 
     model_dir(a)  # build once, before the children race for it

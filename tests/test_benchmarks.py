@@ -192,6 +192,11 @@ def test_queue_one_runs_the_hook_jobs_first_unless_queue_hooks_runs_them_on_the_
                             "grpo7b gpu=0 1 wins1acc", "grpo7b gpu=0 1 wins1"])
 
 
+def test_kv_queue_runs_bare_vllm_then_its_fp8_kv_cache_on_gpu0(tmp_path: Path) -> None:
+    stubs = 'rollout() { echo "rollout gpu=$CUDA_VISIBLE_DEVICES modes=${ROLLOUT_MODES:-all}" >> "$S/calls"; }\n'
+    assert _queue_calls(tmp_path, "kv", stubs, {}) == ["rollout gpu=0 modes=vllm,vllm-kvfp8"]
+
+
 @pytest.mark.parametrize("queues", ["lora", "lora,lorab"])
 def test_lora_queue_runs_fsdp1_itself_unless_lorab_runs_it_beside_fsdp2(tmp_path: Path, queues: str) -> None:
     stubs = 'grpo7b() { echo "grpo7b gpu=$CUDA_VISIBLE_DEVICES $*" >> "$S/calls"; }\n'
@@ -494,6 +499,25 @@ def test_rollout_bench_vllm_cpu_toy(tmp_path: Path) -> None:
     # the plugin path sends collapsed ids and vLLM expands them back: same prompt length as bare vLLM
     assert rows["vllm"]["prompt_len"] == rows["plugin"]["prompt_len"] == rows["plugin, stock processor"]["prompt_len"]
     assert rows["plugin"]["post_features_s"] > 0 and rows["plugin, stock processor"]["post_features_s"] > 0
+
+
+def test_rollout_bench_kvfp8_is_the_vllm_row_with_an_fp8_kv_cache(tmp_path: Path) -> None:
+    """vllm-kvfp8 builds the same engine as vllm but for the KV cache's dtype, and its row says so."""
+    import argparse
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import rollout_bench as rb
+    finally:
+        sys.path.remove(str(BENCH))
+    a = argparse.Namespace(eager=False, batch=16, n=8, gpu_mem=0.85)
+    plain, fp8 = rb._engine_kwargs(a, tmp_path, 600), rb._engine_kwargs(a, tmp_path, 600, "fp8")
+    assert fp8.pop("kv_cache_dtype") == "fp8" and plain.pop("kv_cache_dtype") == "auto" and plain == fp8
+    rows = [{"mode": "vllm", "seconds": 4.0, "out_tokens": 32768, "floor_s": 2.8},
+            {"mode": "vllm, fp8 KV cache", "seconds": 3.0, "out_tokens": 32768, "floor_s": 2.8, "kv_cache_dtype": "fp8"}]
+    lines = rb.table(rows, argparse.Namespace()).splitlines()
+    assert "1.333" in lines[3] and "KV cache fp8 (the floor is bf16's)" in lines[3]
+    assert "KV cache" not in lines[2]
 
 
 def test_audio_dependence_sees_wrong_audio_far_above_bf16_noise(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -831,6 +855,14 @@ def test_wins1liger_is_wins1big_with_verls_liger_switch(tmp_path: Path) -> None:
     assert env == {"R1AQA_OPTIMIZER_STREAM": "1", "R1AQA_REF_ON_GPU": "1"}
     assert cfg.actor_rollout_ref.model.use_liger is True  # hook X takes it to Qwen2-Audio's decoder
     assert cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == 16
+
+
+def test_wins1kvfp8_reaches_vllm_with_an_fp8_kv_cache(tmp_path: Path) -> None:
+    _, cfg, env = _composed("wins1kvfp8", 1, tmp_path)
+    assert env == {"R1AQA_OPTIMIZER_STREAM": "1", "R1AQA_REF_ON_GPU": "1"}
+    vllm_kwargs = cfg.actor_rollout_ref.rollout.engine_kwargs.vllm  # verl passes these to vLLM's engine verbatim
+    assert vllm_kwargs.kv_cache_dtype == "fp8" and vllm_kwargs.limit_mm_per_prompt.audio == 1  # the recipe's stay
+    assert cfg.actor_rollout_ref.model.use_liger is True
 
 
 def test_wins1big_is_wins1vref_with_update_micro_batches_of_16(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@
 #          skips its own
 #   perf1: 7B GRPO 1 GPU "wins1" -> rollout bench -> "wins1ref" (GPU $ONE_GPU, default 1). The twelfth session ran
 #          it beside lp2 (QUEUES=lp2,perf1), with the cores unsplit: the 7B's CPU offload starved the warm-up ~10x
+#   kv:    rollout bench: bare vLLM, then the same engine with an fp8 KV cache (GPU $BENCH_GPU, default 0)
 #   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench -> feature-transfer bench
 #          (GPU $BENCH_GPU, default 1)
 #   contrast: same vs another sample's audio for the actor (tests/test_gpu_grpo.py; GPU2 | GPU3; issue 3, met)
@@ -156,7 +157,8 @@ grpo7b() {  # grpo7b NGPU VARIANTS: benchmarks/grpo_step_bench.py at R1-AQA's sh
 
 rollout() {  # each mode is limited to 200 s (RESULT lines are printed as modes end)
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/rollout_bench.py" --size 7b --batch 16 --n 8 --tokens 256 \
-    --clip-seconds 10 --hf-prompts 2 --workdir "$W" --timeout 200 --json "$S/rollout.json"
+    --clip-seconds 10 --hf-prompts 2 --workdir "$W" --timeout 200 --json "$S/rollout${ROLLOUT_MODES:+-kv}.json" \
+    ${ROLLOUT_MODES:+--modes "$ROLLOUT_MODES"}
 }
 
 dedup() {  # hook I side by side on one 7B micro-batch (random weights built on the GPU)
@@ -384,6 +386,11 @@ QUEUE_gpu23() {  # the baseline first (the nineteenth session's was cut), then t
   export CUDA_VISIBLE_DEVICES=${PAIR_GPUS:-2,3}   # PAIR_GPUS=0,1 on nvidia-h200-x2
   step grpo-baseline-2gpu grpo7b 2 baseline; step grpo-prof-2gpu grpo7b 2 prof   # grpo7b builds the 7B once
   step grpo-fsdp2fast-2gpu grpo7b 2 fsdp2fast; step grpo-winsfast-2gpu grpo7b 2 winsfast
+}
+QUEUE_kv() {  # the rollout bench's bare vLLM against the same engine with an fp8 KV cache (GPU $BENCH_GPU, default
+              # 0): what wins1kvfp8 would gain in generation; fits nvidia-h200 (no FSDP, little host memory)
+  export CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0}
+  ROLLOUT_MODES=vllm,vllm-kvfp8 step rollout-kv rollout
 }
 QUEUE_bench() {
   export CUDA_VISIBLE_DEVICES=${BENCH_GPU:-1}
