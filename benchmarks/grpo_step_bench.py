@@ -144,12 +144,6 @@ VARIANTS["wins1liger"] = (("1 GPU: wins1big with model.use_liger=True (hook X: L
                            "kernels in what they fuse; update 12.7 -> 10.8-12.0 s, ref 3.4 -> 3.0-3.3 s, step "
                            "21.3 -> 19.0-20.5 s, peak <= 94.6 GB"),
                           [*VARIANTS["wins1big"][1], "actor_rollout_ref.model.use_liger=True"])
-VARIANTS["wins1kvfp8"] = (("1 GPU: wins1liger with vLLM's KV cache in fp8: Qwen2-Audio-7B has no grouped-query "
-                           "attention, so decode reads ~2x more KV than weights (floor.py); fp8 halves the KV. Not "
-                           "R1-AQA's numerics (bf16 rollouts): the rollout's log-probs drift from the actor's, read "
-                           "actor/ppo_kl against wins1liger's 0.030. Predicted: gen 4.4 -> 3.3-3.9 s, step 19.3 -> "
-                           "18.0-18.8 s, ppo_kl 0.030-0.05"),
-                          [*VARIANTS["wins1liger"][1], "+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_dtype=fp8"])
 VARIANTS["winsfast"] = ("2 GPUs: winsref + nockpt (spends the ~50 GB a GPU that 2 GPUs leave free on skipping the "
                         "recomputed forward)", VARIANTS["winsref"][1] + VARIANTS["nockpt"][1])
 VARIANTS["fsdp2fast"] = (("2 GPUs: winsfast on FSDP2: its state dict is the shards themselves, so the weight sync "

@@ -857,14 +857,6 @@ def test_wins1liger_is_wins1big_with_verls_liger_switch(tmp_path: Path) -> None:
     assert cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == 16
 
 
-def test_wins1kvfp8_reaches_vllm_with_an_fp8_kv_cache(tmp_path: Path) -> None:
-    _, cfg, env = _composed("wins1kvfp8", 1, tmp_path)
-    assert env == {"R1AQA_OPTIMIZER_STREAM": "1", "R1AQA_REF_ON_GPU": "1"}
-    vllm_kwargs = cfg.actor_rollout_ref.rollout.engine_kwargs.vllm  # verl passes these to vLLM's engine verbatim
-    assert vllm_kwargs.kv_cache_dtype == "fp8" and vllm_kwargs.limit_mm_per_prompt.audio == 1  # the recipe's stay
-    assert cfg.actor_rollout_ref.model.use_liger is True
-
-
 def test_wins1big_is_wins1vref_with_update_micro_batches_of_16(tmp_path: Path) -> None:
     _, cfg, env = _composed("wins1big", 1, tmp_path)
     actor = cfg.actor_rollout_ref.actor

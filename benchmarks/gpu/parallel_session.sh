@@ -388,7 +388,8 @@ QUEUE_gpu23() {  # the baseline first (the nineteenth session's was cut), then t
   step grpo-fsdp2fast-2gpu grpo7b 2 fsdp2fast; step grpo-winsfast-2gpu grpo7b 2 winsfast
 }
 QUEUE_kv() {  # the rollout bench's bare vLLM against the same engine with an fp8 KV cache (GPU $BENCH_GPU, default
-              # 0): what wins1kvfp8 would gain in generation; fits nvidia-h200 (no FSDP, little host memory)
+              # 0): what an fp8 KV cache would gain in generation; fits nvidia-h200 (no FSDP, little host memory).
+              # Twenty-fifth session: 3.78 s against 3.87, no gain
   export CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0}
   ROLLOUT_MODES=vllm,vllm-kvfp8 step rollout-kv rollout
 }
