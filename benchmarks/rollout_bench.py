@@ -9,7 +9,7 @@ Same model (Qwen2-Audio architecture of ``--size``, random weights), same prompt
 ``--clip-seconds`` noise clip per prompt, ``--batch`` prompts x ``--n`` samples) and fixed output lengths
 (``ignore_eos`` in vLLM, ``min_new_tokens`` in HF) in every mode. Each mode runs in its own child process of this
 script, one after the other (a vLLM engine does not give its GPU memory back inside a process); the parent prints
-one table and writes JSON.
+one table and writes JSON, with each child's whole output beside it (``JSON-stem-MODE.log``).
 
 Modes:
 - ``vllm``: bare vLLM, offline ``LLM.generate``, ``load_format='dummy'``; one ``TokensPrompt`` per prompt (one
@@ -394,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             out, rc = proc.stdout + proc.stderr, proc.returncode
         except subprocess.TimeoutExpired as exc:
             out, rc = f"{exc.stdout or ''}{exc.stderr or ''}", 124
+        if a.json:  # each child's whole output beside the JSON: the engine's own log (attention backend, graphs)
+            Path(a.json).with_name(f"{Path(a.json).stem}-{mode}.log").write_text(out)
         recs = [json.loads(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")]
         if rc != 0 or not recs:
             failed.append(mode)

@@ -482,6 +482,7 @@ def _rollout(tmp_path: Path, modes: str, *extra: str) -> dict:
 def test_rollout_bench_hf_toy(tmp_path: Path) -> None:
     data = _rollout(tmp_path, "hf-r1aqa,hf-batched", "--hf-prompts", "1")
     rows = {r["mode"]: r for r in data["rows"]}
+    assert "RESULT " in (tmp_path / "rollout-hf-batched.log").read_text()  # each child's output is kept
     assert rows["hf-r1aqa"]["extrapolated"] is True and rows["hf-r1aqa"]["calls_timed"] == 1
     assert rows["hf-batched"]["out_tokens"] == 2 * 2 * 8
     assert all(r["floor_s"] > 0 for r in rows.values())
