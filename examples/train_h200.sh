@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# The same recipe on 1 or 2 H200 (141 GB): same batch (16 prompts x 8) and maths, only placement changes.
-# 2 GPUs (measured, docs/benchmarks.md: 7B architecture, random weights): FSDP shards fp32 weights, grads and AdamW
-# (~134 GB) over both, the optimizer stays on the GPUs. As is 42.5 s a step (before hooks M, J, P); WINS=1 16.6 s,
-# 80.7 GB a GPU; WINS=fast 13.7 s, 114.7 GB (the reference stays on the GPU, no gradient checkpointing).
-# 1 GPU: verl's optimizer_offload alone runs out of GPU memory; hook V keeps AdamW's state in host memory, streamed
-# through the step. WINS=1 (+ the bf16 reference resident, update micro-batches of 16 (MICRO=8 if long prompts do
-# not fit), Liger's kernels if the [liger] extra is installed, LIGER=0 not): 19.3 s a step (21.3 without Liger),
-# 94.6 GB on the GPU (136 reserved), 121 GB of host memory; no WINS: not measured.
+# The same recipe on 1 or 2 H200 (141 GB): same batch (16 prompts x 8) and maths, only placement changes. 2 GPUs
+# (measured, docs/benchmarks.md: 7B architecture, random weights): FSDP shards fp32 weights, grads and AdamW (~134 GB)
+# over both, the optimizer on the GPUs. As is 42.5 s a step (before hooks M, J, P); WINS=1 16.6 s, 80.7 GB a GPU;
+# WINS=fast 13.7 s, 114.7 GB (the reference stays on the GPU, no gradient checkpointing). 1 GPU: hook V keeps AdamW's
+# state in host memory, streamed through the step. WINS=1 (+ the bf16 reference resident, update micro-batches of 16
+# (MICRO=8 if long prompts do not fit), Liger's kernels if the [liger] extra is installed (LIGER=auto|1|0)): 19.3 s a
+# step (21.3 without Liger), 94.6 GB on the GPU (136 reserved), 121 GB of host memory; no WINS: not measured.
 #   bash examples/train_h200.sh NGPU [extra Hydra overrides]        # NGPU: 1 or 2
 #   WINS=1 bash examples/train_h200.sh 2                            # + the measured speed-ups
 #   WINS=fast bash examples/train_h200.sh 2                         # + 27 GB a GPU for 18% less step time
@@ -24,6 +23,7 @@ FAST=(); case ${WINS:-0} in 0) ;;  # micro-batches; all 128 sequences' KV cache 
     actor_rollout_ref.rollout.gpu_memory_utilization=0.5) ;;
   *) echo "train_h200.sh: WINS must be 0, 1 or fast, not '$WINS'" >&2; exit 2 ;;
 esac
+case ${LIGER:-auto} in 0|1|auto) ;; *) echo "train_h200.sh: LIGER must be 0, 1 or auto, not '$LIGER'" >&2; exit 2 ;; esac
 if [ "$NGPU" = 1 ] && [ "${WINS:-0}" = 1 ]; then export R1AQA_REF_ON_GPU=1
   [ "${LIGER:-auto}" = 0 ] || if ${PYTHON:-python3} -c "import liger_kernel" 2> /dev/null; then  # hook X
     FAST+=(actor_rollout_ref.model.use_liger=True)
