@@ -535,7 +535,8 @@ def test_train_h200_without_liger_says_so(tmp_path, liger):
 
 
 def test_train_h200_refuses_fast_on_one_gpu_and_unknown_wins(tmp_path):
-    for ngpu, env, says in [("1", {"WINS": "fast"}, "needs 2 GPUs"), ("2", {"WINS": "yes"}, "WINS must be 0, 1 or fast"),
+    for ngpu, env, says in [("1", {"WINS": "fast"}, "needs 2 GPUs"),
+                            ("2", {"WINS": "yes"}, "WINS must be 0, 1 or fast"),
                             ("1", {"WINS": "1", "LIGER": "yes"}, "LIGER must be 0, 1 or auto")]:
         proc = subprocess.run(["bash", str(REPO / "examples" / "train_h200.sh"), ngpu], cwd=tmp_path, check=False,
                               capture_output=True, text=True, env={**os.environ, **env})
