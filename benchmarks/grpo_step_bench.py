@@ -78,6 +78,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "nogroup": ("control: a prompt's samples not kept adjacent (hook J off): hook I finds ~1.3-2.7 copies per "
                 "micro-batch instead of 8; ref and update +5..10%",
                 ["env:R1AQA_GROUP_BY_PROMPT=0"]),
+    "nomerge": ("control: transformers' audio merge (hook Y off): masked_scatter's backward waits for the GPU once "
+                "a micro-batch (~85 ms at 8 rows on one H200, prof1's trace); update +0.5..+1.2 s on one GPU",
+                ["env:R1AQA_SYNC_FREE_MERGE=0"]),
     "refmicro": ("reference micro-batches of 32: verl streams the CPU-offloaded reference's weights once per "
                  "micro-batch, so 2 streams instead of 4 per rank; ref 5.1 -> ~2.5 s on 2 GPUs",
                  ["actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=32"]),
@@ -144,6 +147,9 @@ VARIANTS["wins1liger"] = (("1 GPU: wins1big with model.use_liger=True (hook X: L
                            "kernels in what they fuse; update 12.7 -> 10.8-12.0 s, ref 3.4 -> 3.0-3.3 s, step "
                            "21.3 -> 19.0-20.5 s, peak <= 94.6 GB"),
                           [*VARIANTS["wins1big"][1], "actor_rollout_ref.model.use_liger=True"])
+VARIANTS["wins1scatter"] = (("1 GPU: wins1liger with transformers' masked_scatter audio merge (hook Y off): the "
+                             "control for hook Y, and the settings wins1liger ran with on 2026-12-01 (19.27 s)"),
+                            [*VARIANTS["wins1liger"][1], *VARIANTS["nomerge"][1]])
 VARIANTS["winsfast"] = ("2 GPUs: winsref + nockpt (spends the ~50 GB a GPU that 2 GPUs leave free on skipping the "
                         "recomputed forward)", VARIANTS["winsref"][1] + VARIANTS["nockpt"][1])
 VARIANTS["fsdp2fast"] = (("2 GPUs: winsfast on FSDP2: its state dict is the shards themselves, so the weight sync "
@@ -180,10 +186,12 @@ VARIANTS["prof"] = (("winsfast with step 2 profiled on rank 0 (torch profiler; t
 VARIANTS["prof1"] = (("1 GPU: wins1vref with step 4 profiled (run it with --steps 4): steps 2-3 are wins1vref's "
                       "control, step 4 says where one H200's 18 s update and 3 s reference go"),
                      VARIANTS["wins1vref"][1] + profile_overrides(4))
-VARIANTS["prof1liger"] = (("1 GPU: wins1liger with step 4 profiled (run it with --steps 4): is the update still "
-                           "launch-bound once Liger fuses the decoder's elementwise work and micro-batches are 16 rows? "
-                           "Predicted: steps 2-3 19.3 +- 0.6 s; the profiled update 65-85% busy, ~13,000-16,000 "
-                           "kernels a micro-batch"),
+VARIANTS["prof1liger"] = (("1 GPU: wins1liger with step 4 profiled (run it with --steps 4): is the update "
+                           "still launch-bound once Liger fuses the decoder's elementwise work and micro-batches are "
+                           "16 rows? "
+                           "With hook Y (the audio merge without a sync in backward) since it was written. Predicted: "
+                           "steps 2-3 update 10.2-11.0 s, step 18.1-18.9 s; the profiled update 65-85% busy, "
+                           "~13,000-16,000 kernels a micro-batch, no host wait over 20 ms inside a backward"),
                           VARIANTS["wins1liger"][1] + profile_overrides(4))
 PROFILED_STEPS = re.compile(r"^global_profiler\.steps=\[([\d,\s]*)\]$")
 

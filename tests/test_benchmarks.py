@@ -186,7 +186,8 @@ def test_queue_one_runs_the_hook_jobs_first_unless_queue_hooks_runs_them_on_the_
     calls = _queue_calls(tmp_path, queues, stubs, {"CPU_SPLIT": "0"})
     gpu = "0" if queues == "one" else "1"
     assert calls == sorted([f"gpu_hooks gpu={gpu} ", f"unit_overhead gpu={gpu} ", f"optimizer_stream gpu={gpu} ",
-                            "grpo7b gpu=0 1 prof1liger steps=4", "grpo7b gpu=0 1 wins1big", "grpo7b gpu=0 1 wins1fast",
+                            "grpo7b gpu=0 1 prof1liger steps=4", "grpo7b gpu=0 1 wins1scatter",
+                            "grpo7b gpu=0 1 wins1big", "grpo7b gpu=0 1 wins1fast",
                             "grpo7b gpu=0 1 prof1 steps=4",
                             "grpo7b gpu=0 1 wins1v",
                             "grpo7b gpu=0 1 wins1acc", "grpo7b gpu=0 1 wins1"])
@@ -856,6 +857,12 @@ def test_wins1liger_is_wins1big_with_verls_liger_switch(tmp_path: Path) -> None:
     assert env == {"R1AQA_OPTIMIZER_STREAM": "1", "R1AQA_REF_ON_GPU": "1"}
     assert cfg.actor_rollout_ref.model.use_liger is True  # hook X takes it to Qwen2-Audio's decoder
     assert cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == 16
+
+
+def test_wins1scatter_is_wins1liger_with_hook_y_off(tmp_path: Path) -> None:
+    _, cfg, env = _composed("wins1scatter", 1, tmp_path)
+    assert env == {"R1AQA_OPTIMIZER_STREAM": "1", "R1AQA_REF_ON_GPU": "1", "R1AQA_SYNC_FREE_MERGE": "0"}
+    assert cfg.actor_rollout_ref.model.use_liger is True
 
 
 def test_wins1big_is_wins1vref_with_update_micro_batches_of_16(tmp_path: Path) -> None:

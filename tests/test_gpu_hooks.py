@@ -1,6 +1,6 @@
-"""Hooks P, R, S, T, U, V and X on a CUDA GPU: what the CPU tests cannot show (bf16 kernels, FSDP's real wrapping,
-FSDP2's CPU offload policy, optimizer state moved between host and GPU, Liger's Triton kernels). Skipped without
-CUDA; run on the lent H200 with ``python -m pytest -m gpu tests/test_gpu_hooks.py``."""
+"""Hooks P, R, S, T, U, V, X and Y on a CUDA GPU: what the CPU tests cannot show (bf16 kernels, FSDP's real
+wrapping, FSDP2's CPU offload policy, optimizer state moved between host and GPU, Liger's Triton kernels, device
+syncs). Skipped without CUDA; run on the lent H200 with ``python -m pytest -m gpu tests/test_gpu_hooks.py``."""
 
 from __future__ import annotations
 
@@ -111,6 +111,40 @@ def test_liger_kernels_on_the_language_model_keep_its_logits_and_gradients(bare_
     assert modeling_qwen2.apply_rotary_pos_emb.__module__.startswith("liger_kernel")
     assert ((liger - plain).abs().max() / plain.std()).item() < 0.05
     assert ((liger_grads - plain_grads).norm() / plain_grads.norm()).item() < 0.05
+
+
+@pytest.mark.parametrize("merge", ["0", "1"])
+def test_the_audio_merge_backward_waits_for_the_gpu_only_without_hook_y(bare_fsdp_engine, fsdp_engine_support,
+                                                                       tiny_model_dir, monkeypatch, merge):
+    """Hook Y on the GPU: under torch's sync debug mode "error", transformers' merge fails in backward (its masked
+    scatter and boolean select call nonzero(), which waits for the GPU); with the hook the whole backward runs."""
+    import torch
+    from verl.workers.config import FSDPEngineConfig
+
+    from r1aqa_plugin.models.qwen2_audio.audio_merge import MERGE_ENV
+
+    monkeypatch.setenv(MERGE_ENV, merge)
+    verl_hooks.install()
+    torch.cuda.set_device(0)
+    engine = bare_fsdp_engine("cuda")
+    engine.engine_config = FSDPEngineConfig()
+    # the first prompt twice: hook I's gather of one clip's encoding into two rows is in the backward too
+    batch = {k: torch.cat([v, v[:1]]).cuda() for k, v in fsdp_engine_support.audio_batch(str(tiny_model_dir)).items()}
+    module = engine._build_module().cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = module(**batch).logits.float().pow(2).mean()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        if merge == "0":
+            with pytest.raises(RuntimeError, match="synchroniz"):
+                loss.backward()
+        else:
+            loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    if merge == "1":
+        assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize("overlap", [False, True])

@@ -30,8 +30,9 @@
 #   hooks: tests/test_gpu_hooks.py, fsdp_unit_overhead.py, optimizer_stream_bench.py (GPU $HOOKS_GPU, default 1)
 #   one:   queue hooks's jobs (unless QUEUES names hooks too), then 7B GRPO 1 GPU: "prof1liger" (4 steps of
 #          "wins1liger": wins1big with Liger's kernels, hook X; steps 2-3 measured, step 4 under the torch profiler)
-#          -> "wins1big" (wins1vref with update micro-batches of 16: the control) -> "wins1fast" (wins1vref without
-#          gradient checkpointing, update micro-batches of 4) -> "prof1" (4 steps of "wins1vref", hook V: AdamW's
+#          -> "wins1scatter" (wins1liger with hook Y off: the control) -> "wins1big" (wins1vref with update
+#          micro-batches of 16, no Liger) -> "wins1fast" (wins1vref without gradient checkpointing, update
+#          micro-batches of 4) -> "prof1" (4 steps of "wins1vref", hook V: AdamW's
 #          state in host memory, streamed through the step; hook R: the reference on the GPU; step 4 profiled) ->
 #          "wins1v" (the reference offloaded) -> "wins1acc" (wins + the optimizer step on the CPU + one gradient
 #          reduction a step, stack samples on) -> "wins1" (a reduction a micro-batch) (GPU $ONE_GPU, default 0);
@@ -340,7 +341,8 @@ QUEUE_probe() {  # learnability probe: supervised on the correct answers of ever
 }
 QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning needs the AdamW state off the GPU): prof1liger (wins1liger,
               # hook X: Liger's kernels in the decoder; its step 4 profiled: is the 16-row update still launch-bound?),
-              # wins1big (the control, without Liger), wins1fast (no recompute), prof1: 4 steps of wins1vref
+              # wins1liger with hook Y off (the control), wins1big (without Liger), wins1fast (no recompute), prof1:
+              # 4 steps of wins1vref
               # (train_h200.sh 1 WINS=1 MICRO=8 LIGER=0: hook V streams the state through the step, the reference on
               # the GPU), the last under the torch profiler; wins1v (the reference offloaded), then wins1acc with
               # stack samples (the whole actor on FSDP2's CPU offload, one gradient reduction a step), then wins1 (one
@@ -348,7 +350,8 @@ QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning needs the AdamW state off 
   export CUDA_VISIBLE_DEVICES=${ONE_GPU:-0}
   case ",${QUEUES:-}," in *,hooks,*) ;; *) hook_jobs ;; esac
   STEPS=4 step grpo-prof1liger-1gpu grpo7b 1 prof1liger   # first, so that the deadline cannot cut it
-  step grpo-wins1big-1gpu grpo7b 1 wins1big   # the control beside it
+  step grpo-wins1scatter-1gpu grpo7b 1 wins1scatter   # the control beside it: hook Y off
+  step grpo-wins1big-1gpu grpo7b 1 wins1big
   step grpo-wins1fast-1gpu grpo7b 1 wins1fast
   STEPS=4 step grpo-prof1-1gpu grpo7b 1 prof1   # wins1vref, the control beside it (steps 2-3), step 4 profiled
   step grpo-wins1v-1gpu grpo7b 1 wins1v   # the bf16 reference offloaded, as verl does

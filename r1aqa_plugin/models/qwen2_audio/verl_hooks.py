@@ -236,11 +236,12 @@ def _make_encoder_dedup(original: Callable[..., Any]) -> Callable[..., Any]:
     return make_encoder_forward(original)
 
 
-def _make_feature_window(original: Callable[..., Any]) -> Callable[..., Any]:
-    """Hook P: the actor's features arrive cut after each clip's frames; pad them back to the encoder's window."""
-    from r1aqa_plugin.models.qwen2_audio.feature_window import make_model_forward
+def _make_model_forward(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hooks P and Y on one target: cut features are padded back to the encoder's window (P), then the audio merge
+    runs without a device sync in backward (Y)."""
+    from r1aqa_plugin.models.qwen2_audio import audio_merge, feature_window
 
-    return make_model_forward(original)
+    return feature_window.make_model_forward(audio_merge.make_model_forward(original))
 
 
 # Hook K: set while ActorRolloutRefWorker.init_model builds this worker's engines (one process, synchronous calls)
@@ -784,8 +785,9 @@ def _build_patches() -> list[Patch]:
               _make_vision2seq_getter, "hf_model checkpoint export builds Qwen2-Audio"),
         Patch("I", "transformers.models.qwen2_audio.modeling_qwen2_audio", "Qwen2AudioEncoder.forward",
               _make_encoder_dedup, "audio encoder runs once per distinct clip of a batch"),
-        Patch("P", "transformers.models.qwen2_audio.modeling_qwen2_audio", "Qwen2AudioModel.forward",
-              _make_feature_window, "audio features cut after each clip are padded back to the encoder's window"),
+        Patch("P Y", "transformers.models.qwen2_audio.modeling_qwen2_audio", "Qwen2AudioModel.forward",
+              _make_model_forward, "audio features cut after each clip are padded back to the encoder's window (P); "
+              "audio rows merged by index, no device sync in backward (Y)"),
         Patch("J", "verl.trainer.ppo.v1.trainer_base", "PPOTrainer._balance_batch", _make_group_by_prompt,
               "a prompt's samples stay adjacent on their rank (v1 trainer)"),
         Patch("K", "verl.workers.engine_workers", "ActorRolloutRefWorker.init_model", _make_freeze_request,
