@@ -198,6 +198,24 @@ def test_kv_queue_runs_bare_vllm_then_its_fp8_kv_cache_on_gpu0(tmp_path: Path) -
     assert _queue_calls(tmp_path, "kv", stubs, {}) == ["rollout gpu=0 modes=vllm,vllm-kvfp8"]
 
 
+def test_merge_queue_runs_hook_ys_gpu_test_then_its_bench_on_gpu0(tmp_path: Path) -> None:
+    stubs = ('gpu_hooks() { echo "gpu_hooks gpu=$CUDA_VISIBLE_DEVICES k=${GPU_HOOKS_K:-all}" >> "$S/calls"; }\n'
+             'merge_bench() { echo "merge_bench gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n')
+    assert _queue_calls(tmp_path, "merge", stubs, {}) == ["gpu_hooks gpu=0 k=merge", "merge_bench gpu=0"]
+
+
+@pytest.mark.slow
+def test_audio_merge_bench_toy(tmp_path: Path) -> None:
+    out = tmp_path / "merge.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "audio_merge_bench.py"), "--size", "tiny", "--tokens", "8",
+                           "--clip-seconds", "2", "--micro", "8", "--repeats", "1", "--dtype", "fp32",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["micro"] == 8 and len(row["runs_0"]) == len(row["runs_1"]) == 1 and row["s_0"] > 0 and row["s_1"] > 0
+    assert "| 8 |" in proc.stdout
+
+
 @pytest.mark.parametrize("queues", ["lora", "lora,lorab"])
 def test_lora_queue_runs_fsdp1_itself_unless_lorab_runs_it_beside_fsdp2(tmp_path: Path, queues: str) -> None:
     stubs = 'grpo7b() { echo "grpo7b gpu=$CUDA_VISIBLE_DEVICES $*" >> "$S/calls"; }\n'

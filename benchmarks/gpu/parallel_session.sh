@@ -45,6 +45,7 @@
 #   perf1: 7B GRPO 1 GPU "wins1" -> rollout bench -> "wins1ref" (GPU $ONE_GPU, default 1). The twelfth session ran
 #          it beside lp2 (QUEUES=lp2,perf1), with the cores unsplit: the 7B's CPU offload starved the warm-up ~10x
 #   kv:    rollout bench: bare vLLM, then the same engine with an fp8 KV cache (GPU $BENCH_GPU, default 0)
+#   merge: hook Y's GPU test, then audio_merge_bench.py on the 7B (GPU $BENCH_GPU, default 0)
 #   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench -> feature-transfer bench
 #          (GPU $BENCH_GPU, default 1)
 #   contrast: same vs another sample's audio for the actor (tests/test_gpu_grpo.py; GPU2 | GPU3; issue 3, met)
@@ -179,10 +180,15 @@ unit_overhead() {  # host time per FSDP1 / FSDP2 unit on the GPU (the LoRA updat
 optimizer_stream() {  # hook V side by side: AdamW with its state on the GPU, streamed, streamed with overlapped copies
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/optimizer_stream_bench.py" --json "$S/optimizer-stream.json"
 }
-gpu_hooks() {  # tests/test_gpu_hooks.py: hooks P, R, S, T, U, V and X on the GPU (bf16 logits; FSDP's real
-              # wrapping, FSDP2's CPU offload policy, the LoRA sync, the optimizer state between host and GPU, Liger)
+gpu_hooks() {  # tests/test_gpu_hooks.py: hooks P, R, S, T, U, V, X and Y on the GPU (bf16 logits; FSDP's real
+              # wrapping, FSDP2's CPU offload policy, the LoRA sync, the optimizer state between host and GPU, Liger,
+              # device syncs); GPU_HOOKS_K selects tests (pytest -k)
   ( cd "$REPO" && timeout -k 10 "$(left 5)" python3 -m pytest -m gpu tests/test_gpu_hooks.py -v -p no:cacheprovider \
-      --basetemp="$W/pt-gpu-hooks" )
+      --basetemp="$W/pt-gpu-hooks" ${GPU_HOOKS_K:+-k "$GPU_HOOKS_K"} )
+}
+merge_bench() {  # hook Y side by side on one 7B micro-batch of 8 and of 16 rows (random weights built on the GPU)
+  timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/audio_merge_bench.py" --size 7b --micro 8,16 \
+    --json "$S/merge.json"
 }
 
 lp() {  # lp PHASE: learning proof phase (examples/learning_proof/run.sh) of arm $LP_ARM (default lp: the recipe
@@ -395,6 +401,11 @@ QUEUE_kv() {  # the rollout bench's bare vLLM against the same engine with an fp
               # Twenty-fifth session: 3.78 s against 3.87, no gain
   export CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0}
   ROLLOUT_MODES=vllm,vllm-kvfp8 step rollout-kv rollout
+}
+QUEUE_merge() {  # hook Y on one GPU ($BENCH_GPU, default 0): its GPU test, then the side-by-side bench; fits
+                 # nvidia-h200 (no verl run, little host memory)
+  export CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0}
+  GPU_HOOKS_K=merge step gpu-hooks-merge gpu_hooks; step merge-bench merge_bench
 }
 QUEUE_bench() {
   export CUDA_VISIBLE_DEVICES=${BENCH_GPU:-1}
