@@ -150,6 +150,15 @@ VARIANTS["wins1liger"] = (("1 GPU: wins1big with model.use_liger=True (hook X: L
 VARIANTS["wins1scatter"] = (("1 GPU: wins1liger with transformers' masked_scatter audio merge (hook Y off): the "
                              "control for hook Y, and the settings wins1liger ran with on 2026-12-01 (19.27 s)"),
                             [*VARIANTS["wins1liger"][1], *VARIANTS["nomerge"][1]])
+VARIANTS["wins1enc"] = (("1 GPU: wins1liger with the audio encoder's activations kept (hook Z, "
+                         "R1AQA_ENCODER_RECOMPUTE=0): its recompute is ~800 launches a micro-batch on one or two clips "
+                         "in a launch-bound loop. Predicted: update -0.3..-0.7 s, GPU peak +2..+6 GB"),
+                        [*VARIANTS["wins1liger"][1], "env:R1AQA_ENCODER_RECOMPUTE=0"])
+VARIANTS["wins1keep8"] = (("1 GPU: wins1enc with the decoder's last 8 layers' activations kept too (hook Z, "
+                           "R1AQA_DECODER_KEEP_LAYERS=8, ~1 GB a layer at 16 rows). Predicted against wins1liger: "
+                           "update -0.7..-1.6 s, GPU peak +10..+16 GB; ~1 in 4 that it runs out of GPU memory (136 "
+                           "of 139.8 GB were reserved at wins1liger)"),
+                          [*VARIANTS["wins1enc"][1], "env:R1AQA_DECODER_KEEP_LAYERS=8"])
 VARIANTS["winsfast"] = ("2 GPUs: winsref + nockpt (spends the ~50 GB a GPU that 2 GPUs leave free on skipping the "
                         "recomputed forward)", VARIANTS["winsref"][1] + VARIANTS["nockpt"][1])
 VARIANTS["fsdp2fast"] = (("2 GPUs: winsfast on FSDP2: its state dict is the shards themselves, so the weight sync "

@@ -129,7 +129,9 @@ def test_parallel_session_runs_queues_detached_and_packs_logs(tmp_path: Path) ->
                       "QUEUE_b() { export CUDA_VISIBLE_DEVICES=1; step b1 sleep 1; step grpo-x-2gpu cat \"$LOG\"; }\n")
     env = {**os.environ, "SESSION_DIR": str(tmp_path / "s"), "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "w"),
            "QUEUE_FILE": str(queues), "QUEUES": "a,b", "STAGGER": "0", "R1AQA_SITE_READY": "1",
-           "LOG": str(REPO / "tests/fixtures/h200/grpo-baseline-2gpu.log"), "PYTHONPATH": ""}
+           "LOG": str(REPO / "tests/fixtures/h200/grpo-baseline-2gpu.log"), "PYTHONPATH": "", "MACHINE_CLEANUP": "0"}
+    # a process named like a verl run that is not the session's: the session must leave it alone on this machine
+    decoy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "verl.trainer.main_ppo"])
     script = str(BENCH / "gpu" / "parallel_session.sh")
     start = subprocess.run(["bash", script, "start", "3"], env=env, capture_output=True, text=True, timeout=60)
     assert start.returncode == 0 and "queues started" in start.stdout, start.stdout + start.stderr
@@ -143,6 +145,8 @@ def test_parallel_session_runs_queues_detached_and_packs_logs(tmp_path: Path) ->
     assert int((tmp_path / "s" / "a4.log").read_text()) == (cores // 2 if cores >= 2 else cores)
     assert (tmp_path / "s" / "grpo-x-2gpu.log").read_text() == log
     assert "| grpo-x-2gpu | 2 | 1 |" in (tmp_path / "out" / "grpo-table.md").read_text()  # the 7B table, packed
+    assert decoy.poll() is None, "MACHINE_CLEANUP=0: the session killed a process it did not start"
+    decoy.kill()
 
 
 @pytest.mark.parametrize(("queues", "told"), [
@@ -166,7 +170,7 @@ def _queue_calls(tmp_path: Path, queue: str, stubs: str, env_extra: dict[str, st
     (tmp_path / "stubs.sh").write_text(stubs)
     env = {**os.environ, "SESSION_DIR": str(tmp_path / "s"), "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "w"),
            "QUEUE_FILE": str(tmp_path / "stubs.sh"), "QUEUES": queue, "STAGGER": "0", "LP_STAGGER": "0",
-           "R1AQA_SITE_READY": "1", "PYTHONPATH": ""}
+           "R1AQA_SITE_READY": "1", "PYTHONPATH": "", "MACHINE_CLEANUP": "0"}
     # the queue's defaults, not the caller's
     for var in ("TASKS", "TRAIN_TASKS", "LISTEN_TASKS", "REH_SWEEP", "LP_ARMS", "SEED", "ENV_B"):
         env.pop(var, None)
@@ -187,6 +191,7 @@ def test_queue_one_runs_the_hook_jobs_first_unless_queue_hooks_runs_them_on_the_
     gpu = "0" if queues == "one" else "1"
     assert calls == sorted([f"gpu_hooks gpu={gpu} ", f"unit_overhead gpu={gpu} ", f"optimizer_stream gpu={gpu} ",
                             "grpo7b gpu=0 1 prof1liger steps=4", "grpo7b gpu=0 1 wins1scatter",
+                            "grpo7b gpu=0 1 wins1keep8", "grpo7b gpu=0 1 wins1enc",
                             "grpo7b gpu=0 1 wins1big", "grpo7b gpu=0 1 wins1fast",
                             "grpo7b gpu=0 1 prof1 steps=4",
                             "grpo7b gpu=0 1 wins1v",
@@ -880,6 +885,14 @@ def test_wins1liger_is_wins1big_with_verls_liger_switch(tmp_path: Path) -> None:
 def test_wins1scatter_is_wins1liger_with_hook_y_off(tmp_path: Path) -> None:
     _, cfg, env = _composed("wins1scatter", 1, tmp_path)
     assert env == {"R1AQA_OPTIMIZER_STREAM": "1", "R1AQA_REF_ON_GPU": "1", "R1AQA_SYNC_FREE_MERGE": "0"}
+    assert cfg.actor_rollout_ref.model.use_liger is True
+
+
+def test_wins1keep8_keeps_the_encoder_and_eight_decoder_layers_through_hook_z(tmp_path: Path) -> None:
+    _, cfg, env = _composed("wins1keep8", 1, tmp_path)
+    assert env == {"R1AQA_OPTIMIZER_STREAM": "1", "R1AQA_REF_ON_GPU": "1", "R1AQA_ENCODER_RECOMPUTE": "0",
+                   "R1AQA_DECODER_KEEP_LAYERS": "8"}
+    assert cfg.actor_rollout_ref.model.enable_gradient_checkpointing is True  # hook Z needs verl's checkpointing
     assert cfg.actor_rollout_ref.model.use_liger is True
 
 

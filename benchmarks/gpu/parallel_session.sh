@@ -30,13 +30,13 @@
 #   hooks: tests/test_gpu_hooks.py, fsdp_unit_overhead.py, optimizer_stream_bench.py (GPU $HOOKS_GPU, default 1)
 #   one:   queue hooks's jobs (unless QUEUES names hooks too), then 7B GRPO 1 GPU: "prof1liger" (4 steps of
 #          "wins1liger": wins1big with Liger's kernels, hook X; steps 2-3 measured, step 4 under the torch profiler)
-#          -> "wins1scatter" (wins1liger with hook Y off: the control) -> "wins1big" (wins1vref with update
-#          micro-batches of 16, no Liger) -> "wins1fast" (wins1vref without gradient checkpointing, update
-#          micro-batches of 4) -> "prof1" (4 steps of "wins1vref", hook V: AdamW's
-#          state in host memory, streamed through the step; hook R: the reference on the GPU; step 4 profiled) ->
-#          "wins1v" (the reference offloaded) -> "wins1acc" (wins + the optimizer step on the CPU + one gradient
-#          reduction a step, stack samples on) -> "wins1" (a reduction a micro-batch) (GPU $ONE_GPU, default 0);
-#          120-170 GB of host memory: alone on nvidia-h200-x2
+#          -> "wins1scatter" (wins1liger with hook Y off: the control) -> "wins1keep8" and "wins1enc" (hook Z:
+#          fewer layers recomputed) -> "wins1big" (wins1vref with update micro-batches of 16, no Liger) ->
+#          "wins1fast" (wins1vref without gradient checkpointing, update micro-batches of 4) -> "prof1" (4 steps of
+#          "wins1vref", hook V: AdamW's state in host memory, streamed through the step; hook R: the reference on
+#          the GPU; step 4 profiled) -> "wins1v" (the reference offloaded) -> "wins1acc" (wins + the optimizer step
+#          on the CPU + one gradient reduction a step, stack samples on) -> "wins1" (a reduction a micro-batch)
+#          (GPU $ONE_GPU, default 0); 120-170 GB of host memory: alone on nvidia-h200-x2
 #   lora:  7B GRPO 1 GPU, the LoRA recipe (optimizer on the GPU): "lora1fsdp2" (FSDP2, hook T's out-of-place merge
 #          for the sync) -> "lora1" (the same on FSDP1) -> "lora1verl" (verl's in-place merge) (GPU $LORA_GPU,
 #          default 1); not beside queue one on a host under 400 GiB (nvidia-h200-x2: the host ran out)
@@ -98,6 +98,13 @@ mix_refused() {  # the 7B run with the CPU offload (queue one or perf1) beside t
   fi
 }
 
+cleanup_machine() {  # every verl, Ray and vLLM process on the machine: the lent GPU host runs nothing else.
+                    # MACHINE_CLEANUP=0 leaves them alone, for a shared machine (the tests, beside other runs)
+  [ "${MACHINE_CLEANUP:-1}" = 0 ] && return 0
+  pkill -f "verl.trainer.main_ppo"; python3 -m ray.scripts.scripts stop --force > /dev/null 2>&1
+  pkill -9 -f "EngineCore|VLLM::"
+}
+
 case $CMD in
 start)
   mix_refused && exit 2
@@ -114,8 +121,7 @@ wait)
   pack; exit 0 ;;
 stop)
   echo 0 > "$S/deadline"; pkill -f "parallel_session.sh run"; sleep 1
-  pkill -f "verl.trainer.main_ppo"; python3 -m ray.scripts.scripts stop --force > /dev/null 2>&1
-  pkill -9 -f "EngineCore|VLLM::"; pack; exit 0 ;;
+  cleanup_machine; pack; exit 0 ;;
 run) ;;  # below: the detached body
 *) echo "unknown command $CMD (start | wait | stop)" >&2; exit 2 ;;
 esac
@@ -347,7 +353,8 @@ QUEUE_probe() {  # learnability probe: supervised on the correct answers of ever
 }
 QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning needs the AdamW state off the GPU): prof1liger (wins1liger,
               # hook X: Liger's kernels in the decoder; its step 4 profiled: is the 16-row update still launch-bound?),
-              # wins1liger with hook Y off (the control), wins1big (without Liger), wins1fast (no recompute), prof1:
+              # wins1liger with hook Y off (the control), wins1keep8 and wins1enc (hook Z), wins1big (without Liger),
+              # wins1fast (no recompute), prof1:
               # 4 steps of wins1vref
               # (train_h200.sh 1 WINS=1 MICRO=8 LIGER=0: hook V streams the state through the step, the reference on
               # the GPU), the last under the torch profiler; wins1v (the reference offloaded), then wins1acc with
@@ -357,6 +364,8 @@ QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning needs the AdamW state off 
   case ",${QUEUES:-}," in *,hooks,*) ;; *) hook_jobs ;; esac
   STEPS=4 step grpo-prof1liger-1gpu grpo7b 1 prof1liger   # first, so that the deadline cannot cut it
   step grpo-wins1scatter-1gpu grpo7b 1 wins1scatter   # the control beside it: hook Y off
+  step grpo-wins1keep8-1gpu grpo7b 1 wins1keep8   # hook Z: the encoder and the decoder's last 8 layers kept
+  step grpo-wins1enc-1gpu grpo7b 1 wins1enc   # hook Z: the encoder kept only
   step grpo-wins1big-1gpu grpo7b 1 wins1big
   step grpo-wins1fast-1gpu grpo7b 1 wins1fast
   STEPS=4 step grpo-prof1-1gpu grpo7b 1 prof1   # wins1vref, the control beside it (steps 2-3), step 4 profiled
@@ -448,6 +457,5 @@ for i in "${!queues[@]}"; do
   sleep "${STAGGER:-20}"   # Ray clusters and vLLM servers pick their ports one after the other
 done
 wait
-pkill -f "verl.trainer.main_ppo"; python3 -m ray.scripts.scripts stop --force > /dev/null 2>&1
-pkill -9 -f "EngineCore|VLLM::"
+cleanup_machine
 echo "$(date -u +%H:%M:%S) all queues done"; touch "$S/all-done"

@@ -267,8 +267,9 @@ def _make_freeze_request(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _make_tower_freezer(original: Callable[..., Any]) -> Callable[..., Any]:
-    """Hook K: freeze Qwen2-Audio's audio encoder in the actor (not the forward-only reference) when
-    ``actor.freeze_vision_tower`` is set, before FSDP wraps the module and the optimizer is built."""
+    """Hooks K and Z on verl's module build, in the actor (not the forward-only reference), before FSDP wraps the
+    module and the optimizer is built: freeze Qwen2-Audio's audio encoder when ``actor.freeze_vision_tower`` is set
+    (K); keep the activations of the layers ``recompute`` is asked to (Z)."""
 
     def _build_module(self: Any, *args: Any, **kwargs: Any) -> Any:
         module = original(self, *args, **kwargs)
@@ -288,6 +289,15 @@ def _make_tower_freezer(original: Callable[..., Any]) -> Callable[..., Any]:
             n_trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
             logger.info("hook K: audio tower frozen (%.1fM parameters); %.1fM trained", n_frozen / 1e6, n_trained / 1e6)
             _trace("audio tower", f"frozen: {n_frozen / 1e6:.1f}M parameters; {n_trained / 1e6:.1f}M trained")
+        if (not self.engine_config.forward_only and self.model_config.enable_gradient_checkpointing
+                and getattr(getattr(module, "config", None), "model_type", None) == MODEL_TYPE):
+            from r1aqa_plugin.models.qwen2_audio import recompute
+
+            if recompute.requested() != (True, 0):  # hook Z
+                counts = recompute.apply(module)
+                _trace("recompute", f"the audio encoder's {counts['encoder_kept']} and the decoder's last "
+                                    f"{counts['decoder_kept']} layers keep their activations; "
+                                    f"{counts['encoder_recomputed']} + {counts['decoder_recomputed']} recomputed")
         return module
 
     return _build_module
@@ -792,8 +802,9 @@ def _build_patches() -> list[Patch]:
               "a prompt's samples stay adjacent on their rank (v1 trainer)"),
         Patch("K", "verl.workers.engine_workers", "ActorRolloutRefWorker.init_model", _make_freeze_request,
               "actor.freeze_vision_tower reaches the FSDP engine"),
-        Patch("K", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_module", _make_tower_freezer,
-              "actor.freeze_vision_tower freezes the Qwen2-Audio audio encoder"),
+        Patch("K Z", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_module", _make_tower_freezer,
+              "actor.freeze_vision_tower freezes the Qwen2-Audio audio encoder (K); R1AQA_ENCODER_RECOMPUTE=0 and "
+              "R1AQA_DECODER_KEEP_LAYERS=N keep those layers' activations instead of recomputing them (Z)"),
         Patch("R", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_fsdp_module",
               _make_resident_reference, "the reference keeps its weights on the GPU when R1AQA_REF_ON_GPU=1"),
         Patch("S", "verl.utils.fsdp_utils", "_select_fsdp2_wrap_targets", _make_bottom_up_wrap,
