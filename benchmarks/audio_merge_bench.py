@@ -27,7 +27,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from encoder_dedup_bench import batch, build  # noqa: E402  (same model and micro-batch as hook I's bench)
+from encoder_dedup_bench import add_micro_batch_arguments, batch, built  # noqa: E402  (hook I's bench's model)
 
 MERGE_ENV = "R1AQA_SYNC_FREE_MERGE"
 
@@ -49,23 +49,14 @@ def syncs_in_backward(loss: Any) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", default="7b")
     ap.add_argument("--micro", default="8,16", help="sequences per micro-batch, comma-separated")
-    ap.add_argument("--tokens", type=int, default=256, help="response tokens per sequence")
-    ap.add_argument("--clip-seconds", type=float, default=10.0)
-    ap.add_argument("--repeats", type=int, default=4, help="timed runs per setting, after one warm-up each")
-    ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
-    ap.add_argument("--json")
+    add_micro_batch_arguments(ap, repeats=4)
     a = ap.parse_args(argv)
 
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    t0 = time.perf_counter()
-    model = build(a.size, device, a.dtype)
+    model, device, sync = built(a)
     model.train()
-    print(f"model {a.size} on {device}: {time.perf_counter() - t0:.0f} s to build", flush=True)
 
     def loss_of(inp: dict[str, Any]) -> Any:
         model.zero_grad(set_to_none=True)

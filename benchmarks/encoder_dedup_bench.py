@@ -71,6 +71,29 @@ def batch(micro: int, distinct: int, tokens: int, seconds: float, device: str) -
     return {k: v.to(device) for k, v in inp.items()}
 
 
+def add_micro_batch_arguments(ap: argparse.ArgumentParser, repeats: int) -> None:
+    """The model and micro-batch options this bench shares with audio_merge_bench.py."""
+    ap.add_argument("--size", default="7b")
+    ap.add_argument("--tokens", type=int, default=256, help="response tokens per sequence")
+    ap.add_argument("--clip-seconds", type=float, default=10.0)
+    ap.add_argument("--repeats", type=int, default=repeats, help="timed runs per setting, after one warm-up")
+    ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="weights and activations")
+    ap.add_argument("--json")
+
+
+def built(a: argparse.Namespace) -> tuple[Any, str, Any]:
+    """(the model of ``a.size`` built where this runs, the device, a sync function), with the build time printed."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
+    model = build(a.size, device, a.dtype)
+    print(f"model {a.size} on {device}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params, "
+          f"{time.perf_counter() - t0:.0f} s to build", flush=True)
+    return model, device, sync
+
+
 def timed(fn: Any, repeats: int, sync: Any) -> float:
     fn()
     sync()
@@ -85,26 +108,16 @@ def timed(fn: Any, repeats: int, sync: Any) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", default="7b")
     ap.add_argument("--micro", type=int, default=8, help="sequences per micro-batch")
     ap.add_argument("--distinct", default="1,2,4,8", help="distinct clips per micro-batch, comma-separated")
-    ap.add_argument("--tokens", type=int, default=256, help="response tokens per sequence")
-    ap.add_argument("--clip-seconds", type=float, default=10.0)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="weights and activations")
-    ap.add_argument("--json")
+    add_micro_batch_arguments(ap, repeats=3)
     a = ap.parse_args(argv)
 
     import torch
 
     from r1aqa_plugin.models.qwen2_audio import encoder_dedup
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    t0 = time.perf_counter()
-    model = build(a.size, device, a.dtype)
-    print(f"model {a.size} on {device}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params, "
-          f"{time.perf_counter() - t0:.0f} s to build", flush=True)
+    model, device, sync = built(a)
 
     def logprob(inp: dict[str, Any]) -> None:
         model.eval()

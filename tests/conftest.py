@@ -91,3 +91,19 @@ def bare_fsdp_engine(tiny_model_dir: Path, tmp_path: Path):
     yield make
     if started:
         dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def model_and_processor(tiny_model_dir: Path):
+    """The tiny checkpoint as a transformers model (fp32, the adapter's hooks installed) and verl's processor for it."""
+    import torch
+    import transformers.models.qwen2_audio.modeling_qwen2_audio as modeling
+    from transformers import Qwen2AudioForConditionalGeneration
+    from verl.utils import hf_processor
+
+    from r1aqa_plugin.models.qwen2_audio import verl_hooks
+
+    verl_hooks.install()
+    assert getattr(modeling.Qwen2AudioModel.forward, "__r1aqa_patched__", False)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    return model, hf_processor(str(tiny_model_dir))

@@ -15,18 +15,6 @@ TEXT = "<|im_start|>user\nAudio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nWhich so
 SYNCING = {"MaskedScatterBackward0", "IndexBackward0 (boolean)"}
 
 
-@pytest.fixture(scope="module")
-def model_and_processor(tiny_model_dir):
-    import transformers.models.qwen2_audio.modeling_qwen2_audio as modeling
-    from transformers import Qwen2AudioForConditionalGeneration
-    from verl.utils import hf_processor
-
-    verl_hooks.install()
-    assert getattr(modeling.Qwen2AudioModel.forward, "__r1aqa_patched__", False)
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    return model, hf_processor(str(tiny_model_dir))
-
-
 def _inputs(processor, seconds: list[float]) -> dict:
     """Expanded prompts (a run of <|AUDIO|> per clip, as the plugin's processor makes them), clips of unequal length
     (different numbers of valid encoder positions), one clip twice (hook I's dedup path)."""

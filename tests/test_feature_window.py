@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from r1aqa_plugin.models.qwen2_audio import feature_window, verl_hooks
+from r1aqa_plugin.models.qwen2_audio import feature_window
 from r1aqa_plugin.models.qwen2_audio.feature_window import MARGIN, TRIM_ENV, kept_frames, pad_to_window, trim
 
 
@@ -33,18 +33,6 @@ def test_padding_back_checks_shapes():
         pad_to_window(torch.ones(1, 4, 7), torch.ones(1, 7), 6)
     with pytest.raises(ValueError, match="feature_attention_mask has 5 frames but input_features 6"):
         pad_to_window(feats, torch.ones(2, 5), 10)
-
-
-@pytest.fixture(scope="module")
-def model_and_processor(tiny_model_dir):
-    import transformers.models.qwen2_audio.modeling_qwen2_audio as modeling
-    from transformers import Qwen2AudioForConditionalGeneration
-    from verl.utils import hf_processor
-
-    verl_hooks.install()
-    assert getattr(modeling.Qwen2AudioModel.forward, "__r1aqa_patched__", False)
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    return model, hf_processor(str(tiny_model_dir))
 
 
 def _batch(processor, seconds: list[float], margin: int = MARGIN):
