@@ -202,6 +202,13 @@ VARIANTS["prof1liger"] = (("1 GPU: wins1liger with step 4 profiled (run it with 
                            "steps 2-3 update 10.2-11.0 s, step 18.1-18.9 s; the profiled update 65-85% busy, "
                            "~13,000-16,000 kernels a micro-batch, no host wait over 20 ms inside a backward"),
                           VARIANTS["wins1liger"][1] + profile_overrides(4))
+VARIANTS["prof1small"] = (("1 GPU on a 128 GiB host (nvidia-h200, too small for wins1liger's 121-127 GB in use): "
+                           "wins1liger with 2 agent-loop and 2 reward workers instead of 8 and 8 (~15 GB less host "
+                           "memory), step 3 profiled (run it with --steps 3). Predicted: step 2 gen 4.4-5.5 s, ref "
+                           "2.5-3.0, update 10.2-11.5 (hook Y on), host peak 105-118 GB; the profiled update 65-85% "
+                           "busy, no wait over 20 ms in MaskedScatterBackward (there is none: hook Y)"),
+                          [*VARIANTS["wins1liger"][1], "actor_rollout_ref.rollout.agent.num_workers=2",
+                           "reward.num_workers=2", *profile_overrides(3)])
 PROFILED_STEPS = re.compile(r"^global_profiler\.steps=\[([\d,\s]*)\]$")
 
 

@@ -221,6 +221,14 @@ def test_audio_merge_bench_toy(tmp_path: Path) -> None:
     assert "| 8 |" in proc.stdout
 
 
+def test_small_queue_profiles_step_3_of_the_7b_with_fewer_workers(tmp_path: Path) -> None:
+    stubs = 'grpo7b() { echo "grpo7b gpu=$CUDA_VISIBLE_DEVICES $* steps=$STEPS" >> "$S/calls"; }\n'
+    assert _queue_calls(tmp_path, "small", stubs, {}) == ["grpo7b gpu=0 1 prof1small steps=3"]
+    _, cfg, _ = _composed("prof1small", 1, tmp_path)
+    assert (cfg.actor_rollout_ref.rollout.agent.num_workers, cfg.reward.num_workers) == (2, 2)
+    assert gsb.profiled_steps(gsb.VARIANTS["prof1small"][1]) == {3} and cfg.actor_rollout_ref.model.use_liger
+
+
 @pytest.mark.parametrize("queues", ["lora", "lora,lorab"])
 def test_lora_queue_runs_fsdp1_itself_unless_lorab_runs_it_beside_fsdp2(tmp_path: Path, queues: str) -> None:
     stubs = 'grpo7b() { echo "grpo7b gpu=$CUDA_VISIBLE_DEVICES $*" >> "$S/calls"; }\n'

@@ -46,6 +46,7 @@
 #          it beside lp2 (QUEUES=lp2,perf1), with the cores unsplit: the 7B's CPU offload starved the warm-up ~10x
 #   kv:    rollout bench: bare vLLM, then the same engine with an fp8 KV cache (GPU $BENCH_GPU, default 0)
 #   merge: hook Y's GPU test, then audio_merge_bench.py on the 7B (GPU $BENCH_GPU, default 0)
+#   small: 7B GRPO 1 GPU on nvidia-h200's 128 GiB host: "prof1small" (wins1liger, fewer workers, step 3 profiled)
 #   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench -> feature-transfer bench
 #          (GPU $BENCH_GPU, default 1)
 #   contrast: same vs another sample's audio for the actor (tests/test_gpu_grpo.py; GPU2 | GPU3; issue 3, met)
@@ -410,6 +411,11 @@ QUEUE_kv() {  # the rollout bench's bare vLLM against the same engine with an fp
               # Twenty-fifth session: 3.78 s against 3.87, no gain
   export CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0}
   ROLLOUT_MODES=vllm,vllm-kvfp8 step rollout-kv rollout
+}
+QUEUE_small() {  # the 7B on nvidia-h200 (128 GiB host): prof1small, wins1liger with fewer agent-loop and reward
+                 # workers, step 3 under the torch profiler (GPU 0)
+  export CUDA_VISIBLE_DEVICES=0
+  STEPS=3 step grpo-prof1small-1gpu grpo7b 1 prof1small
 }
 QUEUE_merge() {  # hook Y on one GPU ($BENCH_GPU, default 0): its GPU test, then the side-by-side bench; fits
                  # nvidia-h200 (no verl run, little host memory)
