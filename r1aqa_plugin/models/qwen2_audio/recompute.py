@@ -1,8 +1,9 @@
 """Hook Z: the actor recomputes fewer of Qwen2-Audio's layers in its backward, where GPU memory allows.
 
 verl's ``model.enable_gradient_checkpointing`` checkpoints every layer: the audio encoder's 32 and the decoder's 32
-run their forward twice in each update. On one H200 the update is bound by the host's kernel launches (``prof1``'s
-trace, docs/benchmarks.md), so a recomputed forward costs its launches whatever its FLOPs:
+run their forward twice in each update. On one H200 much of the update waits on the host's kernel launches (64% busy
+at 8-row micro-batches, 79% at 16 with Liger: ``prof1``'s and ``prof1small``'s traces, docs/benchmarks.md), so a
+recomputed forward costs its launches as well as its FLOPs:
 
 - The audio encoder runs on one or two distinct clips a micro-batch (hook I), ~2 GB of activations a clip, and its
   recompute is ~800 small launches a micro-batch. ``R1AQA_ENCODER_RECOMPUTE=0`` keeps its activations instead.
