@@ -199,8 +199,8 @@ def test_queue_one_runs_the_hook_jobs_first_unless_queue_hooks_runs_them_on_the_
 
 
 def test_kv_queue_runs_bare_vllm_then_its_fp8_kv_cache_on_gpu0(tmp_path: Path) -> None:
-    stubs = 'rollout() { echo "rollout gpu=$CUDA_VISIBLE_DEVICES modes=${ROLLOUT_MODES:-all}" >> "$S/calls"; }\n'
-    assert _queue_calls(tmp_path, "kv", stubs, {}) == ["rollout gpu=0 modes=vllm,vllm-kvfp8"]
+    stubs = 'rollout() { echo "rollout gpu=$CUDA_VISIBLE_DEVICES name=${1:-rollout} modes=${2:-all}" >> "$S/calls"; }\n'
+    assert _queue_calls(tmp_path, "kv", stubs, {}) == ["rollout gpu=0 name=rollout-kv modes=vllm,vllm-kvfp8"]
 
 
 def test_merge_queue_runs_hook_ys_gpu_test_then_its_bench_on_gpu0(tmp_path: Path) -> None:

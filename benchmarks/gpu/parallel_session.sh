@@ -164,10 +164,10 @@ grpo7b() {  # grpo7b NGPU VARIANTS: benchmarks/grpo_step_bench.py at R1-AQA's sh
     --json "$S/grpo-${2//,/+}-$1gpu.json" --extra "trainer.default_local_dir=$W/ckpt-7b-$2-$1gpu"
 }
 
-rollout() {  # each mode is limited to 200 s (RESULT lines are printed as modes end)
+rollout() {  # rollout [NAME [MODES]]: $S/NAME.json (default rollout), every mode unless MODES; each mode is limited
+            # to 200 s (RESULT lines are printed as modes end)
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/rollout_bench.py" --size 7b --batch 16 --n 8 --tokens 256 \
-    --clip-seconds 10 --hf-prompts 2 --workdir "$W" --timeout 200 --json "$S/rollout${ROLLOUT_MODES:+-kv}.json" \
-    ${ROLLOUT_MODES:+--modes "$ROLLOUT_MODES"}
+    --clip-seconds 10 --hf-prompts 2 --workdir "$W" --timeout 200 --json "$S/${1:-rollout}.json" ${2:+--modes "$2"}
 }
 
 dedup() {  # hook I side by side on one 7B micro-batch (random weights built on the GPU)
@@ -355,12 +355,11 @@ QUEUE_probe() {  # learnability probe: supervised on the correct answers of ever
 QUEUE_one() {  # 7B GRPO on one GPU (full fine-tuning needs the AdamW state off the GPU): prof1liger (wins1liger,
               # hook X: Liger's kernels in the decoder; its step 4 profiled: is the 16-row update still launch-bound?),
               # wins1liger with hook Y off (the control), wins1keep8 and wins1enc (hook Z), wins1big (without Liger),
-              # wins1fast (no recompute), prof1:
-              # 4 steps of wins1vref
-              # (train_h200.sh 1 WINS=1 MICRO=8 LIGER=0: hook V streams the state through the step, the reference on
-              # the GPU), the last under the torch profiler; wins1v (the reference offloaded), then wins1acc with
-              # stack samples (the whole actor on FSDP2's CPU offload, one gradient reduction a step), then wins1 (one
-              # a micro-batch) for the side by side; queue hooks's jobs first unless it runs beside (QUEUES=one,hooks)
+              # wins1fast (no recompute), prof1: 4 steps of wins1vref (train_h200.sh 1 WINS=1 MICRO=8 LIGER=0: hook V
+              # streams the state through the step, the reference on the GPU), the last under the torch profiler;
+              # wins1v (the reference offloaded), then wins1acc with stack samples (the whole actor on FSDP2's CPU
+              # offload, one gradient reduction a step), then wins1 (one a micro-batch) for the side by side; queue
+              # hooks's jobs first unless it runs beside (QUEUES=one,hooks)
   export CUDA_VISIBLE_DEVICES=${ONE_GPU:-0}
   case ",${QUEUES:-}," in *,hooks,*) ;; *) hook_jobs ;; esac
   STEPS=4 step grpo-prof1liger-1gpu grpo7b 1 prof1liger   # first, so that the deadline cannot cut it
@@ -410,7 +409,7 @@ QUEUE_kv() {  # the rollout bench's bare vLLM against the same engine with an fp
               # 0): what an fp8 KV cache would gain in generation; fits nvidia-h200 (no FSDP, little host memory).
               # Twenty-fifth session: 3.78 s against 3.87, no gain
   export CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0}
-  ROLLOUT_MODES=vllm,vllm-kvfp8 step rollout-kv rollout
+  step rollout-kv rollout rollout-kv vllm,vllm-kvfp8
 }
 QUEUE_small() {  # the 7B on nvidia-h200 (128 GiB host): prof1small, wins1liger with fewer agent-loop and reward
                  # workers, step 3 under the torch profiler (GPU 0)

@@ -31,7 +31,7 @@ def requested() -> tuple[bool, int]:
     try:
         keep = int(raw)
     except ValueError:
-        raise ValueError(f"{KEEP_ENV}={raw!r}: expected a number of decoder layers (0 or more)") from None
+        keep = -1
     if keep < 0:
         raise ValueError(f"{KEEP_ENV}={raw!r}: expected a number of decoder layers (0 or more)")
     return os.environ.get(ENCODER_ENV, "1") != "0", keep
@@ -42,21 +42,19 @@ def checkpointed(layers: Any) -> list[Any]:
     return [layer for layer in layers if getattr(layer, "gradient_checkpointing", False)]
 
 
-def apply(model: Any) -> dict[str, int]:
-    """Turn recompute off on the audio encoder (if asked) and on the last N decoder layers; return the counts."""
+def apply(model: Any, encoder_recomputes: bool, keep: int) -> dict[str, int]:
+    """Turn recompute off on the audio encoder (unless ``encoder_recomputes``) and on the last ``keep`` decoder
+    layers (``requested()`` reads both from the env); return the counts."""
     from r1aqa_plugin.models.qwen2_audio.verl_hooks import language_model_of
     from r1aqa_plugin.models.qwen2_audio.whisper_init import audio_tower_of
 
-    encoder_recomputes, keep = requested()
     encoder_layers, decoder_layers = audio_tower_of(model).layers, language_model_of(model).layers
     if keep > len(decoder_layers):
         raise ValueError(f"{KEEP_ENV}={keep}: the decoder has {len(decoder_layers)} layers")
-    kept_encoder = 0 if encoder_recomputes else len(checkpointed(encoder_layers))
-    for layer in [] if encoder_recomputes else encoder_layers:
+    encoder_kept = [] if encoder_recomputes else checkpointed(encoder_layers)
+    decoder_kept = checkpointed(decoder_layers[len(decoder_layers) - keep:])
+    for layer in encoder_kept + decoder_kept:
         layer.gradient_checkpointing = False
-    kept_decoder = len(checkpointed(decoder_layers[len(decoder_layers) - keep:]))
-    for layer in decoder_layers[len(decoder_layers) - keep:]:
-        layer.gradient_checkpointing = False
-    return {"encoder_kept": kept_encoder, "decoder_kept": kept_decoder,
+    return {"encoder_kept": len(encoder_kept), "decoder_kept": len(decoder_kept),
             "encoder_recomputed": len(checkpointed(encoder_layers)),
             "decoder_recomputed": len(checkpointed(decoder_layers))}

@@ -25,7 +25,9 @@ recipe's sync sends W + s B A as new tensors instead of merging into the live we
 the LoRA reference pass leaves the adapters trainable for FSDP2 (its first forward reads the flags), V the optimizer
 state stays in host memory and the step runs a chunk of parameters at a time, when asked
 (``R1AQA_OPTIMIZER_STREAM=1``), W every vLLM worker runs the name-mapping model class, X verl's ``model.use_liger``
-reaches Qwen2-Audio's Qwen2 decoder (Liger itself knows no ``qwen2_audio``; X patches Liger, an optional package).
+reaches Qwen2-Audio's Qwen2 decoder (Liger itself knows no ``qwen2_audio``; X patches Liger, an optional package), Y
+the audio merge goes by index, with no device sync in its backward, Z the actor keeps the activations of the layers
+``R1AQA_ENCODER_RECOMPUTE=0`` and ``R1AQA_DECODER_KEEP_LAYERS=N`` name instead of recomputing them.
 (G, the dataset, and H, the recipes' settings, are not patches.) M, N, Q, R, S's ordering, T, U and V are not
 Qwen2-Audio-specific: M computes the same values as the code it replaces, N only shortens a wait, Q only merges what
 verl left unmerged, R and V are off unless asked for, S only reorders nested units, T sends the tensors verl's merge
@@ -293,8 +295,9 @@ def _make_tower_freezer(original: Callable[..., Any]) -> Callable[..., Any]:
                 and getattr(getattr(module, "config", None), "model_type", None) == MODEL_TYPE):
             from r1aqa_plugin.models.qwen2_audio import recompute
 
-            if recompute.requested() != (True, 0):  # hook Z
-                counts = recompute.apply(module)
+            encoder_recomputes, keep = recompute.requested()
+            if not encoder_recomputes or keep:  # hook Z
+                counts = recompute.apply(module, encoder_recomputes, keep)
                 _trace("recompute", f"the audio encoder's {counts['encoder_kept']} and the decoder's last "
                                     f"{counts['decoder_kept']} layers keep their activations; "
                                     f"{counts['encoder_recomputed']} + {counts['decoder_recomputed']} recomputed")
@@ -735,8 +738,9 @@ def language_model_of(model: Any) -> Any:
     inner = getattr(model, "model", None)
     found = getattr(inner, "language_model", None) or getattr(model, "language_model", None)
     if found is None:
-        raise AdapterError(f"r1aqa hook X: no language model in {type(model).__name__} (transformers "
-                           f"{_version('transformers')}); Liger's kernels cannot reach it")
+        raise AdapterError(f"r1aqa hooks X, Z: no language model in {type(model).__name__} (transformers "
+                           f"{_version('transformers')}); neither Liger's kernels nor the recompute setting can reach "
+                           "its layers")
     return found
 
 
