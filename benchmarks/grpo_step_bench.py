@@ -81,6 +81,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "nomerge": ("control: transformers' audio merge (hook Y off): masked_scatter's backward waits for the GPU once "
                 "a micro-batch (~85 ms at 8 rows on one H200, prof1's trace); update +0.5..+1.2 s on one GPU",
                 ["env:R1AQA_SYNC_FREE_MERGE=0"]),
+    "nocausal": ("control: verl's padding mask reaches sdpa (hook AA off), so the decoder's attention runs the masked "
+                 "memory-efficient kernel over every query-key pair; update +0.6..+1.0 s, ref +0.1..+0.3 on one GPU",
+                 ["env:R1AQA_CAUSAL_ATTENTION=0"]),
     "refmicro": ("reference micro-batches of 32: verl streams the CPU-offloaded reference's weights once per "
                  "micro-batch, so 2 streams instead of 4 per rank; ref 5.1 -> ~2.5 s on 2 GPUs",
                  ["actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=32"]),
@@ -202,13 +205,27 @@ VARIANTS["prof1liger"] = (("1 GPU: wins1liger with step 4 profiled (run it with 
                            "steps 2-3 update 10.2-11.0 s, step 18.1-18.9 s; the profiled update 65-85% busy, "
                            "~13,000-16,000 kernels a micro-batch, no host wait over 20 ms inside a backward"),
                           VARIANTS["wins1liger"][1] + profile_overrides(4))
+SMALL_HOST = ["actor_rollout_ref.rollout.agent.num_workers=2", "reward.num_workers=2"]
+VARIANTS["wins1small"] = (("1 GPU on a 128 GiB host (nvidia-h200): wins1liger with 2 agent-loop and 2 reward workers "
+                           "instead of 8 and 8 (~15 GB less host memory; prof1small's step 2: 20.26 s, update 11.19), "
+                           "and hook AA (sdpa's causal kernel on verl's right-padded rows, on by default since "
+                           "2026-12-01). Predicted against prof1small's step 2: update 11.2 -> 10.3-10.7 s, ref "
+                           "3.26 -> 2.9-3.1, step 20.3 -> 19.0-19.6 s, peak <= 94.6 GB"),
+                          [*VARIANTS["wins1liger"][1], *SMALL_HOST])
+VARIANTS["wins1smallmask"] = (("wins1small with hook AA off (verl's mask reaches sdpa): the control for hook AA on "
+                               "the same host"), [*VARIANTS["wins1small"][1], *VARIANTS["nocausal"][1]])
+VARIANTS["wins1smallkeep8"] = (("wins1small with hook Z: the audio encoder's and the decoder's last 8 layers' "
+                                "activations kept (R1AQA_ENCODER_RECOMPUTE=0, R1AQA_DECODER_KEEP_LAYERS=8). Predicted "
+                                "against wins1small: update -0.7..-1.6 s, GPU peak +10..+16 GB; ~1 in 4 that it runs "
+                                "out of GPU memory"),
+                               [*VARIANTS["wins1small"][1], "env:R1AQA_ENCODER_RECOMPUTE=0",
+                                "env:R1AQA_DECODER_KEEP_LAYERS=8"])
 VARIANTS["prof1small"] = (("1 GPU on a 128 GiB host (nvidia-h200, too small for wins1liger's 121-127 GB in use): "
                            "wins1liger with 2 agent-loop and 2 reward workers instead of 8 and 8 (~15 GB less host "
                            "memory), step 3 profiled (run it with --steps 3). Predicted: step 2 gen 4.4-5.5 s, ref "
                            "2.5-3.0, update 10.2-11.5 (hook Y on), host peak 105-118 GB; the profiled update 65-85% "
                            "busy, no wait over 20 ms in MaskedScatterBackward (there is none: hook Y)"),
-                          [*VARIANTS["wins1liger"][1], "actor_rollout_ref.rollout.agent.num_workers=2",
-                           "reward.num_workers=2", *profile_overrides(3)])
+                          [*VARIANTS["wins1liger"][1], *SMALL_HOST, *profile_overrides(3)])
 PROFILED_STEPS = re.compile(r"^global_profiler\.steps=\[([\d,\s]*)\]$")
 
 

@@ -221,12 +221,36 @@ def test_audio_merge_bench_toy(tmp_path: Path) -> None:
     assert "| 8 |" in proc.stdout
 
 
-def test_small_queue_profiles_step_3_of_the_7b_with_fewer_workers(tmp_path: Path) -> None:
-    stubs = 'grpo7b() { echo "grpo7b gpu=$CUDA_VISIBLE_DEVICES $* steps=$STEPS" >> "$S/calls"; }\n'
-    assert _queue_calls(tmp_path, "small", stubs, {}) == ["grpo7b gpu=0 1 prof1small steps=3"]
-    _, cfg, _ = _composed("prof1small", 1, tmp_path)
-    assert (cfg.actor_rollout_ref.rollout.agent.num_workers, cfg.reward.num_workers) == (2, 2)
-    assert gsb.profiled_steps(gsb.VARIANTS["prof1small"][1]) == {3} and cfg.actor_rollout_ref.model.use_liger
+@pytest.mark.slow
+def test_causal_attention_bench_toy(tmp_path: Path) -> None:
+    out = tmp_path / "causal.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "causal_attention_bench.py"), "--size", "tiny", "--tokens", "8",
+                           "--clip-seconds", "2", "--micro", "4", "--short", "3", "--repeats", "1", "--dtype", "fp32",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["micro"] == 4 and len(set(row["lengths"])) > 1  # unequal rows: verl's mask has padding in it
+    assert row["max_abs_logprob_diff"] < 1e-5 and row["s_update_0"] > 0 and row["s_update_1"] > 0
+    assert "| 4 |" in proc.stdout
+
+
+def test_small_queue_runs_hook_aa_then_the_7b_with_fewer_workers_then_hook_z(tmp_path: Path) -> None:
+    stubs = ('grpo7b() { echo "grpo7b gpu=$CUDA_VISIBLE_DEVICES $* steps=$STEPS" >> "$S/calls"; }\n'
+             'gpu_hooks() { echo "gpu-hooks $GPU_HOOKS_K" >> "$S/calls"; }\n'
+             'causal_bench() { echo "causal-bench gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n')
+    assert _queue_calls(tmp_path, "small", stubs, {}) == sorted([
+        "gpu-hooks flash", "causal-bench gpu=0", "grpo7b gpu=0 1 wins1small steps=4",
+        "grpo7b gpu=0 1 wins1smallkeep8 steps=3"])
+    for variant in ("wins1small", "prof1small"):
+        _, cfg, _ = _composed(variant, 1, tmp_path)
+        assert (cfg.actor_rollout_ref.rollout.agent.num_workers, cfg.reward.num_workers) == (2, 2)
+        assert cfg.actor_rollout_ref.model.use_liger
+    assert gsb.profiled_steps(gsb.VARIANTS["prof1small"][1]) == {3}
+    assert not gsb.profiled_steps(gsb.VARIANTS["wins1small"][1])
+    assert set(gsb.VARIANTS["wins1smallmask"][1]) - set(gsb.VARIANTS["wins1small"][1]) == {
+        "env:R1AQA_CAUSAL_ATTENTION=0"}
+    assert set(gsb.VARIANTS["wins1smallkeep8"][1]) - set(gsb.VARIANTS["wins1small"][1]) == {
+        "env:R1AQA_ENCODER_RECOMPUTE=0", "env:R1AQA_DECODER_KEEP_LAYERS=8"}
 
 
 @pytest.mark.parametrize("queues", ["lora", "lora,lorab"])

@@ -1,6 +1,7 @@
-"""Hooks P, R, S, T, U, V, X and Y on a CUDA GPU: what the CPU tests cannot show (bf16 kernels, FSDP's real
+"""Hooks P, R, S, T, U, V, X, Y and AA on a CUDA GPU: what the CPU tests cannot show (bf16 kernels, FSDP's real
 wrapping, FSDP2's CPU offload policy, optimizer state moved between host and GPU, Liger's Triton kernels, device
-syncs). Skipped without CUDA; run on the lent H200 with ``python -m pytest -m gpu tests/test_gpu_hooks.py``."""
+syncs, sdpa's choice of kernel). Skipped without CUDA; run on the lent H200 with
+``python -m pytest -m gpu tests/test_gpu_hooks.py``."""
 
 from __future__ import annotations
 
@@ -230,3 +231,20 @@ def test_streamed_optimizer_step_through_verls_engine_on_the_gpu(bare_fsdp_engin
         weights.append({n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu()
                         for n, p in engine.module.named_parameters()})
     assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+
+
+def test_right_padded_rows_run_sdpas_flash_kernel_only_with_hook_aa(tmp_path):
+    """Hook AA on CUDA: verl's padded micro-batch runs the decoder's attention in sdpa's flash kernel instead of the
+    masked memory-efficient one (the encoder keeps its mask), with bf16 log-probs within rounding."""
+    import json
+
+    from causal_attention_bench import main
+
+    out = tmp_path / "causal.json"
+    assert main(["--size", "tiny", "--tokens", "64", "--clip-seconds", "4", "--micro", "16", "--short", "20",
+                 "--repeats", "1", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    masked, causal = row["kernels_0"], row["kernels_1"]
+    assert masked["causal (flash)"] == 0 and causal["causal (flash)"] > 0, (masked, causal)
+    assert causal["masked (memory-efficient)"] < masked["masked (memory-efficient)"], (masked, causal)
+    assert row["max_abs_logprob_diff"] < 0.1, row["max_abs_logprob_diff"]

@@ -46,7 +46,8 @@
 #          it beside lp2 (QUEUES=lp2,perf1), with the cores unsplit: the 7B's CPU offload starved the warm-up ~10x
 #   kv:    rollout bench: bare vLLM, then the same engine with an fp8 KV cache (GPU $BENCH_GPU, default 0)
 #   merge: hook Y's GPU test, then audio_merge_bench.py on the 7B (GPU $BENCH_GPU, default 0)
-#   small: 7B GRPO 1 GPU on nvidia-h200's 128 GiB host: "prof1small" (wins1liger, fewer workers, step 3 profiled)
+#   small: 7B GRPO 1 GPU on nvidia-h200's 128 GiB host: hook AA's GPU test and bench, then "wins1small" (wins1liger,
+#          fewer workers, hook AA) for 4 steps, then "wins1smallkeep8" (hook Z); "prof1small" ran here before
 #   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench -> feature-transfer bench
 #          (GPU $BENCH_GPU, default 1)
 #   contrast: same vs another sample's audio for the actor (tests/test_gpu_grpo.py; GPU2 | GPU3; issue 3, met)
@@ -187,7 +188,7 @@ unit_overhead() {  # host time per FSDP1 / FSDP2 unit on the GPU (the LoRA updat
 optimizer_stream() {  # hook V side by side: AdamW with its state on the GPU, streamed, streamed with overlapped copies
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/optimizer_stream_bench.py" --json "$S/optimizer-stream.json"
 }
-gpu_hooks() {  # tests/test_gpu_hooks.py: hooks P, R, S, T, U, V, X and Y on the GPU (bf16 logits; FSDP's real
+gpu_hooks() {  # tests/test_gpu_hooks.py: hooks P, R, S, T, U, V, X, Y and AA on the GPU (bf16 logits; FSDP's real
               # wrapping, FSDP2's CPU offload policy, the LoRA sync, the optimizer state between host and GPU, Liger,
               # device syncs); GPU_HOOKS_K selects tests (pytest -k)
   ( cd "$REPO" && timeout -k 10 "$(left 5)" python3 -m pytest -m gpu tests/test_gpu_hooks.py -v -p no:cacheprovider \
@@ -196,6 +197,11 @@ gpu_hooks() {  # tests/test_gpu_hooks.py: hooks P, R, S, T, U, V, X and Y on the
 merge_bench() {  # hook Y side by side on one 7B micro-batch of 8 and of 16 rows (random weights built on the GPU)
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/audio_merge_bench.py" --size 7b --micro 8,16 \
     --json "$S/merge.json"
+}
+
+causal_bench() {  # hook AA side by side on one 7B micro-batch of 16 ragged rows through verl's padded path
+  timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/causal_attention_bench.py" --size 7b --micro 16 \
+    --json "$S/causal.json"
 }
 
 lp() {  # lp PHASE: learning proof phase (examples/learning_proof/run.sh) of arm $LP_ARM (default lp: the recipe
@@ -411,10 +417,13 @@ QUEUE_kv() {  # the rollout bench's bare vLLM against the same engine with an fp
   export CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0}
   step rollout-kv rollout rollout-kv vllm,vllm-kvfp8
 }
-QUEUE_small() {  # the 7B on nvidia-h200 (128 GiB host): prof1small, wins1liger with fewer agent-loop and reward
-                 # workers, step 3 under the torch profiler (GPU 0)
+QUEUE_small() {  # the 7B on nvidia-h200 (128 GiB host, GPU 0): hook AA's GPU test and bench, then wins1small
+                 # (wins1liger with 2 + 2 agent-loop and reward workers; hook AA on) for 4 steps, then
+                 # wins1smallkeep8 (hook Z); the twenty-fifth session ran prof1small here (step 3 profiled)
   export CUDA_VISIBLE_DEVICES=0
-  STEPS=3 step grpo-prof1small-1gpu grpo7b 1 prof1small
+  GPU_HOOKS_K=flash step gpu-hooks-causal gpu_hooks; step causal-bench causal_bench
+  STEPS=4 step grpo-wins1small-1gpu grpo7b 1 wins1small
+  STEPS=3 step grpo-wins1smallkeep8-1gpu grpo7b 1 wins1smallkeep8
 }
 QUEUE_merge() {  # hook Y on one GPU ($BENCH_GPU, default 0): its GPU test, then the side-by-side bench; fits
                  # nvidia-h200 (no verl run, little host memory)

@@ -27,7 +27,8 @@ state stays in host memory and the step runs a chunk of parameters at a time, wh
 (``R1AQA_OPTIMIZER_STREAM=1``), W every vLLM worker runs the name-mapping model class, X verl's ``model.use_liger``
 reaches Qwen2-Audio's Qwen2 decoder (Liger itself knows no ``qwen2_audio``; X patches Liger, an optional package), Y
 the audio merge goes by index, with no device sync in its backward, Z the actor keeps the activations of the layers
-``R1AQA_ENCODER_RECOMPUTE=0`` and ``R1AQA_DECODER_KEEP_LAYERS=N`` name instead of recomputing them.
+``R1AQA_ENCODER_RECOMPUTE=0`` and ``R1AQA_DECODER_KEEP_LAYERS=N`` name instead of recomputing them, AA verl's
+right-padded rows reach the model without a mask, so sdpa runs its causal flash kernel.
 (G, the dataset, and H, the recipes' settings, are not patches.) M, N, Q, R, S's ordering, T, U and V are not
 Qwen2-Audio-specific: M computes the same values as the code it replaces, N only shortens a wait, Q only merges what
 verl left unmerged, R and V are off unless asked for, S only reorders nested units, T sends the tensors verl's merge
@@ -304,6 +305,24 @@ def _make_tower_freezer(original: Callable[..., Any]) -> Callable[..., Any]:
         return module
 
     return _build_module
+
+
+def _make_causal_inputs(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook AA: for Qwen2-Audio, verl's right-padded micro-batches reach the model without a mask or position ids,
+    so sdpa runs its causal flash kernel instead of the masked memory-efficient one (``causal_attention``)."""
+    from r1aqa_plugin.models.qwen2_audio import causal_attention
+
+    def prepare_model_inputs(self: Any, *args: Any, **kwargs: Any) -> Any:
+        model_inputs, output_args = original(self, *args, **kwargs)
+        if (causal_attention.enabled()
+                and getattr(getattr(self.model_config, "hf_config", None), "model_type", None) == MODEL_TYPE):
+            dropped = causal_attention.without_mask(model_inputs)
+            if dropped is not model_inputs:
+                _trace("attention", "right-padded rows: no mask, sdpa's causal kernel")
+            model_inputs = dropped
+        return model_inputs, output_args
+
+    return prepare_model_inputs
 
 
 def _make_model_config_init(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -809,6 +828,8 @@ def _build_patches() -> list[Patch]:
         Patch("K Z", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_module", _make_tower_freezer,
               "actor.freeze_vision_tower freezes the Qwen2-Audio audio encoder (K); R1AQA_ENCODER_RECOMPUTE=0 and "
               "R1AQA_DECODER_KEEP_LAYERS=N keep those layers' activations instead of recomputing them (Z)"),
+        Patch("AA", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead.prepare_model_inputs",
+              _make_causal_inputs, "right-padded rows reach Qwen2-Audio without a mask: sdpa's causal flash kernel"),
         Patch("R", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_fsdp_module",
               _make_resident_reference, "the reference keeps its weights on the GPU when R1AQA_REF_ON_GPU=1"),
         Patch("S", "verl.utils.fsdp_utils", "_select_fsdp2_wrap_targets", _make_bottom_up_wrap,
