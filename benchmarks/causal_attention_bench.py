@@ -12,7 +12,11 @@ row 0 another ``--short`` tokens shorter (an early end of sequence). Each pass r
 - ``log-prob``: no-grad forward and verl's token log-probs (the reference pass);
 - ``update``: the same with gradients, and backward (the actor's update; the recompute included).
 The table gives the medians, the largest difference of a real token's log-prob between the two, and (on CUDA) the
-time of each attention kernel family in one profiled update per setting. Toy run on CPU: ``--size tiny --tokens 8
+time of each attention kernel family in one profiled update per setting. sdpa's cuDNN kernels are off by default,
+as in verl's workers: importing vLLM's CUDA platform turns them off process-wide
+(``torch.backends.cuda.enable_cudnn_sdp(False)`` in ``vllm/platforms/cuda.py``), so there the masked path runs the
+memory-efficient kernel and the causal path the flash kernel. ``--cudnn-sdp on`` leaves torch's choice (on the H200,
+2026-12-01: cuDNN for both). Toy run on CPU: ``--size tiny --tokens 8
 --clip-seconds 2 --micro 4 --short 3 --repeats 1 --dtype fp32``.
 """
 
@@ -36,7 +40,7 @@ from encoder_dedup_bench import add_micro_batch_arguments, batch, built  # noqa:
 CAUSAL_ENV = "R1AQA_CAUSAL_ATTENTION"
 # sdpa's kernels by family, as the CUDA profiler names them (torch 2.11 on the H200)
 KERNEL_FAMILIES = {"masked (memory-efficient)": ("fmha_cutlass", "efficient_attention"),
-                   "causal (flash)": ("flash_fwd", "flash_bwd"), "cuDNN": ("cudnn",)}
+                   "causal (flash)": ("flash_fwd", "flash_bwd"), "cuDNN sdpa": ("_sdpa_", "sdpa_sm")}
 
 
 def verl_micro_batch(rows: list[Any], multi_modal: list[dict[str, Any]], pad_token_id: int) -> Any:
@@ -103,10 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--micro", default="16", help="sequences per micro-batch, comma-separated")
     ap.add_argument("--short", type=int, default=114, help="tokens row 0 ends early by, besides the i %% 6 of all")
+    ap.add_argument("--cudnn-sdp", choices=("off", "on"), default="off",
+                    help="sdpa's cuDNN kernels (off: as in verl's workers, where vLLM's import turns them off)")
     add_micro_batch_arguments(ap, repeats=4)
     a = ap.parse_args(argv)
 
     import torch
+
+    torch.backends.cuda.enable_cudnn_sdp(a.cudnn_sdp == "on")
 
     from r1aqa_plugin.models.qwen2_audio.builder import build_processor
 
@@ -160,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
 
     print(f"\nCausal attention (hook AA), {a.size}, one micro-batch through verl's padded path, {device}, "
-          f"{time.strftime('%Y-%m-%d %H:%M')} (masked -> causal)\n")
+          f"{time.strftime('%Y-%m-%d %H:%M')}, sdpa's cuDNN kernels {a.cudnn_sdp} (masked -> causal)\n")
     print("| micro-batch | row lengths | log-prob s | update s | update saved s | max abs log-prob diff |")
     print("|---:|---|---:|---:|---:|---:|")
     for r in rows_out:

@@ -253,6 +253,14 @@ def test_small_queue_runs_hook_aa_then_the_7b_with_fewer_workers_then_hook_z(tmp
         "env:R1AQA_ENCODER_RECOMPUTE=0", "env:R1AQA_DECODER_KEEP_LAYERS=8"}
 
 
+def test_causal_queue_runs_hook_aa_with_cudnn_off_then_on_then_the_control(tmp_path: Path) -> None:
+    stubs = ('grpo7b() { echo "grpo7b gpu=$CUDA_VISIBLE_DEVICES $* steps=$STEPS" >> "$S/calls"; }\n'
+             'gpu_hooks() { echo "gpu-hooks $GPU_HOOKS_K" >> "$S/calls"; }\n'
+             'causal_bench() { echo "causal-bench cudnn=${CUDNN_SDP:-off}" >> "$S/calls"; }\n')
+    assert _queue_calls(tmp_path, "causal", stubs, {}) == sorted([
+        "gpu-hooks flash", "causal-bench cudnn=off", "causal-bench cudnn=on", "grpo7b gpu=0 1 wins1smallmask steps=3"])
+
+
 @pytest.mark.parametrize("queues", ["lora", "lora,lorab"])
 def test_lora_queue_runs_fsdp1_itself_unless_lorab_runs_it_beside_fsdp2(tmp_path: Path, queues: str) -> None:
     stubs = 'grpo7b() { echo "grpo7b gpu=$CUDA_VISIBLE_DEVICES $*" >> "$S/calls"; }\n'

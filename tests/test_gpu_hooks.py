@@ -234,8 +234,9 @@ def test_streamed_optimizer_step_through_verls_engine_on_the_gpu(bare_fsdp_engin
 
 
 def test_right_padded_rows_run_sdpas_flash_kernel_only_with_hook_aa(tmp_path):
-    """Hook AA on CUDA: verl's padded micro-batch runs the decoder's attention in sdpa's flash kernel instead of the
-    masked memory-efficient one (the encoder keeps its mask), with bf16 log-probs within rounding."""
+    """Hook AA on CUDA, with sdpa's cuDNN kernels off as in verl's workers (vLLM's import turns them off): verl's
+    padded micro-batch runs the decoder's attention in sdpa's flash kernel instead of the masked memory-efficient one
+    (the encoder keeps its mask), with bf16 log-probs within rounding."""
     import json
 
     from causal_attention_bench import main
@@ -247,4 +248,4 @@ def test_right_padded_rows_run_sdpas_flash_kernel_only_with_hook_aa(tmp_path):
     masked, causal = row["kernels_0"], row["kernels_1"]
     assert masked["causal (flash)"] == 0 and causal["causal (flash)"] > 0, (masked, causal)
     assert causal["masked (memory-efficient)"] < masked["masked (memory-efficient)"], (masked, causal)
-    assert row["max_abs_logprob_diff"] < 0.1, row["max_abs_logprob_diff"]
+    assert row["max_abs_logprob_diff"] < 0.25, row["max_abs_logprob_diff"]

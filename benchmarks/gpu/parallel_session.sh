@@ -46,6 +46,7 @@
 #          it beside lp2 (QUEUES=lp2,perf1), with the cores unsplit: the 7B's CPU offload starved the warm-up ~10x
 #   kv:    rollout bench: bare vLLM, then the same engine with an fp8 KV cache (GPU $BENCH_GPU, default 0)
 #   merge: hook Y's GPU test, then audio_merge_bench.py on the 7B (GPU $BENCH_GPU, default 0)
+#   causal: hook AA's GPU test, its bench with sdpa's cuDNN kernels off and on, then "wins1smallmask" (GPU 0)
 #   small: 7B GRPO 1 GPU on nvidia-h200's 128 GiB host: hook AA's GPU test and bench, then "wins1small" (wins1liger,
 #          fewer workers, hook AA) for 4 steps, then "wins1smallkeep8" (hook Z); "prof1small" ran here before
 #   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench -> feature-transfer bench
@@ -199,9 +200,10 @@ merge_bench() {  # hook Y side by side on one 7B micro-batch of 8 and of 16 rows
     --json "$S/merge.json"
 }
 
-causal_bench() {  # hook AA side by side on one 7B micro-batch of 16 ragged rows through verl's padded path
+causal_bench() {  # hook AA side by side on one 7B micro-batch of 16 ragged rows through verl's padded path;
+                  # CUDNN_SDP=on leaves sdpa's cuDNN kernels on (verl's workers have them off)
   timeout -k 10 "$(left 5)" python3 "$REPO/benchmarks/causal_attention_bench.py" --size 7b --micro 16 \
-    --json "$S/causal.json"
+    --cudnn-sdp "${CUDNN_SDP:-off}" --json "$S/causal-cudnn-${CUDNN_SDP:-off}.json"
 }
 
 lp() {  # lp PHASE: learning proof phase (examples/learning_proof/run.sh) of arm $LP_ARM (default lp: the recipe
@@ -424,6 +426,13 @@ QUEUE_small() {  # the 7B on nvidia-h200 (128 GiB host, GPU 0): hook AA's GPU te
   GPU_HOOKS_K=flash step gpu-hooks-causal gpu_hooks; step causal-bench causal_bench
   STEPS=4 step grpo-wins1small-1gpu grpo7b 1 wins1small
   STEPS=3 step grpo-wins1smallkeep8-1gpu grpo7b 1 wins1smallkeep8
+}
+QUEUE_causal() {  # hook AA on one GPU (GPU 0, nvidia-h200): its GPU test, the bench with sdpa's cuDNN kernels off
+                  # (as in verl's workers) and on, then wins1smallmask (wins1small with hook AA off: the control)
+  export CUDA_VISIBLE_DEVICES=0
+  GPU_HOOKS_K=flash step gpu-hooks-causal gpu_hooks; step causal-bench causal_bench
+  CUDNN_SDP=on step causal-bench-cudnn causal_bench
+  STEPS=3 step grpo-wins1smallmask-1gpu grpo7b 1 wins1smallmask
 }
 QUEUE_merge() {  # hook Y on one GPU ($BENCH_GPU, default 0): its GPU test, then the side-by-side bench; fits
                  # nvidia-h200 (no verl run, little host memory)
