@@ -214,12 +214,12 @@ VARIANTS["wins1small"] = (("1 GPU on a 128 GiB host (nvidia-h200): wins1liger wi
                           [*VARIANTS["wins1liger"][1], *SMALL_HOST])
 VARIANTS["wins1smallmask"] = (("wins1small with hook AA off (verl's mask reaches sdpa): the control for hook AA on "
                                "the same host"), [*VARIANTS["wins1small"][1], *VARIANTS["nocausal"][1]])
-VARIANTS["wins1smallkeep8"] = (("wins1small with hook Z: the audio encoder's and the decoder's last 8 layers' "
-                                "activations kept (R1AQA_ENCODER_RECOMPUTE=0, R1AQA_DECODER_KEEP_LAYERS=8). Predicted "
-                                "against wins1small: update -0.7..-1.6 s, GPU peak +10..+16 GB; ~1 in 4 that it runs "
-                                "out of GPU memory"),
-                               [*VARIANTS["wins1small"][1], "env:R1AQA_ENCODER_RECOMPUTE=0",
-                                "env:R1AQA_DECODER_KEEP_LAYERS=8"])
+VARIANTS["wins1smallkeep8"] = (("wins1keep8 with 2 + 2 workers (wins1small with hook Z: the audio encoder's and the "
+                                "decoder's last 8 layers' activations kept). Predicted against wins1small: update "
+                                "-0.7..-1.6 s, GPU peak +10..+16 GB; ~1 in 4 that it runs out of GPU memory. Measured "
+                                "(2026-12-01): update 11.18 -> 10.45 s, step 20.10 -> 18.65 s, peak 94.6 -> 104.3 GB; "
+                                "examples/train_h200.sh 1 with WINS=1"),
+                               [*VARIANTS["wins1keep8"][1], *SMALL_HOST])
 VARIANTS["prof1small"] = (("1 GPU on a 128 GiB host (nvidia-h200, too small for wins1liger's 121-127 GB in use): "
                            "wins1liger with 2 agent-loop and 2 reward workers instead of 8 and 8 (~15 GB less host "
                            "memory), step 3 profiled (run it with --steps 3). Predicted: step 2 gen 4.4-5.5 s, ref "

@@ -4,12 +4,10 @@
 # over both, the optimizer on the GPUs. As is 42.5 s a step (before hooks M, J, P); WINS=1 16.6 s, 80.7 GB a GPU;
 # WINS=fast 13.7 s, 114.7 GB (the reference stays on the GPU, no gradient checkpointing). 1 GPU: hook V keeps AdamW's
 # state in host memory, streamed through the step. WINS=1 (+ the bf16 reference resident, update micro-batches of 16
-# (MICRO=8 if long prompts do not fit), Liger's kernels if the [liger] extra is installed (LIGER=auto|1|0)): 19.3 s a
-# step (21.3 without Liger), 94.6 GB on the GPU (136 reserved), 121 GB of host memory; no WINS: not measured.
-#   bash examples/train_h200.sh NGPU [extra Hydra overrides]        # NGPU: 1 or 2
-#   WINS=1 bash examples/train_h200.sh 2                            # + the measured speed-ups
-#   WINS=fast bash examples/train_h200.sh 2                         # + 27 GB a GPU for 18% less step time
-# WINS=1 / fast: grpo_step_bench's "wins" (1 GPU: "wins1liger") / "winsfast", kept equal by a test; env: train_8x80gb.sh
+# (MICRO=8 if long prompts do not fit), Liger's kernels if the [liger] extra is installed (LIGER=auto|1|0), the
+# encoder's and the decoder's last KEEP=8 layers' activations kept (hook Z; KEEP=0 recomputes all)): 18.7 s a step,
+# 104.3 GB on the GPU (KEEP=0 20.1 s, 94.6 GB), ~120 GB host memory; no WINS: not measured. NGPU: 1 or 2.
+#   bash examples/train_h200.sh NGPU [overrides]   # WINS=1|fast: grpo_step_bench's wins|winsfast|wins1keep8 (test)
 set -euo pipefail
 NGPU=${1:?usage: train_h200.sh NGPU(1|2) [overrides]}; shift
 case $NGPU in 1|2) ;; *) echo "train_h200.sh: NGPU must be 1 or 2 (8 GPUs: examples/train_8x80gb.sh)" >&2; exit 2 ;; esac
@@ -24,7 +22,9 @@ FAST=(); case ${WINS:-0} in 0) ;;  # micro-batches; all 128 sequences' KV cache 
   *) echo "train_h200.sh: WINS must be 0, 1 or fast, not '$WINS'" >&2; exit 2 ;;
 esac
 case ${LIGER:-auto} in 0|1|auto) ;; *) echo "train_h200.sh: LIGER must be 0, 1 or auto, not '$LIGER'" >&2; exit 2 ;; esac
+[[ ${KEEP:=8} =~ ^[0-9]+$ ]] || { echo "train_h200.sh: KEEP must be a number of layers, not '$KEEP'" >&2; exit 2; }
 if [ "$NGPU" = 1 ] && [ "${WINS:-0}" = 1 ]; then export R1AQA_REF_ON_GPU=1
+  [ "$KEEP" = 0 ] || export R1AQA_ENCODER_RECOMPUTE=0 R1AQA_DECODER_KEEP_LAYERS=$KEEP  # hook Z
   [ "${LIGER:-auto}" = 0 ] || if ${PYTHON:-python3} -c "import liger_kernel" 2> /dev/null; then  # hook X
     FAST+=(actor_rollout_ref.model.use_liger=True)
   else echo "train_h200.sh: liger-kernel is not installed (pip install 'r1aqa-plugin[liger]'): ~2 s a step slower" >&2

@@ -482,7 +482,8 @@ def bench_variant(name: str) -> list[str]:
     return grpo_step_bench.merge_overrides(grpo_step_bench.VARIANTS[name][1])
 
 
-ENV_SWITCHES = ("R1AQA_REF_ON_GPU", "R1AQA_OPTIMIZER_STREAM")  # what the variants set through env: keys
+# what the variants set through env: keys
+ENV_SWITCHES = ("R1AQA_REF_ON_GPU", "R1AQA_OPTIMIZER_STREAM", "R1AQA_ENCODER_RECOMPUTE", "R1AQA_DECODER_KEEP_LAYERS")
 
 
 HAS_LIGER = importlib.util.find_spec("liger_kernel") is not None
@@ -491,12 +492,14 @@ NEEDS_LIGER = pytest.mark.skipif(not HAS_LIGER, reason="the [liger] extra is not
 
 @pytest.mark.parametrize(("ngpu", "env", "variant"),
                          [(2, {"WINS": "1"}, "wins"), (2, {"WINS": "fast"}, "winsfast"),
-                          pytest.param(1, {"WINS": "1"}, "wins1liger", marks=NEEDS_LIGER),
-                          (1, {"WINS": "1", "LIGER": "0"}, "wins1big"),
-                          (1, {"WINS": "1", "LIGER": "0", "MICRO": "8"}, "wins1vref")])
+                          pytest.param(1, {"WINS": "1"}, "wins1keep8", marks=NEEDS_LIGER),
+                          pytest.param(1, {"WINS": "1", "KEEP": "0"}, "wins1liger", marks=NEEDS_LIGER),
+                          (1, {"WINS": "1", "LIGER": "0", "KEEP": "0"}, "wins1big"),
+                          (1, {"WINS": "1", "LIGER": "0", "KEEP": "0", "MICRO": "8"}, "wins1vref")])
 def test_train_h200_wins_is_the_measured_variant(tmp_path, ngpu, env, variant):
     """WINS=1 / fast set exactly the overrides and environment of the benchmark variant the docs quote (one GPU:
-    Liger's kernels when installed; LIGER=0 and MICRO=8 give back the variants measured before them)."""
+    Liger's kernels when installed, hook Z's 8 kept layers; KEEP=0, LIGER=0 and MICRO=8 give back the variants
+    measured before them)."""
     env_seen = tmp_path / "env"
     python = tmp_path / "python"
     echo = " ".join(f"{v}=${{{v}:-unset}}" for v in ENV_SWITCHES)
@@ -513,7 +516,7 @@ def test_train_h200_wins_is_the_measured_variant(tmp_path, ngpu, env, variant):
         else:
             assert str(OmegaConf.select(cfg, key.lstrip("+"))) == value, override
     assert set(seen.values()) <= {"unset"}, seen  # no switch the variant did not measure
-    assert cfg.actor_rollout_ref.model.use_liger is (variant == "wins1liger")
+    assert cfg.actor_rollout_ref.model.use_liger is (variant in ("wins1liger", "wins1keep8"))
     assert (cfg.data.train_batch_size, cfg.actor_rollout_ref.rollout.n) == (16, 8)
 
 
@@ -537,7 +540,8 @@ def test_train_h200_without_liger_says_so(tmp_path, liger):
 def test_train_h200_refuses_fast_on_one_gpu_and_unknown_wins(tmp_path):
     for ngpu, env, says in [("1", {"WINS": "fast"}, "needs 2 GPUs"),
                             ("2", {"WINS": "yes"}, "WINS must be 0, 1 or fast"),
-                            ("1", {"WINS": "1", "LIGER": "yes"}, "LIGER must be 0, 1 or auto")]:
+                            ("1", {"WINS": "1", "LIGER": "yes"}, "LIGER must be 0, 1 or auto"),
+                            ("1", {"WINS": "1", "KEEP": "all"}, "KEEP must be a number of layers")]:
         proc = subprocess.run(["bash", str(REPO / "examples" / "train_h200.sh"), ngpu], cwd=tmp_path, check=False,
                               capture_output=True, text=True, env={**os.environ, **env})
         assert proc.returncode == 2 and says in proc.stderr
