@@ -220,6 +220,16 @@ VARIANTS["wins1smallkeep8"] = (("wins1keep8 with 2 + 2 workers (wins1small with 
                                 "(2026-12-01): update 11.18 -> 10.45 s, step 20.10 -> 18.65 s, peak 94.6 -> 104.3 GB; "
                                 "examples/train_h200.sh 1 with WINS=1"),
                                [*VARIANTS["wins1keep8"][1], *SMALL_HOST])
+VARIANTS["wins1smallkeep8mask"] = (("wins1smallkeep8 with hook AA off (verl's mask reaches sdpa): hook AA's control on "
+                                    "one machine, run beside wins1smallkeep8 in the same queue. Predicted: update "
+                                    "+0.3..+0.7 s against it (8 update micro-batches at ~65 ms and 4 reference "
+                                    "micro-batches at ~30 ms, from causal_attention_bench.py)"),
+                                   [*VARIANTS["wins1smallkeep8"][1], *VARIANTS["nocausal"][1]])
+VARIANTS["wins1smallkeep12"] = (("wins1smallkeep8 with the decoder's last 12 layers kept (KEEP=12). Predicted against "
+                                 "wins1smallkeep8 (from its -0.73 s and +9.7 GB for the encoder and 8 layers): update "
+                                 "-0.2..-0.5 s, GPU peak +3..+6 GB (104.3 -> 107-110 GB); ~1 in 10 out of memory"),
+                                [*VARIANTS["wins1liger"][1], *SMALL_HOST, "env:R1AQA_ENCODER_RECOMPUTE=0",
+                                 "env:R1AQA_DECODER_KEEP_LAYERS=12"])
 VARIANTS["prof1small"] = (("1 GPU on a 128 GiB host (nvidia-h200, too small for wins1liger's 121-127 GB in use): "
                            "wins1liger with 2 agent-loop and 2 reward workers instead of 8 and 8 (~15 GB less host "
                            "memory), step 3 profiled (run it with --steps 3). Predicted: step 2 gen 4.4-5.5 s, ref "

@@ -234,23 +234,24 @@ def test_causal_attention_bench_toy(tmp_path: Path) -> None:
     assert "| 4 |" in proc.stdout
 
 
-def test_small_queue_runs_hook_aa_then_the_7b_with_fewer_workers_then_hook_z(tmp_path: Path) -> None:
-    stubs = ('grpo7b() { echo "grpo7b gpu=$CUDA_VISIBLE_DEVICES $* steps=$STEPS" >> "$S/calls"; }\n'
-             'gpu_hooks() { echo "gpu-hooks $GPU_HOOKS_K" >> "$S/calls"; }\n'
-             'causal_bench() { echo "causal-bench gpu=$CUDA_VISIBLE_DEVICES" >> "$S/calls"; }\n')
+def test_small_queue_runs_the_1gpu_line_its_hook_aa_control_and_more_kept_layers(tmp_path: Path) -> None:
+    stubs = 'grpo7b() { echo "grpo7b gpu=$CUDA_VISIBLE_DEVICES $* steps=$STEPS" >> "$S/calls"; }\n'
     assert _queue_calls(tmp_path, "small", stubs, {}) == sorted([
-        "gpu-hooks flash", "causal-bench gpu=0", "grpo7b gpu=0 1 wins1small steps=4",
-        "grpo7b gpu=0 1 wins1smallkeep8 steps=3"])
-    for variant in ("wins1small", "prof1small"):
+        "grpo7b gpu=0 1 wins1smallkeep8 steps=4", "grpo7b gpu=0 1 wins1smallkeep8mask steps=4",
+        "grpo7b gpu=0 1 wins1smallkeep12 steps=3"])
+    for variant in ("wins1small", "prof1small", "wins1smallkeep8", "wins1smallkeep12"):
         _, cfg, _ = _composed(variant, 1, tmp_path)
         assert (cfg.actor_rollout_ref.rollout.agent.num_workers, cfg.reward.num_workers) == (2, 2)
         assert cfg.actor_rollout_ref.model.use_liger
     assert gsb.profiled_steps(gsb.VARIANTS["prof1small"][1]) == {3}
     assert not gsb.profiled_steps(gsb.VARIANTS["wins1small"][1])
-    assert set(gsb.VARIANTS["wins1smallmask"][1]) - set(gsb.VARIANTS["wins1small"][1]) == {
-        "env:R1AQA_CAUSAL_ATTENTION=0"}
-    assert set(gsb.VARIANTS["wins1smallkeep8"][1]) - set(gsb.VARIANTS["wins1small"][1]) == {
-        "env:R1AQA_ENCODER_RECOMPUTE=0", "env:R1AQA_DECODER_KEEP_LAYERS=8"}
+    small = set(gsb.VARIANTS["wins1small"][1])
+    assert set(gsb.VARIANTS["wins1smallmask"][1]) - small == {"env:R1AQA_CAUSAL_ATTENTION=0"}
+    kept = {"env:R1AQA_ENCODER_RECOMPUTE=0", "env:R1AQA_DECODER_KEEP_LAYERS=8"}
+    assert set(gsb.VARIANTS["wins1smallkeep8"][1]) - small == kept
+    assert set(gsb.VARIANTS["wins1smallkeep8mask"][1]) - small == kept | {"env:R1AQA_CAUSAL_ATTENTION=0"}
+    assert set(gsb.merge_overrides(gsb.VARIANTS["wins1smallkeep12"][1])) - small == {
+        "env:R1AQA_ENCODER_RECOMPUTE=0", "env:R1AQA_DECODER_KEEP_LAYERS=12"}
 
 
 def test_causal_queue_runs_hook_aa_with_cudnn_off_then_on_then_the_control(tmp_path: Path) -> None:

@@ -47,8 +47,8 @@
 #   kv:    rollout bench: bare vLLM, then the same engine with an fp8 KV cache (GPU $BENCH_GPU, default 0)
 #   merge: hook Y's GPU test, then audio_merge_bench.py on the 7B (GPU $BENCH_GPU, default 0)
 #   causal: hook AA's GPU test, its bench with sdpa's cuDNN kernels off and on, then "wins1smallmask" (GPU 0)
-#   small: 7B GRPO 1 GPU on nvidia-h200's 128 GiB host: hook AA's GPU test and bench, then "wins1small" (wins1liger,
-#          fewer workers, hook AA) for 4 steps, then "wins1smallkeep8" (hook Z); "prof1small" ran here before
+#   small: 7B GRPO 1 GPU on nvidia-h200's 128 GiB host, 2 + 2 workers: "wins1smallkeep8" (the 1-GPU line) and
+#          "wins1smallkeep8mask" (hook AA off) for 4 steps each, then "wins1smallkeep12" (12 decoder layers kept)
 #   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench -> feature-transfer bench
 #          (GPU $BENCH_GPU, default 1)
 #   contrast: same vs another sample's audio for the actor (tests/test_gpu_grpo.py; GPU2 | GPU3; issue 3, met)
@@ -419,13 +419,14 @@ QUEUE_kv() {  # the rollout bench's bare vLLM against the same engine with an fp
   export CUDA_VISIBLE_DEVICES=${BENCH_GPU:-0}
   step rollout-kv rollout rollout-kv vllm,vllm-kvfp8
 }
-QUEUE_small() {  # the 7B on nvidia-h200 (128 GiB host, GPU 0): hook AA's GPU test and bench, then wins1small
-                 # (wins1liger with 2 + 2 agent-loop and reward workers; hook AA on) for 4 steps, then
-                 # wins1smallkeep8 (hook Z); the twenty-fifth session ran prof1small here (step 3 profiled)
+QUEUE_small() {  # the 7B on nvidia-h200 (128 GiB host, GPU 0), 2 + 2 agent-loop and reward workers: the 1-GPU line
+                 # (wins1smallkeep8, hooks X, Y, Z, AA), then the same with hook AA off (its control on one machine),
+                 # then 12 decoder layers kept. The twenty-sixth session ran wins1small and wins1smallkeep8 here,
+                 # the twenty-fifth prof1small (step 3 profiled)
   export CUDA_VISIBLE_DEVICES=0
-  GPU_HOOKS_K=flash step gpu-hooks-causal gpu_hooks; step causal-bench causal_bench
-  STEPS=4 step grpo-wins1small-1gpu grpo7b 1 wins1small
-  STEPS=3 step grpo-wins1smallkeep8-1gpu grpo7b 1 wins1smallkeep8
+  STEPS=4 step grpo-wins1smallkeep8-1gpu grpo7b 1 wins1smallkeep8
+  STEPS=4 step grpo-wins1smallkeep8mask-1gpu grpo7b 1 wins1smallkeep8mask
+  STEPS=3 step grpo-wins1smallkeep12-1gpu grpo7b 1 wins1smallkeep12
 }
 QUEUE_causal() {  # hook AA on one GPU (GPU 0, nvidia-h200): its GPU test, the bench with sdpa's cuDNN kernels off
                   # (as in verl's workers) and on, then wins1smallmask (wins1small with hook AA off: the control)
