@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 
 from encoder_dedup_bench import add_micro_batch_arguments, batch, built  # noqa: E402  (hook I's bench's model)
 
-MERGE_ENV = "R1AQA_SYNC_FREE_MERGE"
+from r1aqa_plugin.models.qwen2_audio.audio_merge import MERGE_ENV  # noqa: E402
 
 
 def syncs_in_backward(loss: Any) -> int:

@@ -37,7 +37,8 @@ sys.path.insert(0, str(HERE))
 
 from encoder_dedup_bench import add_micro_batch_arguments, batch, built  # noqa: E402  (hook I's bench's model)
 
-CAUSAL_ENV = "R1AQA_CAUSAL_ATTENTION"
+from r1aqa_plugin.models.qwen2_audio.causal_attention import CAUSAL_ENV  # noqa: E402
+
 # sdpa's kernels by family, as the CUDA profiler names them (torch 2.11 on the H200)
 KERNEL_FAMILIES = {"masked (memory-efficient)": ("fmha_cutlass", "efficient_attention"),
                    "causal (flash)": ("flash_fwd", "flash_bwd"), "cuDNN sdpa": ("_sdpa_", "sdpa_sm")}

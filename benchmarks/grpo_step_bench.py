@@ -228,8 +228,7 @@ VARIANTS["wins1smallkeep8mask"] = (("wins1smallkeep8 with hook AA off (verl's ma
 VARIANTS["wins1smallkeep12"] = (("wins1smallkeep8 with the decoder's last 12 layers kept (KEEP=12). Predicted against "
                                  "wins1smallkeep8 (from its -0.73 s and +9.7 GB for the encoder and 8 layers): update "
                                  "-0.2..-0.5 s, GPU peak +3..+6 GB (104.3 -> 107-110 GB); ~1 in 10 out of memory"),
-                                [*VARIANTS["wins1liger"][1], *SMALL_HOST, "env:R1AQA_ENCODER_RECOMPUTE=0",
-                                 "env:R1AQA_DECODER_KEEP_LAYERS=12"])
+                                [*VARIANTS["wins1smallkeep8"][1], "env:R1AQA_DECODER_KEEP_LAYERS=12"])
 VARIANTS["prof1small"] = (("1 GPU on a 128 GiB host (nvidia-h200, too small for wins1liger's 121-127 GB in use): "
                            "wins1liger with 2 agent-loop and 2 reward workers instead of 8 and 8 (~15 GB less host "
                            "memory), step 3 profiled (run it with --steps 3). Predicted: step 2 gen 4.4-5.5 s, ref "
