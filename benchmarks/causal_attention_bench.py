@@ -1,14 +1,16 @@
-"""Hook AA side by side: verl's padded actor micro-batch with sdpa's masked kernel and with its causal one.
+"""Hook AA (or AB) side by side: verl's padded actor micro-batch with sdpa's masked kernel and with its causal one
+(``--hook shared``: as separate rows and with each group's shared prompt packed once).
 
-    python benchmarks/causal_attention_bench.py [--size 7b] [--micro 16] [--tokens 256] [--clip-seconds 10]
-        [--short 114] [--repeats 4] [--dtype bf16] [--json out.json]
+    python benchmarks/causal_attention_bench.py [--hook causal|shared] [--size 7b] [--micro 16] [--tokens 256]
+        [--clip-seconds 10] [--short 114] [--repeats 4] [--dtype bf16] [--json out.json]
 
 The model is ``encoder_dedup_bench.py``'s (random weights, sdpa, gradient checkpointing, the encoder trained, hook
 I on with one clip per 8 rows). The micro-batch goes through verl 0.9.1's own padded path
 (``FSDPEngineWithLMHead.prepare_model_inputs`` and ``prepare_model_outputs``, hooks M and AA in place) as nested
 rows of unequal length, like the 7B step's: row i is ``i % 6`` tokens shorter (its prompts were 318-323 tokens) and
-row 0 another ``--short`` tokens shorter (an early end of sequence). Each pass runs with ``R1AQA_CAUSAL_ATTENTION`` =
-0 and 1 in turns (A B A B ..., so drift hits both):
+row 0 another ``--short`` tokens shorter (an early end of sequence); each clip's 8 rows share their prompt, in verl's
+interleaved order. Each pass runs with ``R1AQA_CAUSAL_ATTENTION`` (hook AA; hook AB off) or, with ``--hook shared``,
+``R1AQA_SHARED_PROMPT`` (hook AB; hook AA on) = 0 and 1 in turns (A B A B ..., so drift hits both):
 - ``log-prob``: no-grad forward and verl's token log-probs (the reference pass);
 - ``update``: the same with gradients, and backward (the actor's update; the recompute included).
 The table gives the medians, the largest difference of a real token's log-prob between the two, and (on CUDA) the
@@ -38,6 +40,10 @@ sys.path.insert(0, str(HERE))
 from encoder_dedup_bench import add_micro_batch_arguments, batch, built  # noqa: E402  (hook I's bench's model)
 
 from r1aqa_plugin.models.qwen2_audio.causal_attention import CAUSAL_ENV  # noqa: E402
+from r1aqa_plugin.models.qwen2_audio.shared_prompt import SHARED_ENV  # noqa: E402
+
+# the switch each --hook turns, and the other hook's fixed setting
+HOOKS = {"causal": (CAUSAL_ENV, {SHARED_ENV: "0"}), "shared": (SHARED_ENV, {CAUSAL_ENV: "1"})}
 
 # sdpa's kernels by family, as the CUDA profiler names them (torch 2.11 on the H200)
 KERNEL_FAMILIES = {"masked (memory-efficient)": ("fmha_cutlass", "efficient_attention"),
@@ -106,6 +112,8 @@ def kernel_seconds(fn: Any) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--hook", choices=tuple(HOOKS), default="causal",
+                    help="causal: hook AA off/on (AB off); shared: hook AB off/on (AA on)")
     ap.add_argument("--micro", default="16", help="sequences per micro-batch, comma-separated")
     ap.add_argument("--short", type=int, default=114, help="tokens row 0 ends early by, besides the i %% 6 of all")
     ap.add_argument("--cudnn-sdp", choices=("off", "on"), default="off",
@@ -116,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.backends.cuda.enable_cudnn_sdp(a.cudnn_sdp == "on")
+    switch, fixed = HOOKS[a.hook]
+    os.environ.update(fixed)
 
     from r1aqa_plugin.models.qwen2_audio.builder import build_processor
 
@@ -147,12 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         times: dict[str, list[float]] = {f"{p}_{s}": [] for p in ("logprob", "update") for s in "01"}
         values = {}
         for setting in "01":  # one warm-up each, and the values compared
-            os.environ[CAUSAL_ENV] = setting
+            os.environ[switch] = setting
             values[setting] = log_prob_pass().float()
             update_pass()
         for _ in range(a.repeats):
             for setting in "01":
-                os.environ[CAUSAL_ENV] = setting
+                os.environ[switch] = setting
                 times[f"logprob_{setting}"].append(timed(log_prob_pass))
                 times[f"update_{setting}"].append(timed(update_pass))
         rec: dict[str, Any] = {"micro": micro, "lengths": [int(n) for n in micro_batch["input_ids"].offsets().diff()],
@@ -160,16 +170,19 @@ def main(argv: list[str] | None = None) -> int:
                                "max_abs_logprob_diff": (values["1"] - values["0"]).abs().max().item()}
         if device == "cuda":
             for setting in "01":
-                os.environ[CAUSAL_ENV] = setting
+                os.environ[switch] = setting
                 rec[f"kernels_{setting}"] = kernel_seconds(update_pass)
         rows_out.append(rec)
         print(f"  micro {micro}: update {rec['s_update_0']:.3f} -> {rec['s_update_1']:.3f} s, log-prob "
               f"{rec['s_logprob_0']:.3f} -> {rec['s_logprob_1']:.3f} s", flush=True)
-    os.environ.pop(CAUSAL_ENV, None)
+    for name in (switch, *fixed):
+        os.environ.pop(name, None)
     peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
 
-    print(f"\nCausal attention (hook AA), {a.size}, one micro-batch through verl's padded path, {device}, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}, sdpa's cuDNN kernels {a.cudnn_sdp} (masked -> causal)\n")
+    what = {"causal": "Causal attention (hook AA), masked -> causal",
+            "shared": "Shared prompts (hook AB), separate rows -> packed"}[a.hook]
+    print(f"\n{what}; {a.size}, one micro-batch through verl's padded path, {device}, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, sdpa's cuDNN kernels {a.cudnn_sdp}\n")
     print("| micro-batch | row lengths | log-prob s | update s | update saved s | max abs log-prob diff |")
     print("|---:|---|---:|---:|---:|---:|")
     for r in rows_out:
@@ -178,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['s_update_0']:.3f} -> {r['s_update_1']:.3f} | {r['s_update_0'] - r['s_update_1']:+.3f} | "
               f"{r['max_abs_logprob_diff']:.2e} |")
     if device == "cuda":
-        print("\n| micro-batch | attention kernels in one update, masked setting | causal setting |")
+        print(f"\n| micro-batch | attention kernels in one update, hook {a.hook} off | on |")
         print("|---:|---|---|")
         for r in rows_out:
             cells = [", ".join(f"{k} {v:.3f} s" for k, v in r[f"kernels_{s}"].items() if v) for s in "01"]

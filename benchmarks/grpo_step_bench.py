@@ -84,6 +84,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "nocausal": ("control: verl's padding mask reaches sdpa (hook AA off), so the decoder's attention runs the masked "
                  "memory-efficient kernel over every query-key pair; update +0.6..+1.0 s, ref +0.1..+0.3 on one GPU",
                  ["env:R1AQA_CAUSAL_ATTENTION=0"]),
+    "noshared": ("control: each row of a group runs its own forward pass over the group's prompt (hook AB off), as "
+                 "verl does", ["env:R1AQA_SHARED_PROMPT=0"]),
     "refmicro": ("reference micro-batches of 32: verl streams the CPU-offloaded reference's weights once per "
                  "micro-batch, so 2 streams instead of 4 per rank; ref 5.1 -> ~2.5 s on 2 GPUs",
                  ["actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=32"]),
@@ -229,6 +231,24 @@ VARIANTS["wins1smallkeep12"] = (("wins1smallkeep8 with the decoder's last 12 lay
                                  "wins1smallkeep8 (from its -0.73 s and +9.7 GB for the encoder and 8 layers): update "
                                  "-0.2..-0.5 s, GPU peak +3..+6 GB (104.3 -> 107-110 GB); ~1 in 10 out of memory"),
                                 [*VARIANTS["wins1smallkeep8"][1], "env:R1AQA_DECODER_KEEP_LAYERS=12"])
+VARIANTS["wins1smallnoshared"] = (("wins1smallkeep8 with hook AB off: each row runs its own forward pass over its "
+                                   "group's prompt, as before 2026-12-01's twenty-seventh session (wins1smallkeep8 "
+                                   "measured so: 18.65 s a step, update 10.45, ref 2.39); the control for hook AB"),
+                                  [*VARIANTS["wins1smallkeep8"][1], *VARIANTS["noshared"][1]])
+VARIANTS["wins1smallshared"] = (("wins1smallkeep8 with hook AB (on by default since 2026-12-01): a micro-batch's 16 "
+                                 "rows (2 groups) packed into one sequence holding each group's ~330-token prompt "
+                                 "once, ~9,400 -> ~4,800 tokens. Predicted against wins1smallnoshared (written before "
+                                 "the run): update 10.45 -> 7.5-9.0 s (half the GPU work, but 8 micro-batches' host "
+                                 "launches stay), ref 2.39 -> 1.5-2.0 s, step 18.65 -> 15.5-17.0 s; GPU peak "
+                                 "-10..-25 GB"), [*VARIANTS["wins1smallkeep8"][1]])
+VARIANTS["wins1smallshared32"] = (("wins1smallshared with update micro-batches of 32 rows (4 groups, ~9,500 packed "
+                                   "tokens: the token count of 16 separate rows) and reference micro-batches of 64. "
+                                   "Predicted against wins1smallnoshared: update 10.45 -> 6.5-8.0 s (half the "
+                                   "micro-batches, each as long as before), ref 2.39 -> 1.3-1.8 s, step 18.65 -> "
+                                   "14.5-16.5 s; GPU peak within +-8 GB of 104.3; ~1 in 5 out of memory"),
+                                  [*VARIANTS["wins1smallshared"][1],
+                                   "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32",
+                                   "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=64"])
 VARIANTS["prof1small"] = (("1 GPU on a 128 GiB host (nvidia-h200, too small for wins1liger's 121-127 GB in use): "
                            "wins1liger with 2 agent-loop and 2 reward workers instead of 8 and 8 (~15 GB less host "
                            "memory), step 3 profiled (run it with --steps 3). Predicted: step 2 gen 4.4-5.5 s, ref "

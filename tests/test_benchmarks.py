@@ -222,16 +222,37 @@ def test_audio_merge_bench_toy(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_causal_attention_bench_toy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hook", ["causal", "shared"])
+def test_causal_attention_bench_toy(tmp_path: Path, hook: str) -> None:
     out = tmp_path / "causal.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "causal_attention_bench.py"), "--size", "tiny", "--tokens", "8",
-                           "--clip-seconds", "2", "--micro", "4", "--short", "3", "--repeats", "1", "--dtype", "fp32",
-                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(BENCH / "causal_attention_bench.py"), "--hook", hook, "--size", "tiny",
+                           "--tokens", "8", "--clip-seconds", "2", "--micro", "4", "--short", "3", "--repeats", "1",
+                           "--dtype", "fp32", "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = json.loads(out.read_text())["rows"]
     assert row["micro"] == 4 and len(set(row["lengths"])) > 1  # unequal rows: verl's mask has padding in it
     assert row["max_abs_logprob_diff"] < 1e-5 and row["s_update_0"] > 0 and row["s_update_1"] > 0
     assert "| 4 |" in proc.stdout
+    assert {"causal": "hook AA", "shared": "hook AB"}[hook] in proc.stdout
+    if hook == "shared":  # the rows' one clip and prompt are packed once: the packed trace says so
+        assert "packed into" in proc.stdout
+
+
+def test_shared_queue_runs_hook_abs_test_and_bench_then_the_line_at_two_micro_batch_sizes_and_its_control(
+        tmp_path: Path) -> None:
+    stubs = "".join(f'{f}() {{ echo "{f} gpu=$CUDA_VISIBLE_DEVICES $*${{STEPS:+ steps=$STEPS}}'
+                    f'${{GPU_HOOKS_K:+ k=$GPU_HOOKS_K}}${{HOOK:+ hook=$HOOK}}" >> "$S/calls"; }}\n'
+                    for f in ("gpu_hooks", "causal_bench", "grpo7b"))
+    assert _queue_calls(tmp_path, "shared", stubs, {}) == sorted([
+        "gpu_hooks gpu=0  k=shared", "causal_bench gpu=0  hook=shared",
+        "grpo7b gpu=0 1 wins1smallshared steps=4", "grpo7b gpu=0 1 wins1smallshared32 steps=4",
+        "grpo7b gpu=0 1 wins1smallnoshared steps=3"])
+    line = set(gsb.VARIANTS["wins1smallkeep8"][1])
+    assert set(gsb.VARIANTS["wins1smallshared"][1]) == line  # hook AB is on by default
+    assert set(gsb.VARIANTS["wins1smallnoshared"][1]) - line == {"env:R1AQA_SHARED_PROMPT=0"}
+    _, cfg, _ = _composed("wins1smallshared32", 1, tmp_path)
+    assert cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == 32
+    assert cfg.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu == 64
 
 
 def test_small_queue_runs_the_1gpu_line_its_hook_aa_control_and_more_kept_layers(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Hooks P, R, S, T, U, V, X, Y and AA on a CUDA GPU: what the CPU tests cannot show (bf16 kernels, FSDP's real
+"""Hooks P, R, S, T, U, V, X, Y, AA and AB on a CUDA GPU: what the CPU tests cannot show (bf16 kernels, FSDP's real
 wrapping, FSDP2's CPU offload policy, optimizer state moved between host and GPU, Liger's Triton kernels, device
 syncs, sdpa's choice of kernel). Skipped without CUDA; run on the lent H200 with
 ``python -m pytest -m gpu tests/test_gpu_hooks.py``."""
@@ -248,4 +248,21 @@ def test_right_padded_rows_run_sdpas_flash_kernel_only_with_hook_aa(tmp_path):
     masked, causal = row["kernels_0"], row["kernels_1"]
     assert masked["causal (flash)"] == 0 and causal["causal (flash)"] > 0, (masked, causal)
     assert causal["masked (memory-efficient)"] < masked["masked (memory-efficient)"], (masked, causal)
+    assert row["max_abs_logprob_diff"] < 0.25, row["max_abs_logprob_diff"]
+
+
+def test_packed_shared_prompts_run_in_bf16_with_verls_log_probs(tmp_path):
+    """Hook AB on CUDA (sdpa's cuDNN kernels off, as in verl's workers): a micro-batch of two clips' groups packed
+    into one sequence runs sdpa's flash kernels (the prefixes causal, each row's tokens with a lower-right causal bias)
+    forward and backward in bf16, with verl's log-probs within bf16 rounding."""
+    import json
+
+    from causal_attention_bench import main
+
+    out = tmp_path / "shared.json"
+    assert main(["--hook", "shared", "--size", "tiny", "--tokens", "64", "--clip-seconds", "4", "--micro", "16",
+                 "--short", "20", "--repeats", "1", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    separate, packed = row["kernels_0"], row["kernels_1"]
+    assert packed["causal (flash)"] > 0, (separate, packed)
     assert row["max_abs_logprob_diff"] < 0.25, row["max_abs_logprob_diff"]

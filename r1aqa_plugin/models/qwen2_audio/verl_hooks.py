@@ -28,7 +28,8 @@ state stays in host memory and the step runs a chunk of parameters at a time, wh
 reaches Qwen2-Audio's Qwen2 decoder (Liger itself knows no ``qwen2_audio``; X patches Liger, an optional package), Y
 the audio merge goes by index, with no device sync in its backward, Z the actor keeps the activations of the layers
 ``R1AQA_ENCODER_RECOMPUTE=0`` and ``R1AQA_DECODER_KEEP_LAYERS=N`` name instead of recomputing them, AA verl's
-right-padded rows reach the model without a mask, so sdpa runs its causal flash kernel.
+right-padded rows reach the model without a mask, so sdpa runs its causal flash kernel, AB rows that share a prompt
+(a GRPO group) run it once, packed into one sequence with a layout for attention instead of a mask.
 (G, the dataset, and H, the recipes' settings, are not patches.) M, N, Q, R, S's ordering, T, U and V are not
 Qwen2-Audio-specific: M computes the same values as the code it replaces, N only shortens a wait, Q only merges what
 verl left unmerged, R and V are off unless asked for, S only reorders nested units, T sends the tensors verl's merge
@@ -307,15 +308,33 @@ def _make_tower_freezer(original: Callable[..., Any]) -> Callable[..., Any]:
     return _build_module
 
 
-def _make_causal_inputs(original: Callable[..., Any]) -> Callable[..., Any]:
-    """Hook AA: for Qwen2-Audio, verl's right-padded micro-batches reach the model without a mask or position ids,
-    so sdpa runs its causal flash kernel instead of the masked memory-efficient one (``causal_attention``)."""
-    from r1aqa_plugin.models.qwen2_audio import causal_attention
+def _attn_implementation(engine: Any) -> str | None:
+    model = getattr(engine, "module", None)
+    config = getattr(getattr(model, "module", model), "config", None)  # FSDP1 wraps the model once
+    if config is None:
+        config = getattr(getattr(engine, "model_config", None), "hf_config", None)
+    return getattr(config, "_attn_implementation", None)
 
-    def prepare_model_inputs(self: Any, *args: Any, **kwargs: Any) -> Any:
-        model_inputs, output_args = original(self, *args, **kwargs)
-        if (causal_attention.enabled()
-                and getattr(getattr(self.model_config, "hf_config", None), "model_type", None) == MODEL_TYPE):
+
+def _make_causal_inputs(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hooks AB and AA: for Qwen2-Audio, rows that share a prompt are packed so the prompt runs once
+    (``shared_prompt``); other right-padded micro-batches reach the model without a mask or position ids, so sdpa
+    runs its causal flash kernel instead of the masked memory-efficient one (``causal_attention``)."""
+    from r1aqa_plugin.models.qwen2_audio import causal_attention, shared_prompt
+
+    def prepare_model_inputs(self: Any, micro_batch: Any, *args: Any, **kwargs: Any) -> Any:
+        config = getattr(self.model_config, "hf_config", None)
+        ours = getattr(config, "model_type", None) == MODEL_TYPE
+        if ours and shared_prompt.enabled() and not args and not kwargs:
+            packed = shared_prompt.pack_micro_batch(micro_batch, config.audio_token_id, _attn_implementation(self))
+            if packed is not None:
+                layout = packed[1][shared_prompt.OUTPUT_KEY]
+                _trace("shared prompt", f"{micro_batch['input_ids'].offsets().numel() - 1} rows "
+                                        f"({int(micro_batch['input_ids'].offsets()[-1])} tokens) packed into "
+                                        f"{layout.length} tokens, {len(layout.groups)} prefixes")
+                return packed
+        model_inputs, output_args = original(self, micro_batch, *args, **kwargs)
+        if ours and causal_attention.enabled():
             dropped = causal_attention.without_mask(model_inputs)
             if dropped is not model_inputs:
                 _trace("attention", "right-padded rows: no mask, sdpa's causal kernel")
@@ -323,6 +342,31 @@ def _make_causal_inputs(original: Callable[..., Any]) -> Callable[..., Any]:
         return model_inputs, output_args
 
     return prepare_model_inputs
+
+
+def _make_packed_outputs(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Hook AB: a packed micro-batch's logits read back into verl's per-row log-probs and entropies."""
+    from r1aqa_plugin.models.qwen2_audio import shared_prompt
+
+    def prepare_model_outputs(self: Any, output: Any, output_args: Any, micro_batch: Any, *args: Any,
+                              **kwargs: Any) -> Any:
+        if isinstance(output_args, dict) and shared_prompt.OUTPUT_KEY in output_args:
+            checkpointing = bool(getattr(getattr(self, "engine_config", None), "entropy_checkpointing", False))
+            return shared_prompt.packed_outputs(output, output_args, micro_batch, checkpointing)
+        return original(self, output, output_args, micro_batch, *args, **kwargs)
+
+    return prepare_model_outputs
+
+
+def _make_attention_table(table: Any) -> Any:
+    """Hook AB: transformers' sdpa entry sends a packed micro-batch's layout to ``shared_prompt.attention``."""
+    from r1aqa_plugin.models.qwen2_audio import shared_prompt
+
+    if "sdpa" not in table:
+        raise AdapterError("r1aqa hook AB: transformers' ALL_ATTENTION_FUNCTIONS has no 'sdpa' entry")
+    if not getattr(table["sdpa"], "__r1aqa_patched__", False):
+        table["sdpa"] = shared_prompt.make_attention_dispatch(table["sdpa"])
+    return table
 
 
 def _make_model_config_init(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -828,8 +872,13 @@ def _build_patches() -> list[Patch]:
         Patch("K Z", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_module", _make_tower_freezer,
               "actor.freeze_vision_tower freezes the Qwen2-Audio audio encoder (K); R1AQA_ENCODER_RECOMPUTE=0 and "
               "R1AQA_DECODER_KEEP_LAYERS=N keep those layers' activations instead of recomputing them (Z)"),
-        Patch("AA", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead.prepare_model_inputs",
-              _make_causal_inputs, "right-padded rows reach Qwen2-Audio without a mask: sdpa's causal flash kernel"),
+        Patch("AB AA", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead.prepare_model_inputs",
+              _make_causal_inputs, "rows sharing a prompt are packed so it runs once (AB); other right-padded rows "
+              "reach Qwen2-Audio without a mask: sdpa's causal flash kernel (AA)"),
+        Patch("AB", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead.prepare_model_outputs",
+              _make_packed_outputs, "a packed micro-batch's log-probs and entropies read back per row"),
+        Patch("AB", "transformers.modeling_utils", "ALL_ATTENTION_FUNCTIONS", _make_attention_table,
+              "sdpa attention over a packed micro-batch: each shared prefix once, each row's tokens over it"),
         Patch("R", "verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_fsdp_module",
               _make_resident_reference, "the reference keeps its weights on the GPU when R1AQA_REF_ON_GPU=1"),
         Patch("S", "verl.utils.fsdp_utils", "_select_fsdp2_wrap_targets", _make_bottom_up_wrap,
