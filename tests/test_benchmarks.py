@@ -245,7 +245,7 @@ def test_shared_queue_runs_hook_abs_test_and_bench_then_the_line_at_two_micro_ba
                     for f in ("gpu_hooks", "causal_bench", "grpo7b"))
     assert _queue_calls(tmp_path, "shared", stubs, {}) == sorted([
         "gpu_hooks gpu=0  k=shared", "causal_bench gpu=0  hook=shared",
-        "grpo7b gpu=0 1 wins1smallshared steps=4", "grpo7b gpu=0 1 wins1smallshared32 steps=4",
+        "grpo7b gpu=0 1 wins1smallshared steps=3", "grpo7b gpu=0 1 wins1smallshared32 steps=4",
         "grpo7b gpu=0 1 wins1smallnoshared steps=3"])
     line = set(gsb.VARIANTS["wins1smallkeep8"][1])
     assert set(gsb.VARIANTS["wins1smallshared"][1]) == line  # hook AB is on by default

@@ -47,8 +47,8 @@
 #   kv:    rollout bench: bare vLLM, then the same engine with an fp8 KV cache (GPU $BENCH_GPU, default 0)
 #   merge: hook Y's GPU test, then audio_merge_bench.py on the 7B (GPU $BENCH_GPU, default 0)
 #   causal: hook AA's GPU test, its bench with sdpa's cuDNN kernels off and on, then "wins1smallmask" (GPU 0)
-#   shared: hook AB's GPU test and bench (HOOK=shared causal_bench), then 7B GRPO 1 GPU "wins1smallshared" and
-#          "wins1smallshared32" (update micro-batches of 32) for 4 steps each, then "wins1smallnoshared" (AB off; GPU 0)
+#   shared: hook AB's GPU test, 7B GRPO 1 GPU "wins1smallshared32" (update micro-batches of 32, 4 steps),
+#          "wins1smallshared" (16) and "wins1smallnoshared" (AB off) for 3 steps, then its bench (GPU 0)
 #   small: 7B GRPO 1 GPU on nvidia-h200's 128 GiB host, 2 + 2 workers: "wins1smallkeep8" (the 1-GPU line) and
 #          "wins1smallkeep8mask" (hook AA off) for 4 steps each, then "wins1smallkeep12" (12 decoder layers kept)
 #   bench: rollout bench (plugin vs bare vLLM vs HF generate) -> encoder dedup bench -> feature-transfer bench
@@ -430,14 +430,15 @@ QUEUE_small() {  # the 7B on nvidia-h200 (128 GiB host, GPU 0), 2 + 2 agent-loop
   STEPS=4 step grpo-wins1smallkeep8mask-1gpu grpo7b 1 wins1smallkeep8mask
   STEPS=3 step grpo-wins1smallkeep12-1gpu grpo7b 1 wins1smallkeep12
 }
-QUEUE_shared() {  # hook AB on nvidia-h200 (GPU 0), 2 + 2 workers: its GPU test and bench (one 7B micro-batch of
-                  # 16 rows, separate -> packed), then the 1-GPU line with it at update micro-batches of 16 and 32,
-                  # then its control (hook AB off, = the twenty-sixth session's wins1smallkeep8)
+QUEUE_shared() {  # hook AB on nvidia-h200 (GPU 0), 2 + 2 workers: its GPU test, the 1-GPU line with it at update
+                  # micro-batches of 32 and of 16, its control (hook AB off, = the twenty-sixth session's
+                  # wins1smallkeep8), then its bench (one 7B micro-batch of 16 rows, separate -> packed) if time is left
   export CUDA_VISIBLE_DEVICES=0
-  GPU_HOOKS_K=shared step gpu-hooks-shared gpu_hooks; HOOK=shared step shared-bench causal_bench
-  STEPS=4 step grpo-wins1smallshared-1gpu grpo7b 1 wins1smallshared
+  GPU_HOOKS_K=shared step gpu-hooks-shared gpu_hooks
   STEPS=4 step grpo-wins1smallshared32-1gpu grpo7b 1 wins1smallshared32
+  STEPS=3 step grpo-wins1smallshared-1gpu grpo7b 1 wins1smallshared
   STEPS=3 step grpo-wins1smallnoshared-1gpu grpo7b 1 wins1smallnoshared
+  HOOK=shared step shared-bench causal_bench
 }
 QUEUE_causal() {  # hook AA on one GPU (GPU 0, nvidia-h200): its GPU test, the bench with sdpa's cuDNN kernels off
                   # (as in verl's workers) and on, then wins1smallmask (wins1small with hook AA off: the control)
