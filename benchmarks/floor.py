@@ -170,9 +170,11 @@ def decode_floor(size: str, shape: Shape, tbps: float = H200_TBPS) -> dict[str, 
 
 def grpo_floor(size: str = "7b", shape: Shape | None = None, tflops: float = H200_TFLOPS, tbps: float = H200_TBPS,
                *, unique_prefill: bool = True, encoder_frames: int = WINDOW_FRAMES,
-               encoder_per: str = "sequence") -> Floor:
+               encoder_per: str = "sequence", prompt_per: str = "sequence") -> Floor:
     """Per-component floor of one GRPO step. ``encoder_per='prompt'`` models audio features encoded once per
-    prompt instead of once per sequence; ``encoder_frames`` < 3000 models an encoder run on the clip only."""
+    prompt instead of once per sequence; ``encoder_frames`` < 3000 models an encoder run on the clip only;
+    ``prompt_per='prompt'`` models the decoder's log-prob and update passes running each prompt once per group
+    (hook AB), its samples' responses over it."""
     shape = shape or Shape()
     p = count_params(size)
     f = Floor(size=size, shape=shape, tflops=tflops, tbps=tbps,
@@ -184,6 +186,9 @@ def grpo_floor(size: str = "7b", shape: Shape | None = None, tflops: float = H20
         f.rows[name] = {"flops": flops, "bytes": nbytes, "seconds": sec}
 
     text_fwd = shape.seqs * text_forward_flops(size, shape.seq_len)
+    if prompt_per == "prompt":  # the responses' share given the prompt: their rows and their attention to it
+        prompt_fwd = text_forward_flops(size, shape.prompt_tokens)
+        text_fwd = shape.prompts * prompt_fwd + shape.seqs * (text_forward_flops(size, shape.seq_len) - prompt_fwd)
     clips = shape.prompts if encoder_per == "prompt" else shape.seqs
     enc_fwd = clips * encoder_forward_flops(size, encoder_frames)
     # rollout: decode is bandwidth-bound; prefill + encoder are compute-bound (prefix caching: once per prompt)
@@ -236,6 +241,9 @@ def what_if(size: str = "7b", shape: Shape | None = None, tflops: float = H200_T
         (f"+ encoder on the clip only ({frames} frames)",
          step_floor_seconds(grpo_floor(size, shape, tflops, tbps, encoder_per="prompt", encoder_frames=frames),
                             old_log_prob=False)),
+        ("+ each prompt once per group in the log-prob and update passes (hook AB)",
+         step_floor_seconds(grpo_floor(size, shape, tflops, tbps, encoder_per="prompt", encoder_frames=frames,
+                                       prompt_per="prompt"), old_log_prob=False)),
     ]
 
 

@@ -241,14 +241,19 @@ VARIANTS["wins1smallshared"] = (("wins1smallkeep8 with hook AB (on by default si
                                  "the run): update 10.45 -> 7.5-9.0 s (half the GPU work, but 8 micro-batches' host "
                                  "launches stay), ref 2.39 -> 1.5-2.0 s, step 18.65 -> 15.5-17.0 s; GPU peak "
                                  "-10..-25 GB"), [*VARIANTS["wins1smallkeep8"][1]])
+SHARED32 = ["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32",
+            "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=64"]
 VARIANTS["wins1smallshared32"] = (("wins1smallshared with update micro-batches of 32 rows (4 groups, ~9,500 packed "
                                    "tokens: the token count of 16 separate rows) and reference micro-batches of 64. "
                                    "Predicted against wins1smallnoshared: update 10.45 -> 6.5-8.0 s (half the "
                                    "micro-batches, each as long as before), ref 2.39 -> 1.3-1.8 s, step 18.65 -> "
-                                   "14.5-16.5 s; GPU peak within +-8 GB of 104.3; ~1 in 5 out of memory"),
-                                  [*VARIANTS["wins1smallshared"][1],
-                                   "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32",
-                                   "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=64"])
+                                   "14.5-16.5 s; GPU peak within +-8 GB of 104.3; ~1 in 5 out of memory. Measured "
+                                   "(2026-12-01, steps 2-4): update 7.52 s, ref 1.62, step 15.26 s, peak 112.4 GB, "
+                                   "against wins1smallnoshared's 10.93, 2.81 and 20.10 s on the same machine"),
+                                  [*VARIANTS["wins1smallshared"][1], *SHARED32])
+VARIANTS["wins1shared32"] = (("wins1keep8 with hook AB's update micro-batches of 32 and reference micro-batches of 64: "
+                              "wins1smallshared32 with verl's default workers; examples/train_h200.sh 1 with WINS=1"),
+                             [*VARIANTS["wins1keep8"][1], *SHARED32])
 VARIANTS["prof1small"] = (("1 GPU on a 128 GiB host (nvidia-h200, too small for wins1liger's 121-127 GB in use): "
                            "wins1liger with 2 agent-loop and 2 reward workers instead of 8 and 8 (~15 GB less host "
                            "memory), step 3 profiled (run it with --steps 3). Predicted: step 2 gen 4.4-5.5 s, ref "

@@ -71,6 +71,12 @@ def test_7b_shapes_and_floors() -> None:
         step - f.seconds("old log-prob (text)", "old log-prob (encoder)"))
     ifs = [s for _, s in floor.what_if("7b")]
     assert ifs == sorted(ifs, reverse=True)
+    # hook AB's floor: the decoder's training and reference tokens of 16 prompts + 128 responses, not 128 rows
+    shape = floor.Shape()
+    shared = floor.grpo_floor("7b", prompt_per="prompt")
+    tokens = shape.prompts * shape.prompt_tokens + shape.seqs * (shape.seq_len - shape.prompt_tokens)
+    assert shared.rows["ref log-prob (text)"]["flops"] == pytest.approx(
+        f.rows["ref log-prob (text)"]["flops"] * tokens / (shape.seqs * shape.seq_len), rel=0.05)
 
 
 def test_floor_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -250,6 +256,7 @@ def test_shared_queue_runs_hook_abs_test_and_bench_then_the_line_at_two_micro_ba
     line = set(gsb.VARIANTS["wins1smallkeep8"][1])
     assert set(gsb.VARIANTS["wins1smallshared"][1]) == line  # hook AB is on by default
     assert set(gsb.VARIANTS["wins1smallnoshared"][1]) - line == {"env:R1AQA_SHARED_PROMPT=0"}
+    assert set(gsb.VARIANTS["wins1smallshared32"][1]) == set(gsb.VARIANTS["wins1shared32"][1]) | set(gsb.SMALL_HOST)
     _, cfg, _ = _composed("wins1smallshared32", 1, tmp_path)
     assert cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == 32
     assert cfg.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu == 64

@@ -483,7 +483,8 @@ def bench_variant(name: str) -> list[str]:
 
 
 # what the variants set through env: keys
-ENV_SWITCHES = ("R1AQA_REF_ON_GPU", "R1AQA_OPTIMIZER_STREAM", "R1AQA_ENCODER_RECOMPUTE", "R1AQA_DECODER_KEEP_LAYERS")
+ENV_SWITCHES = ("R1AQA_REF_ON_GPU", "R1AQA_OPTIMIZER_STREAM", "R1AQA_ENCODER_RECOMPUTE", "R1AQA_DECODER_KEEP_LAYERS",
+                "R1AQA_SHARED_PROMPT")
 
 
 HAS_LIGER = importlib.util.find_spec("liger_kernel") is not None
@@ -492,14 +493,15 @@ NEEDS_LIGER = pytest.mark.skipif(not HAS_LIGER, reason="the [liger] extra is not
 
 @pytest.mark.parametrize(("ngpu", "env", "variant"),
                          [(2, {"WINS": "1"}, "wins"), (2, {"WINS": "fast"}, "winsfast"),
-                          pytest.param(1, {"WINS": "1"}, "wins1keep8", marks=NEEDS_LIGER),
-                          pytest.param(1, {"WINS": "1", "KEEP": "0"}, "wins1liger", marks=NEEDS_LIGER),
-                          (1, {"WINS": "1", "LIGER": "0", "KEEP": "0"}, "wins1big"),
+                          pytest.param(1, {"WINS": "1"}, "wins1shared32", marks=NEEDS_LIGER),
+                          pytest.param(1, {"WINS": "1", "MICRO": "16"}, "wins1keep8", marks=NEEDS_LIGER),
+                          pytest.param(1, {"WINS": "1", "KEEP": "0", "MICRO": "16"}, "wins1liger", marks=NEEDS_LIGER),
+                          (1, {"WINS": "1", "LIGER": "0", "KEEP": "0", "MICRO": "16"}, "wins1big"),
                           (1, {"WINS": "1", "LIGER": "0", "KEEP": "0", "MICRO": "8"}, "wins1vref")])
 def test_train_h200_wins_is_the_measured_variant(tmp_path, ngpu, env, variant):
     """WINS=1 / fast set exactly the overrides and environment of the benchmark variant the docs quote (one GPU:
-    Liger's kernels when installed, hook Z's 8 kept layers; KEEP=0, LIGER=0 and MICRO=8 give back the variants
-    measured before them)."""
+    Liger's kernels when installed, hook Z's 8 kept layers, micro-batches of 32 for hook AB; MICRO=16, KEEP=0,
+    LIGER=0 and MICRO=8 give back the variants measured before them)."""
     env_seen = tmp_path / "env"
     python = tmp_path / "python"
     echo = " ".join(f"{v}=${{{v}:-unset}}" for v in ENV_SWITCHES)
@@ -516,7 +518,7 @@ def test_train_h200_wins_is_the_measured_variant(tmp_path, ngpu, env, variant):
         else:
             assert str(OmegaConf.select(cfg, key.lstrip("+"))) == value, override
     assert set(seen.values()) <= {"unset"}, seen  # no switch the variant did not measure
-    assert cfg.actor_rollout_ref.model.use_liger is (variant in ("wins1liger", "wins1keep8"))
+    assert cfg.actor_rollout_ref.model.use_liger is (variant in ("wins1liger", "wins1keep8", "wins1shared32"))
     assert (cfg.data.train_batch_size, cfg.actor_rollout_ref.rollout.n) == (16, 8)
 
 
@@ -534,7 +536,7 @@ def test_train_h200_without_liger_says_so(tmp_path, liger):
         return
     cfg = run_example("train_h200.sh", ["1"], tmp_path, WINS="1", PYTHON=str(python))
     assert cfg.actor_rollout_ref.model.use_liger is False
-    assert cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == 16
+    assert cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == 32
 
 
 def test_train_h200_refuses_fast_on_one_gpu_and_unknown_wins(tmp_path):

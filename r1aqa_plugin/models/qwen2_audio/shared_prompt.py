@@ -207,7 +207,7 @@ def attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.
 
 
 def make_attention_dispatch(original: Any) -> Any:
-    """transformers' sdpa attention function, sending packed micro-batches (a ``PackedLayout`` mask) to ``attention``."""
+    """transformers' sdpa attention, sending packed micro-batches (a ``PackedLayout`` mask) to ``attention``."""
 
     def sdpa_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                attention_mask: Any, *args: Any, **kwargs: Any) -> Any:
@@ -311,7 +311,7 @@ def pack_micro_batch(micro_batch: Any, audio_token_id: int, attn_implementation:
 
 def packed_outputs(output: Any, output_args: dict[str, Any], micro_batch: Any, entropy_checkpointing: bool
                    ) -> dict[str, Any]:
-    """verl's ``prepare_model_outputs`` for a packed micro-batch: log-probs (and entropies) per row, nested as verl's."""
+    """verl's ``prepare_model_outputs`` for a packed micro-batch: log-probs (and entropies) per row, as verl's."""
     from verl.utils import torch_functional as verl_F
     from verl.workers.engine.fsdp import transformer_impl
 
