@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -266,3 +267,66 @@ def test_packed_shared_prompts_run_in_bf16_with_verls_log_probs(tmp_path):
     separate, packed = row["kernels_0"], row["kernels_1"]
     assert packed["causal (flash)"] > 0, (separate, packed)
     assert row["max_abs_logprob_diff"] < 0.25, row["max_abs_logprob_diff"]
+
+
+def shared_prompt_errors(device: str, size: str = "tiny") -> dict[str, float]:
+    """Hook AB against fp32: the relative L2 error of every gradient (concatenated) and the largest log-prob error of
+    verl's separate bf16 rows and of the packed bf16 micro-batch, both against verl's fp32 rows (16 rows over 2 clips,
+    ~20 new tokens as in the learning proof, a loss weighting each token's log-prob at random)."""
+    import copy
+    import os
+
+    import torch
+    from causal_attention_bench import log_probs, ragged_rows, verl_engine, verl_micro_batch
+    from encoder_dedup_bench import batch, build
+
+    from r1aqa_plugin.models.qwen2_audio.builder import build_processor
+    from r1aqa_plugin.models.qwen2_audio.causal_attention import CAUSAL_ENV
+    from r1aqa_plugin.models.qwen2_audio.shared_prompt import SHARED_ENV
+
+    verl_hooks.install()
+    fp32 = build(size, device, "fp32")
+    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+    rows, audio = ragged_rows(batch(16, 2, 20, 4.0, device), short=9)
+    micro_batch = verl_micro_batch(rows, audio, build_processor().tokenizer.pad_token_id)
+    weights = torch.rand(int(micro_batch["input_ids"].offsets()[-1]), generator=torch.Generator().manual_seed(3))
+
+    def run(model: Any, shared: str) -> torch.Tensor:
+        os.environ.update({SHARED_ENV: shared, CAUSAL_ENV: "1"})
+        model.zero_grad(set_to_none=True)
+        values = log_probs(model, verl_engine(model), micro_batch).float()
+        (values * weights.to(values.device)).sum().backward()
+        return values.detach()
+
+    def grad_rel_error(model: Any) -> float:  # parameter by parameter: a 7B's gradients are not copied
+        want = {n: p.grad for n, p in fp32.named_parameters() if p.grad is not None}
+        got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        assert got.keys() == want.keys()
+        diff = sum(float((got[n].float() - w).square().sum()) for n, w in want.items())
+        return (diff / sum(float(w.square().sum()) for w in want.values())) ** 0.5
+
+    try:
+        want_values = run(fp32, "0")
+        result = {}
+        for name, shared in (("verl", "0"), ("packed", "1")):
+            values = run(bf16, shared)
+            result[f"{name}_grad_rel_error"] = grad_rel_error(bf16)
+            result[f"{name}_max_logprob_error"] = (values - want_values).abs().max().item()
+    finally:
+        os.environ.pop(SHARED_ENV, None)
+        os.environ.pop(CAUSAL_ENV, None)
+    print(result)
+    return result
+
+
+def test_packed_bf16_gradients_are_as_close_to_fp32_as_verls():
+    """Hook AB in bf16 (sdpa's flash kernels, cuDNN off as in verl's workers) moves the gradients and log-probs no
+    further from fp32 than verl's own bf16 rows do: a packing error (a row reading another's tokens, a label off by
+    one) would be an error of order 1."""
+    import torch
+
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    errors = shared_prompt_errors("cuda")
+    assert errors["verl_grad_rel_error"] < 0.1, errors
+    assert errors["packed_grad_rel_error"] < 2 * errors["verl_grad_rel_error"], errors
+    assert errors["packed_max_logprob_error"] < 2 * errors["verl_max_logprob_error"] + 0.05, errors

@@ -297,10 +297,6 @@ def pack_micro_batch(micro_batch: Any, audio_token_id: int, attn_implementation:
     ids, positions, source = packed_inputs(rows, layout, pad_token_id)
     device = input_ids.device
     ids = ids.to(device)
-    from r1aqa_plugin.models.qwen2_audio.verl_hooks import _trace
-
-    _trace("hook AB", f"{len(rows)} rows packed as {len(layout.groups)} shared prompts: {sum(lengths)} -> "
-                      f"{ids.shape[-1]} tokens")
     model_inputs = {"input_ids": ids, "position_ids": positions.to(device),
                     # a dict of masks: transformers' decoder passes each layer its entry without building a mask
                     "attention_mask": {"full_attention": layout, "sliding_attention": layout}}
