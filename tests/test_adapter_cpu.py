@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from r1aqa_plugin.models.qwen2_audio import verl_hooks
 from r1aqa_plugin.models.qwen2_audio.names import AUDIO_BOS_ID, AUDIO_EOS_ID, AUDIO_TOKEN_ID
+from r1aqa_plugin.models.qwen2_audio.shared_prompt import SHARED_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -327,33 +330,72 @@ def test_group_rows_by_prompt_keeps_each_ranks_rows_and_makes_prompts_adjacent()
         verl_hooks.group_rows_by_prompt(keys, 3)
 
 
-def _balance(processor, monkeypatch, group: str):
-    """verl's real v1 _balance_batch (patched by hook J) on 4 prompts x 4 samples in arrival order, 2 dp ranks."""
+def _balance(processor, monkeypatch, group: str, shared: str = "0", dp: int = 2):
+    """verl's real v1 _balance_batch (patched by hook J) on 4 prompts x 4 samples in arrival order, ``dp`` ranks:
+    the keys in the order handed out, and the balance metrics."""
     import types
 
     from transfer_queue import KVBatchMeta
     from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
     monkeypatch.setenv(verl_hooks.GROUP_ENV, group)
+    monkeypatch.setenv(SHARED_ENV, shared)
     rng = np.random.default_rng(0)
     keys = [f"uid{p}_{s}_0" for s, p in sorted(((s, p) for p in range(4) for s in range(4)),
                                                  key=lambda _: rng.random())]
     batch = KVBatchMeta(keys=keys, tags=[{"seq_len": int(rng.integers(300, 600))} for _ in keys], partition_id="train")
     trainer = types.SimpleNamespace(processor=processor, tokenizer=processor.tokenizer,
-                                    actor_rollout_wg=types.SimpleNamespace(_dispatch_info={"actor": [0, 1]}),
+                                    actor_rollout_wg=types.SimpleNamespace(_dispatch_info={"actor": list(range(dp))}),
                                     _get_required_batch_multiple=lambda dp: dp)
-    return PPOTrainer._balance_batch(trainer, batch, {}).keys
+    metrics: dict = {}
+    out = PPOTrainer._balance_batch(trainer, batch, metrics)
+    return out.keys, {key: tag["seq_len"] for key, tag in zip(out.keys, out.tags)}, metrics
+
+
+def _adjacent(uids: list[str]) -> bool:
+    """Whether each value's occurrences are next to each other."""
+    return all(uids[uids.index(u):uids.index(u) + uids.count(u)] == [u] * uids.count(u) for u in set(uids))
 
 
 def test_v1_balance_batch_groups_a_prompts_samples_on_each_rank(processor, monkeypatch):
-    plain, grouped = _balance(processor, monkeypatch, "0"), _balance(processor, monkeypatch, "1")
-    for rank in (slice(0, 8), slice(8, 16)):  # verl's length balance decides the rows per rank; hook J keeps them
+    """Hook AB off: verl's length balance decides the rows per rank; hook J keeps them and makes prompts adjacent."""
+    plain, _, _ = _balance(processor, monkeypatch, "0")
+    grouped, _, _ = _balance(processor, monkeypatch, "1")
+    for rank in (slice(0, 8), slice(8, 16)):
         assert sorted(plain[rank]) == sorted(grouped[rank])
-        uids = [k.split("_")[0] for k in grouped[rank]]
-        for uid in set(uids):
-            where = [i for i, u in enumerate(uids) if u == uid]
-            assert where == list(range(where[0], where[0] + len(where))), (uid, uids)
+        assert _adjacent([k.split("_")[0] for k in grouped[rank]]), grouped[rank]
     assert plain != grouped  # arrival order interleaves prompts; grouping changed it
+
+
+def test_with_shared_prompts_each_rank_gets_whole_prompts_balanced_by_workload(processor, monkeypatch):
+    """Hook AB on, 2 ranks: verl's row balance split prompts over both ranks (no rank could share them); hook J
+    hands each rank two whole prompts, adjacent, picked by verl's workload, and logs that balance."""
+    from verl.utils.seqlen_balancing import calculate_workload
+
+    plain, _, _ = _balance(processor, monkeypatch, "0", shared="1")
+    keys, seq_len, metrics = _balance(processor, monkeypatch, "1", shared="1")
+    ranks = [keys[:8], keys[8:]]
+    uids = [{k.split("_")[0] for k in rank} for rank in ranks]
+    assert len(uids[0]) == len(uids[1]) == 2 and not uids[0] & uids[1]
+    assert all(_adjacent([k.split("_")[0] for k in rank]) for rank in ranks)
+    assert any(len({k.split("_")[0] for k in plain[r]}) > 2 for r in (slice(0, 8), slice(8, 16)))  # verl's split them
+    load = {uid: sum(int(calculate_workload(torch.tensor(seq_len[k]))) for k in keys if k.startswith(uid + "_"))
+            for uid in {k.split("_")[0] for k in keys}}
+    best = min(abs(sum(load[u] for u in pair) * 2 - sum(load.values())) for pair in itertools.combinations(load, 2))
+    assert abs(sum(load[u] for u in uids[0]) * 2 - sum(load.values())) == best  # the most even split of 4 prompts
+    rank_tokens = [sum(seq_len[k] for k in rank) for rank in ranks]
+    assert metrics["global_seqlen/max"] == max(rank_tokens) and metrics["global_seqlen/min"] == min(rank_tokens)
+
+
+def test_whole_prompts_per_rank_refuses_what_does_not_divide():
+    keys = ["a_0_0", "b_0_0", "a_1_0", "b_1_0", "c_0_0", "c_1_0"]
+    order, why = verl_hooks.whole_prompts_per_rank(keys, [300] * 6, 2)
+    assert order == [] and "3 prompts do not split evenly over 2" in why
+    order, why = verl_hooks.whole_prompts_per_rank(keys + ["pad9_0_0"], [300] * 7, 1)
+    assert order == [] and "different numbers of rows" in why
+    order, why = verl_hooks.whole_prompts_per_rank(keys, [300, 300, 300, 300, 900, 900], 3)
+    chunks = [[keys[i].split("_")[0] for i in order[r:r + 2]] for r in (0, 2, 4)]
+    assert why == "" and sorted(chunks) == [["a", "a"], ["b", "b"], ["c", "c"]]  # one whole prompt a rank
 
 
 # ----------------------------------------------------------------------------------- hook K: frozen audio tower

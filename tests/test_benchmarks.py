@@ -89,6 +89,22 @@ def test_floor_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert data["step_floor_s"] > data["step_floor_no_old_log_prob_s"] > data["rollout_floor_s"]
 
 
+def test_prompt_partition_whole_prompts_keep_hook_abs_saving_on_every_gpu_count(tmp_path: Path,
+                                                                                capsys: pytest.CaptureFixture[str]):
+    import prompt_partition
+
+    out = tmp_path / "partition.json"
+    assert prompt_partition.main(["--gpus", "1,2,8", "--trials", "5", "--json", str(out)]) == 0
+    assert "| GPUs | prompts a rank holds rows of (verl)" in capsys.readouterr().out
+    one, two, eight = json.loads(out.read_text())["rows"]
+    assert one["packed_rows"] == one["packed_whole"] < one["separate"]  # one rank: the same partition
+    for row in (two, eight):  # verl's row balance splits prompts over ranks; whole prompts pack as on one GPU
+        assert row["packed_whole"] < row["packed_rows"] < row["separate"]
+        assert abs(row["packed_whole"] / row["separate"] - one["packed_whole"] / one["separate"]) < 0.02
+        assert 1.0 <= row["balance_whole"] <= row["balance_whole_worst"] < 1.1
+    assert eight["prompts_per_rank_rows"] > 2  # 16 rows a rank from more than the 2 prompts whole ones would hold
+
+
 # ----------------------------------------------------------------------------------------- GRPO log parser
 def test_parse_verl_console_metrics() -> None:
     steps = gsb.parse_metrics(LOG)

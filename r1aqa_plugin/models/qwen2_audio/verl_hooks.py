@@ -769,16 +769,55 @@ def group_rows_by_prompt(keys: list[str], parts: int) -> list[int]:
     return order
 
 
+def whole_prompts_per_rank(keys: list[str], seq_lens: list[int], parts: int) -> tuple[list[int], str]:
+    """A permutation of ``keys`` (``{uid}_{session}_{index}``) into ``parts`` equal contiguous chunks that keeps all
+    rows of a prompt in one chunk, adjacent, prompts balanced over the chunks by verl's workload of their rows;
+    ([], why not) when the prompts do not divide into equal chunks."""
+    import torch
+    from verl.utils.seqlen_balancing import calculate_workload, get_seqlen_balanced_partitions
+
+    rows: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        rows.setdefault(key.split("_", 1)[0], []).append(i)
+    groups = list(rows.values())
+    if len({len(g) for g in groups}) != 1:
+        return [], f"prompts hold different numbers of rows ({sorted({len(g) for g in groups})})"
+    if len(groups) % parts:
+        return [], f"{len(groups)} prompts do not split evenly over {parts} data-parallel ranks"
+    workload = calculate_workload(torch.tensor(seq_lens, dtype=torch.int64)).tolist()
+    partitions = get_seqlen_balanced_partitions([sum(workload[i] for i in g) for g in groups], k_partitions=parts,
+                                                equal_size=True)
+    return [i for part in partitions for g in sorted(part) for i in groups[g]], ""
+
+
 def _make_group_by_prompt(original: Callable[..., Any]) -> Callable[..., Any]:
     """Hook J: verl's v1 trainer hands each rank its rows in TransferQueue order, so the 8 samples of a prompt
-    land in different micro-batches and hook I has little to share; keep them together inside each rank's share
-    (the same rows per rank, so verl's length balance is unchanged)."""
+    land in different micro-batches and hooks I and AB have little to share; keep them together inside each rank's
+    share (the same rows per rank, so verl's length balance is unchanged). With hook AB on and more than one rank,
+    verl's balance of rows spreads a prompt's samples over the ranks (on 8 GPUs, one a rank), where no rank could
+    share its prompt: give each rank whole prompts instead, balanced by verl's workload, and log that balance."""
 
     def _balance_batch(self: Any, batch: Any, metrics: Any, *args: Any, **kwargs: Any) -> Any:
+        from r1aqa_plugin.models.qwen2_audio import shared_prompt
+
         batch = original(self, batch, metrics, *args, **kwargs)
         if not _is_qwen2_audio_processor(getattr(self, "processor", None)) or os.environ.get(GROUP_ENV) == "0":
             return batch
         dp_size = max(self.actor_rollout_wg._dispatch_info["actor"]) + 1
+        if dp_size > 1 and shared_prompt.enabled():
+            from verl.utils.seqlen_balancing import log_seqlen_unbalance
+
+            seq_lens = [int(tag["seq_len"]) for tag in batch.tags]
+            order, why_not = whole_prompts_per_rank(list(batch.keys), seq_lens, dp_size)
+            if order:
+                batch.reorder(order)
+                size = len(order) // dp_size
+                metrics.update(log_seqlen_unbalance(
+                    seqlen_list=[seq_lens[i] for i in order], prefix=kwargs.get("logging_prefix", "global_seqlen"),
+                    partitions=[list(range(r * size, (r + 1) * size)) for r in range(dp_size)]))
+                _trace("batch order", f"{len(order)} rows on {dp_size} data-parallel ranks, whole prompts a rank")
+                return batch
+            _trace("batch order", f"verl's rows per rank kept ({why_not}): hook AB shares prompts only within a rank")
         order = group_rows_by_prompt(list(batch.keys), dp_size)
         batch.reorder(order)
         _trace("batch order", f"{len(order)} rows on {dp_size} data-parallel rank(s), each prompt's samples adjacent")
