@@ -270,9 +270,9 @@ def test_packed_shared_prompts_run_in_bf16_with_verls_log_probs(tmp_path):
 
 
 def shared_prompt_errors(device: str, size: str = "tiny") -> dict[str, float]:
-    """Hook AB against fp32: the relative L2 error of every gradient (concatenated) and the largest log-prob error of
-    verl's separate bf16 rows and of the packed bf16 micro-batch, both against verl's fp32 rows (16 rows over 2 clips,
-    ~20 new tokens as in the learning proof, a loss weighting each token's log-prob at random)."""
+    """Hook AB against fp32: the relative L2 error of all gradients (summed over the parameters) and the largest
+    log-prob error of verl's separate bf16 rows and of the packed bf16 micro-batch, both against verl's fp32 rows (16
+    rows over 2 clips, ~20 new tokens as in the learning proof, a loss weighting each token's log-prob at random)."""
     import copy
     import os
 

@@ -773,21 +773,21 @@ def whole_prompts_per_rank(keys: list[str], seq_lens: list[int], parts: int) -> 
     """A permutation of ``keys`` (``{uid}_{session}_{index}``) into ``parts`` equal contiguous chunks that keeps all
     rows of a prompt in one chunk, adjacent, prompts balanced over the chunks by verl's workload of their rows;
     ([], why not) when the prompts do not divide into equal chunks."""
-    import torch
-    from verl.utils.seqlen_balancing import calculate_workload, get_seqlen_balanced_partitions
+    from verl.utils.seqlen_balancing import get_group_balanced_partitions
 
     rows: dict[str, list[int]] = {}
     for i, key in enumerate(keys):
         rows.setdefault(key.split("_", 1)[0], []).append(i)
-    groups = list(rows.values())
-    if len({len(g) for g in groups}) != 1:
-        return [], f"prompts hold different numbers of rows ({sorted({len(g) for g in groups})})"
-    if len(groups) % parts:
-        return [], f"{len(groups)} prompts do not split evenly over {parts} data-parallel ranks"
-    workload = calculate_workload(torch.tensor(seq_lens, dtype=torch.int64)).tolist()
-    partitions = get_seqlen_balanced_partitions([sum(workload[i] for i in g) for g in groups], k_partitions=parts,
-                                                equal_size=True)
-    return [i for part in partitions for g in sorted(part) for i in groups[g]], ""
+    if len({len(g) for g in rows.values()}) != 1:
+        return [], f"prompts hold different numbers of rows ({sorted({len(g) for g in rows.values()})})"
+    if len(rows) % parts:
+        return [], f"{len(rows)} prompts do not split evenly over {parts} data-parallel ranks"
+    # verl's group partition (its PrefixGrouper path) wants each uid's rows contiguous: hand them over so
+    by_prompt = [i for g in rows.values() for i in g]
+    partitions = get_group_balanced_partitions(seqlen_list=[seq_lens[i] for i in by_prompt],
+                                               uid_list=[keys[i].split("_", 1)[0] for i in by_prompt],
+                                               k_partitions=parts)
+    return [by_prompt[j] for part in partitions for j in part], ""
 
 
 def _make_group_by_prompt(original: Callable[..., Any]) -> Callable[..., Any]:
