@@ -118,7 +118,12 @@ def test_verls_padded_pass_gives_the_masked_log_probs_and_gradients(model_and_pr
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     assert grads.keys() == want_grads.keys() and any("language_model" in n for n in grads)
     for name, grad in grads.items():
-        torch.testing.assert_close(grad, want_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        # fp32 sums in another order (causal kernel vs masked one): an embedding row summed over many positions can
+        # differ by ~1e-4 of itself, so the tolerance is relative to the gradient's own size, not a fixed 1e-6
+        want_grad = want_grads[name]
+        error = float((grad - want_grad).norm() / want_grad.norm().clamp(min=1e-12))
+        assert error < 1e-5, f"{name}: relative L2 error {error:.2e}"
+        torch.testing.assert_close(grad, want_grad, rtol=1e-3, atol=1e-4 * float(want_grad.abs().max()), msg=name)
 
 
 def test_other_models_keep_verls_inputs(model_and_processor, monkeypatch):
