@@ -136,6 +136,149 @@ def test_packed_pass_gives_verls_log_probs_entropies_and_gradients(model_and_pro
         assert ((grad - want_grads[name]).abs().max() / scale).item() < 1e-5, name
 
 
+def _grpo_batch(processor, questions: list[str], n: int, seed: int = 7):
+    """A rollout batch as verl's trainer holds it before the actor's passes: ``n`` samples per prompt (rows of a group
+    next to each other, sharing their prompt's processor outputs), prompts left-padded, responses right-padded."""
+    from verl import DataProto
+
+    rng = np.random.default_rng(seed)
+    pad = processor.tokenizer.pad_token_id
+    prompts, responses, audio = [], [], []
+    for q in questions:
+        clip = (0.2 * rng.standard_normal(16000 * 2)).astype(np.float32)
+        enc = processor(text=[TEXT.format(q=q)], audio=[clip], sampling_rate=16000, return_tensors="pt")
+        inputs = {"input_features": enc["input_features"], "feature_attention_mask": enc["feature_attention_mask"]}
+        for _ in range(n):
+            prompts.append(enc["input_ids"][0])
+            responses.append(torch.from_numpy(rng.integers(100, 1000, int(rng.integers(2, 12)))))
+            audio.append(inputs)
+    width_p, width_r = max(map(len, prompts)), max(map(len, responses))
+    rows, masks, response_masks = [], [], []
+    for p, r in zip(prompts, responses):
+        rows.append(torch.cat([torch.full((width_p - len(p),), pad), p, r, torch.full((width_r - len(r),), pad)]))
+        masks.append(torch.cat([torch.zeros(width_p - len(p)), torch.ones(len(p) + len(r)),
+                                torch.zeros(width_r - len(r))]).long())
+        response_masks.append(masks[-1][width_p:])
+    input_ids, attention_mask = torch.stack(rows), torch.stack(masks)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    rows_n = len(rows)
+    scores = torch.from_numpy(rng.standard_normal(rows_n)).float()
+    response_mask = torch.stack(response_masks)
+    tensors = {"prompts": input_ids[:, :width_p], "responses": input_ids[:, width_p:], "input_ids": input_ids,
+               "attention_mask": attention_mask, "position_ids": position_ids, "response_mask": response_mask,
+               "advantages": scores[:, None] * response_mask}
+    return DataProto.from_dict(tensors=tensors, non_tensors={"multi_modal_inputs": np.array(audio, dtype=object)},
+                               meta_info={"temperature": 1.0})
+
+
+LR = 1e-3  # large enough that the tiny model's step shows
+
+
+def _actor_config():
+    """The recipe's actor config as verl's worker builds it (``ActorConfig``: the loss settings ppo_loss reads)."""
+    from hydra import compose, initialize_config_module
+    from verl.utils.config import omega_conf_to_dataclass
+
+    with initialize_config_module("verl.trainer.config", version_base=None):
+        cfg = compose("ppo_trainer", overrides=["+recipe=r1aqa_grpo", "data.train_files=t.parquet",
+                                                "data.val_files=v.parquet", "actor_rollout_ref.model.path=m"])
+    return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+
+
+def test_verls_actor_passes_give_the_same_log_probs_loss_and_weights_with_hook_ab(
+        bare_fsdp_engine, fsdp_engine_support, tiny_model_dir, model_and_processor, monkeypatch):
+    """verl's actor as its trainer drives it, on its FSDP2 engine (one CPU rank, fp32): the old-log-prob pass, then
+    one update (the recipe's loss: ppo_loss with the k3 KL term, seq-mean-token-mean; micro-batches of 4; AdamW and
+    gradient clipping) on 2 prompts x 8 samples with audio. Hook AB on packs each micro-batch's rows (one group's);
+    off, verl's own rows. The log-probs and entropies, the loss and its metrics, and the gradients agree to fp32
+    rounding; the updated weights to a small part of one step."""
+    from functools import partial
+
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.config.optimizer import FSDPOptimizerConfig
+    from verl.workers.engine.fsdp import transformer_impl
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+    from verl.workers.utils.losses import ppo_loss
+    from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
+
+    _, processor = model_and_processor
+    verl_hooks.install()
+    monkeypatch.setenv(CAUSAL_ENV, "1")
+    fsdp_engine_support.steer_to_cpu(monkeypatch.setattr)
+    monkeypatch.setattr(transformer_impl, "get_device_name", lambda: "cpu")  # forward_step's loss-less placeholder
+    actor_config = _actor_config()
+    assert actor_config.use_kl_loss and actor_config.loss_agg_mode == "seq-mean-token-mean"
+    loss_fn = partial(ppo_loss, config=actor_config)
+    questions = ["Which sound is it?", "What is the loudest sound in this clip?"]
+    packed = []
+    real_pack = shared_prompt.pack_micro_batch
+    monkeypatch.setattr(shared_prompt, "pack_micro_batch", lambda *a: packed.append(real_pack(*a)) or packed[-1])
+
+    def td(batch, **flags):  # the trainer's DataProto -> verl's no-padding TensorDict, with a pass's flags
+        data = left_right_2_no_padding(batch.to_tensordict())
+        tu.assign_non_tensor(data, use_remove_padding=False, use_dynamic_bsz=False, micro_batch_size_per_gpu=4,
+                             use_fused_kernels=False, **flags)
+        return data
+
+    def actor(shared: bool) -> tuple[torch.Tensor, dict, dict, dict]:
+        """The old log-probs and entropies, the update's metrics, the gradients it stepped on, the new weights."""
+        monkeypatch.setenv(SHARED_ENV, "1" if shared else "0")
+        engine = bare_fsdp_engine()
+        engine.__class__ = FSDPEngineWithLMHead  # the actor's engine: the language-model head and its forward_step
+        engine.ulysses_device_mesh, engine.pad_to_length = None, False
+        fsdp_engine_support.build(engine, str(tiny_model_dir), "fsdp2", None,  # fp32 compute: equal to rounding
+                                  mixed_precision={"param_dtype": "fp32", "reduce_dtype": "fp32"})
+        engine.optimizer_config = FSDPOptimizerConfig(lr=LR, clip_grad=1.0, weight_decay=0.0)
+        engine.optimizer = engine._build_optimizer(engine.module)
+        grads = {}
+        step = engine.optimizer.step
+
+        def snapshot_and_step(*args, **kwargs):
+            grads.update({n: p.grad.full_tensor().clone() for n, p in engine.module.named_parameters()
+                          if p.grad is not None})
+            return step(*args, **kwargs)
+
+        engine.optimizer.step = snapshot_and_step
+        # the old-log-prob pass (forward only), as _compute_old_log_prob asks it
+        batch = _grpo_batch(processor, questions, n=8)
+        data = td(batch, calculate_entropy=True, compute_loss=False)
+        engine.module.eval()
+        out = engine.infer_batch(data)
+        old = no_padding_2_padding(out["model_output"]["log_probs"], data).float()
+        entropy = no_padding_2_padding(out["model_output"]["entropy"], data).float()
+        # the update: old log-probs as the ratio's base, the reference a little off (the KL term has a gradient)
+        ref = old - 0.05 * torch.linspace(-1, 1, old.shape[-1])
+        batch = batch.union(type(batch).from_dict(tensors={"old_log_probs": old, "ref_log_prob": ref}))
+        data = td(batch, calculate_entropy=False, global_batch_size=len(batch))
+        engine.module.train()
+        before = {name: p.full_tensor().detach().clone() for name, p in engine.module.named_parameters()}
+        out = engine.train_batch(data, loss_function=loss_fn)
+        weights = {name: p.full_tensor().detach().clone() for name, p in engine.module.named_parameters()}
+        metrics = {key: torch.tensor([float(v.aggregate() if hasattr(v, "aggregate") else v)
+                                      for v in (value if isinstance(value, list) else [value])], dtype=torch.float64)
+                   for key, value in out["metrics"].items()}  # verl's Metric objects: their aggregated values
+        metrics["loss per micro-batch"] = torch.tensor(out["loss"], dtype=torch.float64)
+        assert sum(not torch.equal(weights[n], before[n]) for n in weights) > len(weights) // 2  # it stepped
+        return torch.stack([old, entropy]), metrics, grads, weights
+
+    want_passes, want_metrics, want_grads, want_weights = actor(shared=False)
+    assert not packed
+    got_passes, got_metrics, got_grads, got_weights = actor(shared=True)
+    assert len(packed) == 8 and all(p is not None for p in packed)  # 4 log-prob + 4 update micro-batches packed
+    torch.testing.assert_close(got_passes, want_passes, rtol=0, atol=2e-5)  # the old log-probs and entropies
+    assert got_metrics.keys() == want_metrics.keys()
+    for key, value in want_metrics.items():
+        torch.testing.assert_close(got_metrics[key], value, rtol=1e-4, atol=1e-6, msg=key)
+    assert got_grads.keys() == want_grads.keys() and any("audio_tower" in n for n in want_grads)
+    for name, grad in want_grads.items():  # what verl's step took (accumulated over 4 micro-batches, clipped)
+        scale = grad.abs().max().clamp(min=1e-12)
+        assert ((got_grads[name] - grad).abs().max() / scale).item() < 1e-5, name
+    for name, weight in want_weights.items():
+        # AdamW's first step moves each weight by ~lr * sign(grad): an entry whose gradient is rounding noise may move
+        # a little differently, so the weights agree to a small part of one step, not to rounding
+        torch.testing.assert_close(got_weights[name], weight, rtol=0, atol=0.05 * LR, msg=name)
+
+
 def test_a_micro_batch_without_shared_prompts_keeps_verls_inputs(model_and_processor, monkeypatch):
     model, processor = model_and_processor
     verl_hooks.install()
