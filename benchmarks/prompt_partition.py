@@ -41,7 +41,7 @@ def trial(gpus: int, a: argparse.Namespace, rng: Any) -> dict[str, float]:
     import torch
     from verl.utils.seqlen_balancing import calculate_workload, get_seqlen_balanced_partitions
 
-    from r1aqa_plugin.models.qwen2_audio.verl_hooks import whole_prompts_per_rank
+    from r1aqa_plugin.models.qwen2_audio.verl_hooks import prompt_of, whole_prompts_per_rank
 
     keys, lengths, prompt = [], [], {}
     for p in range(a.prompts):
@@ -49,7 +49,7 @@ def trial(gpus: int, a: argparse.Namespace, rng: Any) -> dict[str, float]:
         for s in range(a.n):
             keys.append(f"p{p}_{s}_0")
             lengths.append(prompt[f"p{p}"] + int(rng.integers(a.response_tokens[0], a.response_tokens[1] + 1)))
-    uids = [k.split("_", 1)[0] for k in keys]
+    uids = [prompt_of(k) for k in keys]
     work = calculate_workload(torch.tensor(lengths)).tolist()
     rows = get_seqlen_balanced_partitions(work, k_partitions=gpus, equal_size=True)
     order, why_not = whole_prompts_per_rank(keys, lengths, gpus)

@@ -752,13 +752,18 @@ def _make_score_inputs(original: Callable[..., Any]) -> Callable[..., Any]:
 GROUP_ENV = "R1AQA_GROUP_BY_PROMPT"
 
 
+def prompt_of(key: str) -> str:
+    """The prompt (uid) of a row of verl's v1 batch, from its TransferQueue key ``{uid}_{session}_{index}``."""
+    return key.split("_", 1)[0]
+
+
 def group_rows_by_prompt(keys: list[str], parts: int) -> list[int]:
     """A permutation of ``keys`` (``{uid}_{session}_{index}``) that keeps each of the ``parts`` equal contiguous
     chunks' rows in that chunk and puts rows of one prompt (uid) next to each other, prompts in first-seen order."""
     if parts < 1 or len(keys) % parts:
         raise AdapterError(f"hook J: {len(keys)} rows do not split into {parts} equal data-parallel chunks")
     size = len(keys) // parts
-    uids = [key.split("_", 1)[0] for key in keys]
+    uids = [prompt_of(key) for key in keys]
     order: list[int] = []
     for start in range(0, len(keys), size or 1):
         chunk = range(start, start + size)
@@ -777,7 +782,7 @@ def whole_prompts_per_rank(keys: list[str], seq_lens: list[int], parts: int) -> 
 
     rows: dict[str, list[int]] = {}
     for i, key in enumerate(keys):
-        rows.setdefault(key.split("_", 1)[0], []).append(i)
+        rows.setdefault(prompt_of(key), []).append(i)
     if len({len(g) for g in rows.values()}) != 1:
         return [], f"prompts hold different numbers of rows ({sorted({len(g) for g in rows.values()})})"
     if len(rows) % parts:
@@ -785,7 +790,7 @@ def whole_prompts_per_rank(keys: list[str], seq_lens: list[int], parts: int) -> 
     # verl's group partition (its PrefixGrouper path) wants each uid's rows contiguous: hand them over so
     by_prompt = [i for g in rows.values() for i in g]
     partitions = get_group_balanced_partitions(seqlen_list=[seq_lens[i] for i in by_prompt],
-                                               uid_list=[keys[i].split("_", 1)[0] for i in by_prompt],
+                                               uid_list=[uid for uid, g in rows.items() for _ in g],
                                                k_partitions=parts)
     return [by_prompt[j] for part in partitions for j in part], ""
 
