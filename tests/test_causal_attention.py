@@ -119,11 +119,12 @@ def test_verls_padded_pass_gives_the_masked_log_probs_and_gradients(model_and_pr
     assert grads.keys() == want_grads.keys() and any("language_model" in n for n in grads)
     for name, grad in grads.items():
         # fp32 sums in another order (causal kernel vs masked one): an embedding row summed over many positions can
-        # differ by ~1e-4 of itself, so the tolerance is relative to the gradient's own size, not a fixed 1e-6
+        # differ by ~1e-4 of itself, so the bounds are relative to the gradient's own size, not a fixed 1e-6
         want_grad = want_grads[name]
         error = float((grad - want_grad).norm() / want_grad.norm().clamp(min=1e-12))
         assert error < 1e-5, f"{name}: relative L2 error {error:.2e}"
-        torch.testing.assert_close(grad, want_grad, rtol=1e-3, atol=1e-4 * float(want_grad.abs().max()), msg=name)
+        largest = float((grad - want_grad).abs().max() / want_grad.abs().max().clamp(min=1e-12))
+        assert largest < 1e-5, f"{name}: largest error {largest:.2e} of its largest entry"
 
 
 def test_other_models_keep_verls_inputs(model_and_processor, monkeypatch):

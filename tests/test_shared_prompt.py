@@ -81,6 +81,15 @@ def test_packed_ids_positions_and_where_each_row_reads_its_logits():
 
 
 # ------------------------------------------------------------------- through verl's engine, on the tiny checkpoint
+def assert_same_gradients(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    """The same parameters got gradients, the audio tower's among them, each equal to fp32 rounding of its largest
+    entry (the packed pass sums the rows' contributions in another order)."""
+    assert got.keys() == want.keys() and any("audio_tower" in n for n in want)
+    for name, grad in want.items():
+        scale = grad.abs().max().clamp(min=1e-12)
+        assert ((got[name] - grad).abs().max() / scale).item() < 1e-5, name
+
+
 def _micro_batch(processor, groups: list[tuple[str, list[int]]]):
     """verl's micro-batch: per group one clip and prompt, rows of prompt + own random response lengths."""
     rng = np.random.default_rng(5)
@@ -130,10 +139,7 @@ def test_packed_pass_gives_verls_log_probs_entropies_and_gradients(model_and_pro
     assert got.keys() == want.keys() == {"log_probs", "entropy"}
     for key in want:  # every position of every row, including each row's last (verl's wrapped label)
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=2e-5, msg=key)
-    assert grads.keys() == want_grads.keys() and any("audio_tower" in n for n in grads)
-    for name, grad in grads.items():  # summed in another order: equal to fp32 rounding of the largest entry
-        scale = want_grads[name].abs().max().clamp(min=1e-12)
-        assert ((grad - want_grads[name]).abs().max() / scale).item() < 1e-5, name
+    assert_same_gradients(grads, want_grads)
 
 
 def _grpo_batch(processor, questions: list[str], n: int, seed: int = 7):
@@ -269,10 +275,7 @@ def test_verls_actor_passes_give_the_same_log_probs_loss_and_weights_with_hook_a
     assert got_metrics.keys() == want_metrics.keys()
     for key, value in want_metrics.items():
         torch.testing.assert_close(got_metrics[key], value, rtol=1e-4, atol=1e-6, msg=key)
-    assert got_grads.keys() == want_grads.keys() and any("audio_tower" in n for n in want_grads)
-    for name, grad in want_grads.items():  # what verl's step took (accumulated over 4 micro-batches, clipped)
-        scale = grad.abs().max().clamp(min=1e-12)
-        assert ((got_grads[name] - grad).abs().max() / scale).item() < 1e-5, name
+    assert_same_gradients(got_grads, want_grads)  # what verl's step took (accumulated over 4 micro-batches, clipped)
     for name, weight in want_weights.items():
         # AdamW's first step moves each weight by ~lr * sign(grad): an entry whose gradient is rounding noise may move
         # a little differently, so the weights agree to a small part of one step, not to rounding
